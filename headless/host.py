@@ -71,8 +71,11 @@ def configure_args(root: pathlib.Path, base_directory: pathlib.Path | None = Non
     Must run before anything imports comfy.model_management or folder_paths. `cpu=None` picks CPU
     mode when torch sees no CUDA device (checked here, at boot, never at pack import).
     """
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    # first on sys.path, ahead of the working directory: run from this checkout, `import nodes` must
+    # find ComfyUI's nodes.py, not the pack's nodes/ folder
+    while str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
     import comfy.options  # noqa: F401  (keeps args parsing disabled: ComfyUI parses an empty argv)
     import comfy.cli_args
 
@@ -89,9 +92,8 @@ def configure_args(root: pathlib.Path, base_directory: pathlib.Path | None = Non
         args.database_url = "sqlite:///:memory:"
     # main.py imports the top-level `utils` package before nodes.py puts comfy/ (with its utils.py)
     # first on sys.path; do the same, or `import utils.extra_config` later finds comfy/utils.py.
-    # (utils.extra_config imports folder_paths, which reads args.base_directory: keep this last.)
-    import utils.extra_config  # noqa: F401
-    import utils.install_util  # noqa: F401
+    # Only the package: its submodules import folder_paths, which must wait for the base directory.
+    import utils  # noqa: F401
 
     return args
 

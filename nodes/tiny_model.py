@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..tinymodels.configs import CONFIGS
+from .validation import validate_combos
 
 
 class TinyModel(io.ComfyNode):
@@ -43,6 +44,10 @@ class TinyModel(io.ComfyNode):
                 io.Vae.Output(display_name="VAE", tooltip="An 8x-downscaling AutoencoderKL with 4 latent channels."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, architecture: str, seed: int) -> bool | str:
+        return validate_combos(cls, {"architecture": architecture})
 
     @classmethod
     def execute(cls, architecture: str, seed: int) -> io.NodeOutput:

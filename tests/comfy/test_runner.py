@@ -1,0 +1,103 @@
+"""The headless runner: UI-format conversion, validation before execution, errors, interruption."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from driftless.headless import runner, workflow
+
+
+def test_ui_demo_converts_to_the_api_graph_it_draws(comfy_host, repo):
+    """The UI-format demo becomes an API prompt with the same nodes, links and widget values."""
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "demo_tiny.json")
+    prompt = workflow.to_api_format(ui, comfy_host.object_info())
+    assert {k: v["class_type"] for k, v in prompt.items()} == {
+        "1": "DriftlessTinyModel", "2": "CLIPTextEncode", "3": "CLIPTextEncode", "4": "EmptyLatentImage",
+        "5": "KSampler", "6": "VAEDecode", "7": "SaveImage",
+    }  # the MarkdownNote (8) is frontend-only
+    assert prompt["1"]["inputs"] == {"architecture": "sd15-tiny", "seed": 0}
+    sampler = prompt["5"]["inputs"]
+    assert sampler["model"] == ["1", 0] and sampler["positive"] == ["2", 0] and sampler["negative"] == ["3", 0]
+    # positional widgets_values with the UI-only "fixed" (control_after_generate) skipped
+    assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (42, 8, 5.0, "euler")
+    assert prompt["6"]["inputs"] == {"samples": ["5", 0], "vae": ["1", 2]}
+
+
+def test_invalid_widget_value_is_reported_with_the_node(run_prompt, txt2img):
+    prompt = txt2img()
+    prompt["model"]["inputs"]["architecture"] = "sd99-huge"
+    problems = run_prompt(prompt, expect_valid=False)
+    message = runner.format_validation_errors(problems, prompt)
+    assert "node #model DriftlessTinyModel" in message and "sd99-huge" in message
+
+
+def test_execution_error_names_the_failing_node(run_prompt, comfy_host):
+    """A checkpoint file that passes validation (it is listed) but is not a checkpoint fails in its node."""
+    ckpt_dir = comfy_host.base_directory / "models" / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "placeholder.safetensors").write_bytes(b"not a checkpoint")
+    prompt = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "placeholder.safetensors"}},
+        "enc": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "x"}},
+        "out": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["enc", 0]}},
+        "sink": {"class_type": "PreviewAny", "inputs": {"source": ["out", 0]}},
+    }
+    result = run_prompt(prompt)
+    assert not result.success and not result.interrupted
+    assert result.error["node_id"] == "ckpt" and result.error["node_type"] == "CheckpointLoaderSimple"
+
+
+def test_interrupt_stops_a_long_run_within_a_step(run_prompt, txt2img):
+    """What POST /interrupt and Ctrl+C do: the flag is raised; the next progress tick ends the run."""
+    import comfy.model_management
+
+    prompt = txt2img(steps=5000)
+    timer = threading.Timer(3.0, comfy.model_management.interrupt_current_processing, args=(True,))
+    start = time.perf_counter()
+    timer.start()
+    result = run_prompt(prompt)
+    elapsed = time.perf_counter() - start
+    assert result.interrupted and not result.success
+    assert elapsed < 30, elapsed  # 5000 steps would take minutes
+    assert "step" in result.log  # progress was reported before the interrupt
+
+
+def _cli(args, repo, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "driftless.headless", *args], capture_output=True, text=True, env=env, timeout=300, cwd=repo
+    )
+
+
+def test_cli_exit_codes_and_messages(repo, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"1": {"class_type": "KSampler",}}')
+    out = _cli(["run", str(bad), "--base-directory", str(tmp_path / "base")], repo)
+    assert out.returncode == 2 and f"{bad}:1:33: malformed JSON" in out.stderr
+
+    out = _cli(["run", str(bad)], repo, {"DRIFTLESS_COMFYUI": str(tmp_path / "nowhere")})
+    assert out.returncode == 2  # the JSON error comes first; a good file reaches the ComfyUI check
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"1": {"class_type": "DriftlessTinyModel", "inputs": {}}}))
+    out = _cli(["run", str(good)], repo, {"DRIFTLESS_COMFYUI": str(tmp_path / "nowhere")})
+    assert out.returncode == 2 and "./driftless setup" in out.stderr and "not a ComfyUI folder" in out.stderr
+
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"5": {"class_type": "TotallyUnknownNode", "inputs": {}}}))
+    out = _cli(["run", str(unknown), "--base-directory", str(tmp_path / "base")], repo)
+    assert out.returncode == 2 and "node 5 ('TotallyUnknownNode')" in out.stderr
+    assert "[runner] node 1/" not in out.stdout  # nothing executed
+
+
+@pytest.mark.timeout(300)
+def test_cli_demo_runs_and_lists_its_outputs(repo, tmp_path):
+    out = _cli(["demo", "--base-directory", str(tmp_path / "base"), "--output-directory", str(tmp_path / "out")], repo)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[runner] node 5/7: #5 KSampler" in out.stdout and "step 8/8" in out.stdout
+    written = [line.split("wrote ", 1)[1] for line in out.stdout.splitlines() if "wrote " in line]
+    assert len(written) == 2 and all(os.path.getsize(p) > 0 and p.startswith(str(tmp_path / "out")) for p in written)

@@ -1,0 +1,54 @@
+"""Packaging: pyproject metadata for the Comfy Registry, dependencies that do not fight ComfyUI."""
+
+import re
+import tomllib
+
+import pytest
+
+FRAMEWORKS = ("torch", "numpy", "transformers", "torchvision")
+
+
+@pytest.fixture(scope="module")
+def pyproject(repo):
+    return tomllib.loads((repo / "pyproject.toml").read_text())
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
+
+
+def test_registry_metadata(pyproject):
+    project, comfy = pyproject["project"], pyproject["tool"]["comfy"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert "comfyui" not in project["name"].lower() and not project["name"][0].isdigit()
+    assert isinstance(project["license"], dict)  # the registry rejects a bare string
+    assert project["urls"]["Repository"]
+    for key in ("PublisherId", "DisplayName", "Icon", "requires-comfyui"):
+        assert key in comfy, key
+    assert {"test", "dev"} <= set(project["optional-dependencies"])
+
+
+def test_no_hard_pins_on_frameworks(pyproject):
+    """torch/numpy/transformers belong to ComfyUI: lower bounds at most, never == or an upper bound."""
+    project = pyproject["project"]
+    all_reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        all_reqs += extra
+    for req in all_reqs:
+        if _name(req) in FRAMEWORKS:
+            assert not re.search(r"==|<|~=|!=", req), req
+    assert "torch" not in {_name(r) for r in project["dependencies"]}  # ComfyUI installs its own torch
+
+
+def test_requirements_txt_matches_pyproject(repo, pyproject):
+    """ComfyUI-Manager installs requirements.txt; the registry reads pyproject: they must agree."""
+    lines = [ln.strip() for ln in (repo / "requirements.txt").read_text().splitlines()]
+    assert [ln for ln in lines if ln and not ln.startswith("#")] == pyproject["project"]["dependencies"]
+
+
+def test_ci_runs_exactly_the_readme_test_command(repo):
+    readme = (repo / "README.md").read_text()
+    ci = (repo / ".ci" / "run").read_text()
+    assert "./driftless test" in readme and "./driftless demo" in readme
+    commands = [ln.strip() for ln in ci.splitlines() if ln.strip().startswith("./driftless")]
+    assert commands == ["./driftless test"], commands
