@@ -1,0 +1,36 @@
+"""./driftless: subcommands print what they do; bad use exits 2; `python` gives ComfyUI in CPU mode."""
+
+import os
+import subprocess
+
+
+def _driftless(repo, *args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    return subprocess.run([str(repo / "driftless"), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_and_unknown_command(repo):
+    out = _driftless(repo, "help")
+    assert out.returncode == 0
+    for sub in ("setup", "demo", "test", "run FILE.json", "bench NAME", "python"):
+        assert f"./driftless {sub}" in out.stdout
+    out = _driftless(repo, "frobnicate")
+    assert out.returncode == 2 and "unknown command 'frobnicate'" in out.stderr
+
+
+def test_python_subcommand_has_comfyui_importable_in_cpu_mode(repo, tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys, comfy.model_management as mm, nodes\n"
+        "print('device', mm.get_torch_device(), 'args', sys.argv[1:])\n"
+    )
+    out = _driftless(repo, "python", str(script), "--flag", "x")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "device cpu args ['--flag', 'x']" in out.stdout
+    out = _driftless(repo, "python", "-c", "import comfy.cli_args as a; print('cpu', a.args.cpu)")
+    assert out.returncode == 0 and "cpu True" in out.stdout
+
+
+def test_unknown_benchmark_lists_the_available_ones(repo):
+    out = _driftless(repo, "bench", "no-such-bench")
+    assert out.returncode == 2 and "unknown benchmark 'no-such-bench'" in out.stderr

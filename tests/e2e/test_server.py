@@ -1,0 +1,62 @@
+"""The pack inside a real ComfyUI server, reached the way the web UI and API clients reach it."""
+
+import threading
+import time
+
+from driftless.headless import workflow
+
+
+def test_object_info_lists_every_node_with_its_declared_inputs(comfy_server):
+    from driftless.nodes import all_nodes
+
+    info = comfy_server.get("/object_info")
+    for node in all_nodes():
+        schema = node.define_schema()
+        entry = info[schema.node_id]
+        assert entry["display_name"] == schema.display_name
+        assert entry["category"] == schema.category
+        declared = {i.id for i in schema.inputs}
+        listed = set(entry["input"].get("required", {})) | set(entry["input"].get("optional", {}))
+        assert listed == declared
+        assert entry["python_module"].startswith("custom_nodes.driftless")
+    tiny = info["DriftlessTinyModel"]["input"]["required"]
+    assert tiny["architecture"][1]["options"] == ["sd15-tiny", "sdxl-tiny", "sd15-bench"]
+    assert tiny["seed"][1]["min"] == 0 and tiny["seed"][1]["max"] == 2**31 - 1
+    assert info["DriftlessTinyModel"]["output"] == ["MODEL", "CLIP", "VAE"]
+
+
+def test_demo_workflow_runs_to_success_through_prompt(comfy_server, repo):
+    """The UI-format demo, converted against the live /object_info, queued with POST /prompt."""
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "demo_tiny.json")
+    prompt = workflow.to_api_format(ui, comfy_server.get("/object_info"))
+    entry = comfy_server.wait(comfy_server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = entry["outputs"]["7"]["images"]
+    assert len(images) == 2
+    for image in images:
+        path = comfy_server.base / "output" / image["subfolder"] / image["filename"]
+        assert path.stat().st_size > 0
+
+
+def test_interrupt_ends_a_long_run(comfy_server):
+    prompt = {
+        "m": {"class_type": "DriftlessTinyModel", "inputs": {"architecture": "sd15-tiny", "seed": 0}},
+        "p": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["m", 1], "text": "a cat"}},
+        "n": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["m", 1], "text": ""}},
+        "l": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "k": {"class_type": "KSampler", "inputs": {
+            "model": ["m", 0], "positive": ["p", 0], "negative": ["n", 0], "latent_image": ["l", 0], "seed": 1,
+            "steps": 10000, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "s": {"class_type": "PreviewAny", "inputs": {"source": ["k", 0]}},
+    }
+    prompt_id = comfy_server.queue(prompt)
+    time.sleep(3.0)
+    start = time.time()
+    status, _ = comfy_server.post("/interrupt", {})
+    assert status == 200
+    entry = comfy_server.wait(prompt_id, timeout=120)
+    events = [event for event, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in events, events
+    assert time.time() - start < 30
+    interrupted = dict(entry["status"]["messages"])["execution_interrupted"]
+    assert interrupted["node_type"] == "KSampler"
