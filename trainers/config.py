@@ -1,0 +1,87 @@
+"""Training settings: one dataclass, validated up front, with the fingerprint a resume must match."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from .schedules import SCHEDULES
+from .targets import TARGET_PRESETS
+
+OPTIMIZERS = {
+    "AdamW": "Adam with decoupled weight decay 0.01 (Loshchilov & Hutter 2019); the usual LoRA choice",
+    "Adam": "Adam without weight decay",
+    "SGD": "SGD with momentum 0.9",
+}
+DTYPES = ("fp32", "bf16", "fp16")
+# settings that change where training goes; everything else (steps, checkpoint cadence) may differ on resume
+_NOT_IN_FINGERPRINT = ("steps", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    targets: str = "attention"
+    learning_rate: float = 1e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    steps: int = 500
+    batch_size: int = 1
+    grad_accumulation: int = 1
+    optimizer: str = "AdamW"
+    dtype: str = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    null_prompt_dropout: float = 0.1
+    min_snr_gamma: float = 0.0
+    timestep_min: float = 0.0
+    timestep_max: float = 1.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 0
+
+    def problems(self) -> list[str]:
+        """Everything wrong with these settings, as messages a user can act on."""
+        p = []
+        if self.rank < 1:
+            p.append(f"rank must be >= 1 (got {self.rank})")
+        if self.alpha <= 0:
+            p.append(f"alpha must be > 0 (got {self.alpha})")
+        if self.targets not in TARGET_PRESETS:
+            p.append(f"target layers must be one of {list(TARGET_PRESETS)} (got {self.targets!r})")
+        if not self.learning_rate > 0:
+            p.append(f"learning rate must be > 0 (got {self.learning_rate})")
+        if self.schedule not in SCHEDULES:
+            p.append(f"schedule must be one of {list(SCHEDULES)} (got {self.schedule!r})")
+        if self.steps < 1:
+            p.append(f"steps must be >= 1 (got {self.steps})")
+        if self.warmup_steps < 0:
+            p.append(f"warm-up steps must be >= 0 (got {self.warmup_steps})")
+        if self.batch_size < 1 or self.grad_accumulation < 1:
+            p.append("batch size and gradient accumulation must be >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            p.append(f"optimizer must be one of {list(OPTIMIZERS)} (got {self.optimizer!r})")
+        if self.dtype not in DTYPES:
+            p.append(f"training dtype must be one of {list(DTYPES)} (got {self.dtype!r})")
+        if not 0.0 <= self.null_prompt_dropout <= 1.0:
+            p.append(f"null-prompt dropout is a probability in [0, 1] (got {self.null_prompt_dropout})")
+        if not 0.0 <= self.timestep_min < self.timestep_max <= 1.0:
+            p.append(f"timestep range needs 0 <= min < max <= 1 (got {self.timestep_min}..{self.timestep_max})")
+        if self.min_snr_gamma < 0:
+            p.append(f"min-SNR gamma must be >= 0 (0 = off; got {self.min_snr_gamma})")
+        if self.max_grad_norm < 0:
+            p.append(f"gradient clipping norm must be >= 0 (0 = off; got {self.max_grad_norm})")
+        if self.checkpoint_every < 0:
+            p.append(f"checkpoint every N steps needs N >= 0 (0 = off; got {self.checkpoint_every})")
+        return p
+
+    def check(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        relevant = {k: v for k, v in sorted(self.as_dict().items()) if k not in _NOT_IN_FINGERPRINT}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

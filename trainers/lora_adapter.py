@@ -1,0 +1,183 @@
+"""LoRA on activations: y = f(x) + s · (α/r) · B(A(x)), as forward hooks on a ModelPatcher clone.
+
+LoRA (Hu et al., 2021, eq. 3) adds ΔW = (α/r)·B·A to a frozen weight W. Applying it to the layer's
+output instead of its weight is the same function for Linear and (groups=1) Conv2d layers:
+    Linear: W'x = Wx + (α/r)·B(Ax)
+    Conv2d: conv(x, W') = conv(x, W) + (α/r)·conv1x1(conv(x, A), B)   with A of the layer's kernel size
+The hooks are installed through the clone's injections (`ModelPatcher.set_injections`), so they exist
+only while that clone is the loaded one and are removed when ComfyUI unloads it: the shared model is
+never modified. Strength s is a float (training, inference) or a per-sample tensor (batched guidance);
+s = 0 is a bit-exact frozen base forward.
+
+Parameters use ComfyUI's native LoRA key names, so the state dict is what LoraLoader, the LORA_MODEL
+socket and `comfy.lora.load_lora` read: `diffusion_model.<module>.lora_down.weight` (A, [r, in, kh, kw]),
+`.lora_up.weight` (B, [out, r, 1, 1] or [out, r]) and `.alpha`.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+INJECTION_KEY = "driftless_lora"
+KEY_PREFIX = "diffusion_model."
+
+
+class LoraLayer(torch.nn.Module):
+    """A and B for one layer, and how to apply them to that layer's input."""
+
+    def __init__(self, layer: torch.nn.Module, rank: int, alpha: float):
+        super().__init__()
+        if isinstance(layer, torch.nn.Conv2d):
+            self.kind = "conv"
+            self.conv_args = {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation}
+            in_features, out_features = layer.in_channels, layer.out_channels
+            down_shape = (rank, in_features, *layer.kernel_size)
+            up_shape = (out_features, rank, 1, 1)
+        else:
+            self.kind = "linear"
+            in_features, out_features = layer.in_features, layer.out_features
+            down_shape, up_shape = (rank, in_features), (out_features, rank)
+        self.rank = rank
+        self.down = torch.nn.Parameter(torch.zeros(down_shape, dtype=torch.float32))
+        self.up = torch.nn.Parameter(torch.zeros(up_shape, dtype=torch.float32))
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+
+    def reset(self, generator: torch.Generator) -> None:
+        """peft's default: A ~ Kaiming-uniform(a=√5), B = 0, so training starts from the base model."""
+        fan_in = math.prod(self.down.shape[1:])
+        bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_ with a=√5 gives exactly this bound
+        with torch.no_grad():
+            self.down.copy_(torch.rand(self.down.shape, generator=generator) * 2 * bound - bound)
+            self.up.zero_()
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.alpha / self.rank
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """(α/r)·B(A(x)) for the layer input x."""
+        down, up = self.down.to(x.device), self.up.to(x.device)
+        if self.kind == "conv":
+            hidden = F.conv2d(x, down, **self.conv_args)
+            return F.conv2d(hidden, up) * self.scale.to(x.device)
+        return F.linear(F.linear(x, down), up) * self.scale.to(x.device)
+
+
+class LoraAdapter(torch.nn.Module):
+    """All LoRA layers of one model, with a strength and the hooks that apply them."""
+
+    def __init__(self, targets: dict[str, torch.nn.Module], rank: int, alpha: float):
+        super().__init__()
+        self.names = list(targets)
+        self.layers = torch.nn.ModuleList(LoraLayer(m, rank, alpha) for m in targets.values())
+        self.rank, self.alpha_value = rank, float(alpha)
+        self.strength: float | torch.Tensor = 1.0
+        self._handles: list = []
+
+    # ---- construction and state -------------------------------------------------------------
+    @classmethod
+    def for_model(cls, diffusion_model, preset: str, rank: int, alpha: float, generator: torch.Generator):
+        from .targets import select_targets
+
+        targets = select_targets(diffusion_model, preset)
+        check_rank(targets, rank)
+        adapter = cls(targets, rank, alpha)
+        for layer in adapter.layers:
+            layer.reset(generator)
+        return adapter
+
+    @classmethod
+    def from_state_dict(cls, diffusion_model, state: dict[str, torch.Tensor]):
+        """Rebuild an adapter from ComfyUI-native LoRA keys (what `lora_state_dict` writes)."""
+        modules = dict(diffusion_model.named_modules())
+        names = sorted({k[len(KEY_PREFIX):].rsplit(".lora_down.weight", 1)[0] for k in state if k.endswith(".lora_down.weight")})
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"{len(missing)} of {len(names)} LoRA layers are not in this model (first: {missing[0]})")
+        ranks = {state[f"{KEY_PREFIX}{n}.lora_down.weight"].shape[0] for n in names}
+        if len(ranks) != 1:
+            raise ValueError(f"mixed LoRA ranks {sorted(ranks)} are not supported")
+        rank = ranks.pop()
+        alphas = {float(state.get(f"{KEY_PREFIX}{n}.alpha", torch.tensor(float(rank)))) for n in names}
+        adapter = cls({n: modules[n] for n in names}, rank, alphas.pop() if len(alphas) == 1 else rank)
+        adapter.load_lora_state_dict(state)
+        return adapter
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, layer in zip(self.names, self.layers):
+            out[f"{KEY_PREFIX}{name}.lora_down.weight"] = layer.down.detach().clone()
+            out[f"{KEY_PREFIX}{name}.lora_up.weight"] = layer.up.detach().clone()
+            out[f"{KEY_PREFIX}{name}.alpha"] = layer.alpha.detach().clone()
+        return out
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, layer in zip(self.names, self.layers):
+                layer.down.copy_(state[f"{KEY_PREFIX}{name}.lora_down.weight"].reshape(layer.down.shape))
+                layer.up.copy_(state[f"{KEY_PREFIX}{name}.lora_up.weight"].reshape(layer.up.shape))
+                if f"{KEY_PREFIX}{name}.alpha" in state:
+                    layer.alpha.copy_(state[f"{KEY_PREFIX}{name}.alpha"])
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def _hook(self, layer: LoraLayer):
+        def hook(module, inputs, output):
+            s = self.strength
+            if isinstance(s, (int, float)) and s == 0.0:
+                return output  # the frozen base, bit-exact and free
+            x = inputs[0]
+            delta = layer.delta(x.to(layer.down.dtype) if not torch.is_autocast_enabled(x.device.type) else x)
+            if isinstance(s, torch.Tensor):
+                if s.shape[0] != output.shape[0]:
+                    raise RuntimeError(f"per-sample LoRA strength has {s.shape[0]} entries for a batch of {output.shape[0]}")
+                s = s.to(device=output.device, dtype=delta.dtype).reshape(-1, *([1] * (output.ndim - 1)))
+            elif s != 1.0:
+                s = float(s)
+            else:
+                s = None
+            if s is not None:
+                delta = delta * s
+            return output + delta.to(output.dtype)
+
+        return hook
+
+    def install(self, diffusion_model: torch.nn.Module) -> None:
+        """Register the hooks on the (shared) modules. Idempotent."""
+        self.remove()
+        modules = dict(diffusion_model.named_modules())
+        self._handles = [modules[n].register_forward_hook(self._hook(layer)) for n, layer in zip(self.names, self.layers)]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def attach_to(self, patcher) -> None:
+        """Install on `patcher` (a clone) through ComfyUI's injection lifecycle."""
+        from comfy.patcher_extension import PatcherInjection
+
+        def inject(p):
+            self.to(p.load_device)
+            self.install(p.model.diffusion_model)
+
+        def eject(p):
+            self.remove()
+
+        patcher.set_injections(INJECTION_KEY, [PatcherInjection(inject=inject, eject=eject)])
+
+
+def check_rank(targets: dict[str, torch.nn.Module], rank: int) -> None:
+    """A rank above min(in, out) of any layer wastes parameters and is almost always a typo."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    for name, module in targets.items():
+        if isinstance(module, torch.nn.Conv2d):
+            limit = min(module.in_channels * module.kernel_size[0] * module.kernel_size[1], module.out_channels)
+        else:
+            limit = min(module.in_features, module.out_features)
+        if rank > limit:
+            raise ValueError(
+                f"LoRA rank {rank} is larger than layer {name} allows (min(in, out) = {limit}); "
+                f"lower the rank or pick target layers without it"
+            )

@@ -1,0 +1,93 @@
+"""Resume state: everything that decides the rest of a run, in one safetensors file beside its LoRA.
+
+Saved: LoRA parameters, optimizer state, the data-order stream, the RNG state, the step, and the
+fingerprints of the settings and of the base model. Loading checks both fingerprints, so a state is
+never applied to another model or to settings that would take training elsewhere.
+"""
+
+import json
+import pathlib
+
+import torch
+
+from .storage import load_safetensors, save_safetensors_atomic
+
+STATE_SUFFIX = ".train-state"  # not a LoRA extension: LoRA lists do not show state files
+FORMAT = "driftless.train-state.v1"
+
+
+def save_state(path: pathlib.Path, *, adapter, optimizer, stream, generator, step, config, base_fingerprint, losses):
+    tensors = {f"lora.{k}": v for k, v in adapter.lora_state_dict().items()}
+    optim = optimizer.state_dict()
+    scalars = {}
+    for idx, entry in optim["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                scalars[f"{idx}.{name}"] = value
+    for name, value in stream.state().items():
+        tensors[f"data.{name}"] = value
+    tensors["rng.cpu"] = generator.get_state()
+    tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
+    metadata = {
+        "format": FORMAT,
+        "step": step,
+        "config_fingerprint": config.fingerprint(),
+        "base_model_fingerprint": base_fingerprint,
+        "config": config.as_dict(),
+        "optimizer_param_groups": optim["param_groups"],
+        "optimizer_scalars": scalars,
+    }
+    save_safetensors_atomic(tensors, path, metadata)
+
+
+class ResumeState:
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        tensors, raw = load_safetensors(self.path)
+        meta = {k: json.loads(v) for k, v in raw.items()}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{self.path} is not a Driftless training state (format {meta.get('format')!r})")
+        self.tensors, self.meta = tensors, meta
+        self.step = int(meta["step"])
+
+    def check_compatible(self, config, base_fingerprint: str) -> None:
+        if self.meta["base_model_fingerprint"] != base_fingerprint:
+            raise ValueError(
+                f"{self.path.name} was trained on another base model (fingerprint "
+                f"{self.meta['base_model_fingerprint']}, this model is {base_fingerprint}); "
+                "resume with the model it was trained on, or start a new run"
+            )
+        if self.meta["config_fingerprint"] != config.fingerprint():
+            saved = self.meta["config"]
+            changed = [k for k, v in config.as_dict().items() if k not in ("steps", "checkpoint_every") and saved.get(k) != v]
+            raise ValueError(
+                f"{self.path.name} was trained with other settings ({', '.join(f'{k}: {saved.get(k)!r} -> {config.as_dict()[k]!r}' for k in changed)}); "
+                "resume with the same settings (only steps and checkpoint cadence may change)"
+            )
+        if self.step >= config.steps:
+            raise ValueError(f"{self.path.name} is already at step {self.step}; set steps above that to train further")
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        return {k[len("lora."):]: v for k, v in self.tensors.items() if k.startswith("lora.")}
+
+    def optimizer_state(self) -> dict:
+        state: dict[int, dict] = {}
+        for key, value in self.tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        for key, value in self.meta["optimizer_scalars"].items():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+        return {"state": state, "param_groups": self.meta["optimizer_param_groups"]}
+
+    def data_state(self) -> dict[str, torch.Tensor]:
+        return {k[len("data."):]: v for k, v in self.tensors.items() if k.startswith("data.")}
+
+    def rng_state(self) -> torch.Tensor:
+        return self.tensors["rng.cpu"]
+
+    def losses(self) -> list[float]:
+        return self.tensors["losses"].tolist()
