@@ -59,17 +59,40 @@ def check_latents(model_patcher, data: TrainingData) -> None:
         )
 
 
+def release_inference_tensors(module: torch.nn.Module) -> int:
+    """Re-create parameters and buffers that are inference tensors as ordinary tensors, same values.
+
+    ComfyUI builds and loads models inside torch.inference_mode, and autograd refuses to save an
+    inference tensor for backward (the base weights are needed for the input gradients that reach
+    the LoRA). Each tensor is copied and the original dropped one at a time, so the extra memory is
+    one tensor at most; the model computes bit-identical outputs afterwards. Returns the count.
+    """
+    count = 0
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, p in list(sub._parameters.items()):
+                if p is not None and p.is_inference():
+                    sub._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+                    count += 1
+            for name, b in list(sub._buffers.items()):
+                if b is not None and b.is_inference():
+                    sub._buffers[name] = b.clone()
+                    count += 1
+    return count
+
+
 @contextmanager
 def frozen_base(module: torch.nn.Module):
     """No gradients for the base weights while training (restored afterwards): only the LoRA learns."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
+    changed = [p for p in module.parameters() if p.requires_grad]
+    for p in changed:
         p.requires_grad_(False)
     try:
         yield
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        for p in changed:
+            if not p.is_inference():  # a flag on an inference tensor cannot be set back, nor does it matter
+                p.requires_grad_(True)
 
 
 @contextmanager
@@ -111,121 +134,139 @@ def train_lora(
     check_interrupt: Callable | None = None,
 ) -> TrainResult:
     """Train a LoRA on a clone of `model_patcher`; the input patcher and its weights are left as they were."""
-    import comfy.model_management
-
     config.check()
     check_latents(model_patcher, data)
     base_fingerprint = model_fingerprint(model_patcher.model.diffusion_model)
     if resume is not None:
         resume.check_compatible(config, base_fingerprint)
-
-    clone = model_patcher.clone()
-    generator = torch.Generator().manual_seed(config.seed)
-    adapter = LoraAdapter.for_model(clone.model.diffusion_model, config.targets, config.rank, config.alpha, generator)
-    adapter.attach_to(clone)
-    comfy.model_management.load_models_gpu([clone], force_full_load=True)
-    device = clone.load_device
-
-    stream = IndexStream(len(data), generator)
-    optimizer = make_optimizer(config.optimizer, list(adapter.parameters()), config.learning_rate)
-    start_step, losses = 0, []
-    if resume is not None:
-        adapter.load_lora_state_dict(resume.lora_state())
-        optimizer.load_state_dict(resume.optimizer_state())
-        stream.load_state(resume.data_state())
-        generator.set_state(resume.rng_state())
-        start_step, losses = resume.step, resume.losses()
-
-    model = clone.model
-    model_sampling = clone.get_model_object("model_sampling")
-    autocast_dtype = AUTOCAST.get(config.dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "fp16" and device.type == "cuda")
-    checkpoints = []
-
+    # the executor runs nodes under inference_mode; tensors autograd sees must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
-        x0_all = model.process_latent_in(data.latents.detach().to(device, torch.float32).clone())
-        cond_inputs = [model_inputs(model, c, x0_all[i : i + 1]) for i, c in enumerate(data.conditionings)]
-        null_inputs = model_inputs(model, data.null, x0_all[:1])
-        adapter.requires_grad_(True)
+        run = _Run(model_patcher, data, config, list(regularizers), resume, base_fingerprint)
+        run.train(on_step, on_checkpoint, check_interrupt)
+    run.adapter.strength = 1.0
+    return TrainResult(run.clone, run.adapter, run.losses, config.steps, base_fingerprint, run.checkpoints)
 
-        def forward(x_t, sigma, inputs):
-            options = dict(clone.model_options.get("transformer_options", {}))
-            options["sigmas"] = sigma
-            options["cond_or_uncond"] = [0] * x_t.shape[0]
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                return model.apply_model(x_t, sigma, transformer_options=options, **inputs).float()
 
+class _Run:
+    """The state of one training run: clone + adapter, optimizer, data stream, generator, losses."""
+
+    def __init__(self, model_patcher, data, config, regularizers, resume, base_fingerprint):
+        import comfy.model_management
+
+        self.config, self.regularizers, self.base_fingerprint = config, regularizers, base_fingerprint
+        self.clone = model_patcher.clone()
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.adapter = LoraAdapter.for_model(
+            self.clone.model.diffusion_model, config.targets, config.rank, config.alpha, self.generator
+        )
+        self.adapter.attach_to(self.clone)
+        comfy.model_management.load_models_gpu([self.clone], force_full_load=True)
+        release_inference_tensors(self.clone.model)
+        self.device = self.clone.load_device
+        self.stream = IndexStream(len(data), self.generator)
+        self.optimizer = make_optimizer(config.optimizer, list(self.adapter.parameters()), config.learning_rate)
+        self.start_step, self.losses, self.checkpoints = 0, [], []
+        if resume is not None:
+            self.adapter.load_lora_state_dict(resume.lora_state())
+            self.optimizer.load_state_dict(resume.optimizer_state())
+            self.stream.load_state(resume.data_state())
+            self.generator.set_state(resume.rng_state())
+            self.start_step, self.losses = resume.step, resume.losses()
+        self.model = self.clone.model
+        self.model_sampling = self.clone.get_model_object("model_sampling")
+        self.x0_all = self.model.process_latent_in(data.latents.detach().to(self.device, torch.float32).clone())
+        self.cond_inputs = [model_inputs(self.model, c, self.x0_all[i : i + 1]) for i, c in enumerate(data.conditionings)]
+        self.null_inputs = model_inputs(self.model, data.null, self.x0_all[:1])
+        self.autocast_dtype = AUTOCAST.get(config.dtype)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=config.dtype == "fp16" and self.device.type == "cuda"
+        )
+
+    def forward(self, x_t, sigma, inputs):
+        """x̂0 from apply_model, with the MODEL's own transformer options (patches) as at sampling time."""
+        options = dict(self.clone.model_options.get("transformer_options", {}))
+        options["sigmas"] = sigma
+        options["cond_or_uncond"] = [0] * x_t.shape[0]
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            return self.model.apply_model(x_t, sigma, transformer_options=options, **inputs).float()
+
+    def train(self, on_step, on_checkpoint, check_interrupt):
+        config = self.config
+        self.adapter.requires_grad_(True)
         started = time.perf_counter()
-        with frozen_base(model), gradient_checkpointing(model.diffusion_model, config.gradient_checkpointing):
-            for step in range(start_step, config.steps):
+        with frozen_base(self.model), gradient_checkpointing(self.model.diffusion_model, config.gradient_checkpointing):
+            for step in range(self.start_step, config.steps):
                 if check_interrupt is not None:
                     check_interrupt()
-                for group in optimizer.param_groups:
-                    group["lr"] = config.learning_rate * lr_factor(step, config.steps, config.schedule, config.warmup_steps)
-                step_loss = 0.0
-                for _ in range(config.grad_accumulation):
-                    total = _micro_step(
-                        step, config, stream, generator, x0_all, cond_inputs, null_inputs, model_sampling, forward, adapter, regularizers
-                    )
-                    if not torch.isfinite(total):
-                        raise TrainingDiverged(
-                            f"the loss became {total.item()} at step {step + 1}: lower the learning rate "
-                            f"(now {config.learning_rate:g})"
-                            + (f" or train in fp32 ({config.dtype} can overflow)" if config.dtype != "fp32" else "")
-                            + "; the last checkpoint, if any, is intact"
-                        )
-                    scaler.scale(total / config.grad_accumulation).backward()
-                    step_loss += total.item() / config.grad_accumulation
-                scaler.unscale_(optimizer)
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(adapter.parameters(), config.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(step_loss)
+                loss = self.optimizer_step(step)
+                self.losses.append(loss)
                 done = step + 1
                 if on_step is not None:
-                    elapsed = time.perf_counter() - started
-                    on_step(done, config.steps, step_loss, (done - start_step) / max(elapsed, 1e-9))
+                    rate = (done - self.start_step) / max(time.perf_counter() - started, 1e-9)
+                    on_step(done, config.steps, loss, rate)
                 if on_checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
-                    checkpoints.append(
-                        on_checkpoint(done, adapter=adapter, optimizer=optimizer, stream=stream, generator=generator,
-                                      step=done, config=config, base_fingerprint=base_fingerprint, losses=list(losses))
-                    )
-        adapter.requires_grad_(False)
-    adapter.strength = 1.0
-    return TrainResult(clone, adapter, losses, config.steps, base_fingerprint, checkpoints)
+                    self.checkpoints.append(on_checkpoint(**self.state(done)))
+        self.adapter.requires_grad_(False)
+
+    def optimizer_step(self, step: int) -> float:
+        config = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.learning_rate * lr_factor(step, config.steps, config.schedule, config.warmup_steps)
+        step_loss = 0.0
+        for _ in range(config.grad_accumulation):
+            total = _micro_step(self, step)
+            if not torch.isfinite(total):
+                raise TrainingDiverged(
+                    f"the loss became {total.item()} at step {step + 1}: lower the learning rate "
+                    f"(now {config.learning_rate:g})"
+                    + (f" or train in fp32 ({config.dtype} can overflow)" if config.dtype != "fp32" else "")
+                    + "; the last checkpoint, if any, is intact"
+                )
+            self.scaler.scale(total / config.grad_accumulation).backward()
+            step_loss += total.item() / config.grad_accumulation
+        self.scaler.unscale_(self.optimizer)
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss
+
+    def state(self, step: int) -> dict:
+        return dict(
+            adapter=self.adapter, optimizer=self.optimizer, stream=self.stream, generator=self.generator, step=step,
+            config=self.config, base_fingerprint=self.base_fingerprint, losses=list(self.losses),
+        )
 
 
-def _micro_step(step, config, stream, generator, x0_all, cond_inputs, null_inputs, model_sampling, forward, adapter, regularizers):
+def _micro_step(run: _Run, step: int) -> torch.Tensor:
     """Loss of one micro-batch: denoising in native units plus every regularizer's term."""
+    config, generator = run.config, run.generator
     b = config.batch_size
-    index = stream.take(b)
-    device = x0_all.device
-    x0 = x0_all[index.to(device)]
-    noise = torch.randn(x0.shape, generator=generator).to(device)
+    index = run.stream.take(b)
+    x0 = run.x0_all[index.to(run.device)]
+    noise = torch.randn(x0.shape, generator=generator).to(run.device)
     u = config.timestep_min + (config.timestep_max - config.timestep_min) * torch.rand(b, generator=generator)
     drop = torch.rand(b, generator=generator) < config.null_prompt_dropout
-    sigma = sample_sigmas(model_sampling, u).to(device)
-    coefficients = Coefficients.of(model_sampling, sigma)
+    sigma = sample_sigmas(run.model_sampling, u).to(run.device)
+    coefficients = Coefficients.of(run.model_sampling, sigma)
     x_t = coefficients.noisy(x0, noise)
-    inputs = batch_inputs([null_inputs if drop[i] else cond_inputs[int(index[i])] for i in range(b)])
-    denoised = forward(x_t, sigma, inputs)
-    prediction = coefficients.prediction(denoised, x_t)
+    inputs = batch_inputs([run.null_inputs if drop[i] else run.cond_inputs[int(index[i])] for i in range(b)])
+    prediction = coefficients.prediction(run.forward(x_t, sigma, inputs), x_t)
     target = coefficients.target(x0, noise)
     weight = min_snr_weight(coefficients, config.min_snr_gamma)
     total = denoising_loss(prediction, target, weight).mean()
-    if regularizers:
+    if run.regularizers:
 
         def frozen():
-            previous, adapter.strength = adapter.strength, 0.0
+            previous, run.adapter.strength = run.adapter.strength, 0.0
             try:
                 with torch.no_grad():
-                    return coefficients.prediction(forward(x_t, sigma, inputs), x_t)
+                    return coefficients.prediction(run.forward(x_t, sigma, inputs), x_t)
             finally:
-                adapter.strength = previous
+                run.adapter.strength = previous
 
-        ctx = StepContext(x0, noise, sigma, x_t, prediction, target, weight, adapter, step, _frozen=frozen)
-        for regularizer in regularizers:
+        ctx = StepContext(x0, noise, sigma, x_t, prediction, target, weight, run.adapter, step, _frozen=frozen)
+        for regularizer in run.regularizers:
             total = total + regularizer.loss(ctx)
     return total

@@ -91,3 +91,14 @@ class ResumeState:
 
     def losses(self) -> list[float]:
         return self.tensors["losses"].tolist()
+
+
+def checkpoint_paths(run_folder: pathlib.Path, step: int) -> tuple[pathlib.Path, pathlib.Path]:
+    """(LoRA file, state file) of the checkpoint at `step` in a run's folder."""
+    stem = f"step_{step:06d}"
+    return run_folder / f"{stem}.safetensors", run_folder / f"{stem}{STATE_SUFFIX}"
+
+
+def latest_state(run_folder: pathlib.Path) -> pathlib.Path | None:
+    states = sorted(run_folder.glob(f"step_*{STATE_SUFFIX}")) if run_folder.is_dir() else []
+    return states[-1] if states else None

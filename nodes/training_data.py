@@ -1,0 +1,64 @@
+"""Driftless Training Data: photos (or latents) and captions, encoded by the graph's VAE and CLIP."""
+
+from comfy_api.latest import io
+
+TRAINING_DATA = io.Custom("DRIFTLESS_TRAINING_DATA")
+
+
+def split_captions(captions: str, count: int) -> list[str]:
+    """One shared caption, or one per image (one per line); anything else is an error."""
+    lines = [line.strip() for line in captions.strip().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("captions are empty: give one caption for all images, or one line per image")
+    if len(lines) == 1:
+        return lines * count
+    if len(lines) != count:
+        raise ValueError(f"{len(lines)} caption lines for {count} images: give one line per image, or a single line for all")
+    return lines
+
+
+class TrainingData(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DriftlessTrainingData",
+            display_name="Driftless Training Data",
+            category="Driftless/train",
+            description=(
+                "The subject's photos and their captions, ready for Driftless Train LoRA: images are encoded "
+                "by the VAE (or latents are taken as they are), captions and the empty (null) prompt by the CLIP."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder of the model you will train (from Load Checkpoint)."),
+                io.String.Input(
+                    "captions",
+                    multiline=True,
+                    default="a photo of sks dog",
+                    tooltip="One caption for every image, or one line per image in batch order. Put the trigger "
+                    "word (e.g. 'sks') next to the class noun: 'a photo of sks dog'.",
+                ),
+                io.Image.Input("images", optional=True, tooltip="The subject's photos (one batch, same size). Needs a VAE."),
+                io.Vae.Input("vae", optional=True, tooltip="Encodes the images; use the model's own VAE."),
+                io.Latent.Input("latents", optional=True, tooltip="Already-encoded images, instead of images + VAE."),
+            ],
+            outputs=[TRAINING_DATA.Output(display_name="training_data", tooltip="Encoded examples for Train LoRA.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, captions, images=None, vae=None, latents=None) -> io.NodeOutput:
+        from ..trainers.data import TrainingData as Data
+
+        if latents is not None:
+            samples = latents["samples"]
+        elif images is not None and vae is not None:
+            if images.shape[0] == 0:
+                raise ValueError("the image batch is empty: load at least one photo")
+            samples = vae.encode(images[:, :, :, :3])
+        else:
+            raise ValueError("connect either images and a VAE, or latents")
+        if samples.shape[0] == 0:
+            raise ValueError("no training examples: the batch is empty")
+        texts = split_captions(captions, samples.shape[0])
+        encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))  # noqa: E731
+        cache = {text: encode(text) for text in dict.fromkeys(texts)}
+        return io.NodeOutput(Data(samples.clone(), [cache[t] for t in texts], encode(""), texts))
