@@ -54,3 +54,34 @@ def txt2img(comfy_host):
         return g.finalize()
 
     return build
+
+
+def photos(n: int, size: int = 64):
+    """n real photographs from scikit-image's bundled data, as a ComfyUI IMAGE batch [n, size, size, 3]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    names = ["chelsea", "astronaut", "coffee", "rocket", "cat"]
+    out = []
+    for i in range(n):
+        arr = getattr(data, names[i % len(names)])()
+        img = Image.fromarray(arr).convert("RGB").resize((size, size), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0))
+    return torch.stack(out)
+
+
+@pytest.fixture
+def tiny_data(comfy_host):
+    """(MODEL, CLIP, VAE, TrainingData) for a tiny model and n photos with one shared caption."""
+    from driftless.tinymodels.build import build_tiny_model
+    from driftless.trainers.data import TrainingData
+
+    def make(architecture="sd15-tiny", n=2, caption="a photo of sks cat", seed=0):
+        model, clip, vae = build_tiny_model(architecture, seed)
+        latents = vae.encode(photos(n))
+        encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+        return model, clip, vae, TrainingData(latents, [encode(caption)] * n, encode(""), [caption] * n)
+
+    return make

@@ -14,7 +14,7 @@ PROBE = r"""
 import importlib.util, json, sys, time
 from driftless.headless import host
 host.configure_args(host.find_comfyui(), None, cpu=True)
-import torch, comfy_api.latest, comfy.model_management, comfy.sd, comfy.samplers  # what ComfyUI has loaded by then
+import torch, comfy_api.latest, comfy.model_management, comfy.sd, comfy.samplers, folder_paths  # what ComfyUI has loaded by then
 calls = []
 def forbid(name):
     def f(*a, **k):
