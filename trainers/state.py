@@ -73,11 +73,12 @@ class ResumeState:
         return {k[len("lora."):]: v for k, v in self.tensors.items() if k.startswith("lora.")}
 
     def optimizer_state(self) -> dict:
+        """torch's optimizer state_dict; tensors are fresh copies (the optimizer updates them in place)."""
         state: dict[int, dict] = {}
         for key, value in self.tensors.items():
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = value
+                state.setdefault(int(idx), {})[name] = value.clone()
         for key, value in self.meta["optimizer_scalars"].items():
             idx, name = key.split(".", 1)
             state.setdefault(int(idx), {})[name] = value
