@@ -62,6 +62,11 @@ def main(argv=None) -> int:
         folder_paths.set_output_directory(str(args.output_directory.resolve()))
     for config in args.extra_model_paths_config:
         load_extra_path_config(str(config))
+    if args.command == "demo":
+        from .demo_photos import write_demo_photos
+
+        photos = write_demo_photos(pathlib.Path(folder_paths.get_input_directory()))
+        print(f"[runner] demo photos in {photos[0].parent}")
     print(f"[runner] ComfyUI {comfy.version} at {comfy.root} (device: {_device()})")
     print(f"[runner] workflow {path} ({'UI' if workflow.is_ui_format(data) else 'API'} format)")
     try:
@@ -88,6 +93,9 @@ def main(argv=None) -> int:
     print(f"[runner] success in {result.seconds:.1f} s; outputs in {folder_paths.get_output_directory()}")
     for f in result.files:
         print(f"[runner]   wrote {f}")
+    for node_id, ui in result.outputs.items():
+        for text in ui.get("text", []) if isinstance(ui.get("text"), list) else []:
+            print(f"[runner]   #{node_id} {prompt[node_id]['class_type']}: {text}")
     return 0
 
 

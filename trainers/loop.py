@@ -97,16 +97,19 @@ def frozen_base(module: torch.nn.Module):
 
 @contextmanager
 def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool):
-    """Recompute each top-level UNet block in backward instead of storing its activations.
+    """Recompute each UNet layer (res block, transformer, up/downsampler) in backward instead of storing its activations.
 
     Installed on the loaded model only for the duration of training and removed in `finally`.
     """
     blocks = []
     if enabled:
-        for name in ("input_blocks", "output_blocks"):
-            blocks += list(getattr(diffusion_model, name, []))
+        stages = list(getattr(diffusion_model, "input_blocks", [])) + list(getattr(diffusion_model, "output_blocks", []))
         if hasattr(diffusion_model, "middle_block"):
-            blocks.append(diffusion_model.middle_block)
+            stages.append(diffusion_model.middle_block)
+        for stage in stages:
+            # the UNet iterates its stages' layers itself (forward_timestep_embed): wrap those layers
+            is_container = isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList))
+            blocks += list(stage.children()) if is_container else [stage]
     for block in blocks:
         original = block.forward
 

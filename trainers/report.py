@@ -34,7 +34,7 @@ def loss_plot(losses: list[float], width: int = 640, height: int = 360, title: s
         def xy(i, v):
             return left + (right - left) * i / n, bottom - (bottom - top) * (v - lo) / (hi - lo)
 
-        for series, colour in ((losses, (170, 170, 170)), (moving_average(losses, max(1, len(losses) // 20)), (30, 90, 200))):
+        for series, colour in ((losses, (170, 170, 170)), (moving_average(losses, max(2, len(losses) // 10)), (30, 90, 200))):
             points = [xy(i, v) for i, v in enumerate(series) if math.isfinite(v)]
             if len(points) > 1:
                 draw.line(points, fill=colour, width=2)

@@ -5,11 +5,14 @@ import torch
 # module-name fragments of the SD/SDXL UNet transformer blocks (comfy.ldm.modules.attention)
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
+# the UNet's first and last convolutions read and write the 4 latent channels directly: a rank above 4
+# would not fit them, and LoCon trainers leave them out
+LATENT_IO_LAYERS = ("input_blocks.0.0", "out.2")
 
 TARGET_PRESETS = {
     "attention": "q, k, v and output projections of self- and cross-attention",
     "attention+ff": "attention projections and the transformer blocks' feed-forward layers",
-    "all linear+conv": "every Linear and Conv2d of the diffusion model (LoCon)",
+    "all linear+conv": "every Linear and Conv2d of the diffusion model except the latent in/out convolutions (LoCon)",
 }
 
 
@@ -31,7 +34,7 @@ def select_targets(diffusion_model: torch.nn.Module, preset: str) -> dict[str, t
         raise ValueError(f"unknown target preset {preset!r}; choose one of {list(TARGET_PRESETS)}")
     chosen = {}
     for name, module in diffusion_model.named_modules():
-        if not is_supported_layer(module):
+        if not is_supported_layer(module) or name in LATENT_IO_LAYERS:
             continue
         if preset == "attention" and not _is_attention(name):
             continue

@@ -16,16 +16,21 @@ def test_ui_demo_converts_to_the_api_graph_it_draws(comfy_host, repo):
     """The UI-format demo becomes an API prompt with the same nodes, links and widget values."""
     ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "demo_tiny.json")
     prompt = workflow.to_api_format(ui, comfy_host.object_info())
-    assert {k: v["class_type"] for k, v in prompt.items()} == {
-        "1": "DriftlessTinyModel", "2": "CLIPTextEncode", "3": "CLIPTextEncode", "4": "EmptyLatentImage",
-        "5": "KSampler", "6": "VAEDecode", "7": "SaveImage",
-    }  # the MarkdownNote (8) is frontend-only
-    assert prompt["1"]["inputs"] == {"architecture": "sd15-tiny", "seed": 0}
-    sampler = prompt["5"]["inputs"]
-    assert sampler["model"] == ["1", 0] and sampler["positive"] == ["2", 0] and sampler["negative"] == ["3", 0]
+    by_type = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append(node_id)
+    assert "MarkdownNote" not in by_type  # frontend-only
+    assert len(by_type["LoadImage"]) == 3 and len(by_type["KSampler"]) == 2 and len(by_type["SaveImage"]) == 3
+    assert sorted(prompt[i]["inputs"]["image"] for i in by_type["LoadImage"]) == [
+        f"driftless_demo/sks_cat_{k}.png" for k in (1, 2, 3)
+    ]  # the UI-only upload widget value is dropped
+    train = prompt[by_type["DriftlessTrainLoRA"][0]]["inputs"]
+    assert (train["steps"], train["learning_rate"], train["rank"], train["target_layers"]) == (30, 1e-3, 8, "attention")
+    assert train["model"] == [by_type["DriftlessTinyModel"][0], 0]
+    samplers = [prompt[i]["inputs"] for i in by_type["KSampler"]]
+    assert {tuple(s["model"]) for s in samplers} == {(by_type["DriftlessTrainLoRA"][0], 0), (by_type["DriftlessTinyModel"][0], 0)}
     # positional widgets_values with the UI-only "fixed" (control_after_generate) skipped
-    assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (42, 8, 5.0, "euler")
-    assert prompt["6"]["inputs"] == {"samples": ["5", 0], "vae": ["1", 2]}
+    assert all((s["seed"], s["steps"], s["cfg"], s["sampler_name"]) == (42, 12, 5.0, "euler") for s in samplers)
 
 
 def test_invalid_widget_value_is_reported_with_the_node(run_prompt, txt2img):
@@ -98,6 +103,8 @@ def test_cli_exit_codes_and_messages(repo, tmp_path):
 def test_cli_demo_runs_and_lists_its_outputs(repo, tmp_path):
     out = _cli(["demo", "--base-directory", str(tmp_path / "base"), "--output-directory", str(tmp_path / "out")], repo)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "[runner] node 5/7: #5 KSampler" in out.stdout and "step 8/8" in out.stdout
+    assert "DriftlessTrainLoRA" in out.stdout and "step 30/30" in out.stdout and "step 12/12" in out.stdout
     written = [line.split("wrote ", 1)[1] for line in out.stdout.splitlines() if "wrote " in line]
-    assert len(written) == 2 and all(os.path.getsize(p) > 0 and p.startswith(str(tmp_path / "out")) for p in written)
+    assert len(written) == 5 and all(os.path.getsize(p) > 0 and p.startswith(str(tmp_path / "out")) for p in written)
+    assert "saved driftless_demo/sks_cat.safetensors" in out.stdout
+    assert (tmp_path / "base" / "models" / "loras" / "driftless_demo" / "sks_cat.safetensors").exists()

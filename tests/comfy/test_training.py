@@ -177,3 +177,40 @@ def test_training_is_reproducible_from_the_seed(tiny_data):
     b = train_lora(model, data, TrainConfig(steps=3, seed=5, **FAST))
     c = train_lora(model, data, TrainConfig(steps=3, seed=6, **FAST))
     assert a.losses == b.losses and a.losses != c.losses
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tiny_data):
+    """Same LoRA with and without recomputation; and the wrappers are really on the UNet's layers."""
+    import torch.utils.checkpoint as checkpoint_module
+
+    from driftless.trainers.loop import train_lora
+
+    model, _, _, data = tiny_data()
+    plain = train_lora(model, data, TrainConfig(steps=3, **FAST))
+    calls = []
+    original = checkpoint_module.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    checkpoint_module.checkpoint = counting
+    try:
+        recomputed = train_lora(model, data, TrainConfig(steps=3, gradient_checkpointing=True, **FAST))
+    finally:
+        checkpoint_module.checkpoint = original
+    assert len(calls) >= 3 * 8  # every res block / transformer / resampler of every step
+    a, b = plain.adapter.lora_state_dict(), recomputed.adapter.lora_state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    # and the shared model carries no wrapper afterwards
+    assert all("forward" not in vars(m) for m in model.model.diffusion_model.modules())
+
+
+def test_bf16_training_runs_and_keeps_fp32_lora_weights(tiny_data):
+    from driftless.trainers.loop import train_lora
+
+    model, _, _, data = tiny_data()
+    result = train_lora(model, data, TrainConfig(steps=3, dtype="bf16", **FAST))
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert all(v.dtype == torch.float32 for v in result.adapter.lora_state_dict().values())

@@ -26,16 +26,20 @@ def test_object_info_lists_every_node_with_its_declared_inputs(comfy_server):
 
 
 def test_demo_workflow_runs_to_success_through_prompt(comfy_server, repo):
-    """The UI-format demo, converted against the live /object_info, queued with POST /prompt."""
+    """The UI-format demo (photos -> LoRA -> samples), converted against the live /object_info, via POST /prompt."""
+    from driftless.headless.demo_photos import write_demo_photos
+
+    write_demo_photos(comfy_server.base / "input")
     ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "demo_tiny.json")
     prompt = workflow.to_api_format(ui, comfy_server.get("/object_info"))
     entry = comfy_server.wait(comfy_server.queue(prompt))
     assert entry["status"]["status_str"] == "success", entry["status"]
-    images = entry["outputs"]["7"]["images"]
-    assert len(images) == 2
+    images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
+    assert len(images) == 5  # loss curve + 2 personalized + 2 base samples
     for image in images:
         path = comfy_server.base / "output" / image["subfolder"] / image["filename"]
         assert path.stat().st_size > 0
+    assert (comfy_server.base / "models" / "loras" / "driftless_demo" / "sks_cat.safetensors").stat().st_size > 0
 
 
 def test_interrupt_ends_a_long_run(comfy_server):

@@ -1,0 +1,1 @@
+"""Benchmarks: ratios against the stock ComfyUI path, measured interleaved in one process."""

@@ -1,0 +1,49 @@
+"""Shared benchmark plumbing: paired (interleaved) timing, spread, and result files with provenance.
+
+These machines drift ±10–25% between runs of the same code; measured A B A B … in one process the
+drift between the two sides is a few percent. So every figure is a ratio of paired repeats, reported
+as the median with the min–max over repeats.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def machine() -> dict:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_results(name: str, rows: list[dict], markdown_table: str, notes: list[str]) -> tuple[pathlib.Path, pathlib.Path]:
+    """bench/results/<name>.{md,json} with the date, the machine and the command that produced them."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "./driftless bench " + " ".join([name.split("_")[0], *sys.argv[1:]])
+    meta = {"date": now, "command": command, "machine": machine()}
+    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    json_path.write_text(json.dumps({**meta, "rows": rows, "notes": notes}, indent=2) + "\n")
+    lines = [f"# {name}", "", f"- date: {now}", f"- command: `{command}`", f"- machine: {json.dumps(meta['machine'])}", ""]
+    lines += [markdown_table, ""] + [f"- {n}" for n in notes]
+    md_path.write_text("\n".join(lines) + "\n")
+    return md_path, json_path

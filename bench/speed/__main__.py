@@ -1,0 +1,50 @@
+"""`./driftless bench speed [--quick]`: print the table and write bench/results/speed_training.{md,json}."""
+
+import argparse
+
+from ...headless import host
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="driftless bench speed", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (same ratios, wider spread)")
+    parser.add_argument("--architecture", default="sd15-bench", help="tiny-model config to measure on")
+    parser.add_argument("--rank", type=int, default=8)
+    args = parser.parse_args()
+    host.configure_args(host.find_comfyui(), None, cpu=None)
+    from . import training
+    from ..common import write_results
+
+    repeats, steps = (2, 5) if args.quick else (5, 8)
+    rows = []
+    for checkpointing in (False, True):
+        print(f"[bench] training step, gradient checkpointing {checkpointing}: {repeats} paired repeats of {steps} steps")
+        times = training.paired_step_times(args.architecture, repeats, steps, args.rank, checkpointing)
+        mem = {w: training.peak_memory(w, args.architecture, steps, args.rank, checkpointing) for w in ("ours", "stock")}
+        mem_ratio = mem["ours"]["peak_growth_bytes"] / max(mem["stock"]["peak_growth_bytes"], 1)
+        rows.append({"gradient_checkpointing": checkpointing, **times, "peak_growth_bytes": {w: m["peak_growth_bytes"] for w, m in mem.items()},
+                     "memory_ratio": mem_ratio, "memory_device": mem["ours"]["device"]})
+    header = "| gradient checkpointing | Driftless s/step | TrainLoraNode s/step | time ratio (median, min–max) | peak memory growth ours / stock (MB) | memory ratio |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    for r in rows:
+        mb = {k: v / 2**20 for k, v in r["peak_growth_bytes"].items()}
+        lines.append(
+            f"| {r['gradient_checkpointing']} | {r['ours_s']['median']:.3f} | {r['stock_s']['median']:.3f} | "
+            f"{r['ratio']['median']:.2f}× ({r['ratio']['min']:.2f}–{r['ratio']['max']:.2f}) | "
+            f"{mb['ours']:.0f} / {mb['stock']:.0f} | {r['memory_ratio']:.2f}× |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    notes = [
+        f"model: {args.architecture}, LoRA rank {args.rank}, batch 1, fp32, AdamW, every Linear and Conv2d "
+        "(TrainLoraNode also trains every bias and norm)",
+        f"time: median step interval (first {training.WARMUP_STEPS} steps skipped), {repeats} repeats alternating "
+        "Driftless / TrainLoraNode in one process",
+        "memory: each trainer in a fresh subprocess; CPU figures are peak-RSS growth during training",
+    ]
+    md, js = write_results("speed_training", rows, table, notes)
+    print(f"[bench] wrote {md} and {js}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Training step time and peak memory: Driftless Train LoRA against ComfyUI's TrainLoraNode.
+
+Same model (the SD1.5-shaped bench model), rank, batch, dtype and layer coverage (every Linear and
+Conv2d; TrainLoraNode also trains every bias and norm). Step time is the median interval between
+consecutive optimizer steps of a run (first steps skipped), runs alternating ours / stock; peak
+memory is measured per trainer in a fresh subprocess (CPU: peak RSS growth during training; CUDA:
+torch.cuda.max_memory_allocated growth).
+"""
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from ..common import spread
+
+WARMUP_STEPS = 2
+
+
+def _setup(architecture: str, seed: int = 0):
+    from ...tinymodels.build import build_tiny_model
+    from ...tinymodels.configs import CONFIGS
+    from ...trainers.data import TrainingData
+
+    model, clip, vae = build_tiny_model(architecture, seed)
+    size = CONFIGS[architecture].default_resolution // 8
+    latents = torch.randn(2, 4, size, size, generator=torch.Generator().manual_seed(seed))
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of sks dog"))
+    null = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    return model, TrainingData(latents, [cond, cond], null, ["a photo of sks dog"] * 2)
+
+
+def run_ours(model, data, steps: int, rank: int, checkpointing: bool) -> list[float]:
+    from ...trainers.config import TrainConfig
+    from ...trainers.loop import train_lora
+
+    stamps = []
+    config = TrainConfig(steps=steps, rank=rank, alpha=rank, targets="all linear+conv", learning_rate=1e-4,
+                         gradient_checkpointing=checkpointing, null_prompt_dropout=0.0)
+    train_lora(model, data, config, on_step=lambda *a: stamps.append(time.perf_counter()))
+    return stamps
+
+
+def run_stock(model, data, steps: int, rank: int, checkpointing: bool) -> list[float]:
+    import comfy.utils
+    from comfy_extras.nodes_train import TrainLoraNode
+
+    stamps = []
+    comfy.utils.set_progress_bar_global_hook(lambda *a, **k: stamps.append(time.perf_counter()))
+    try:
+        TrainLoraNode.execute(
+            model=[model], latents=[{"samples": data.latents[:1]}, {"samples": data.latents[1:]}],
+            positive=[data.conditionings[0], data.conditionings[1]], batch_size=[1], grad_accumulation_steps=[1],
+            steps=[steps], learning_rate=[1e-4], rank=[rank], optimizer=["AdamW"], loss_function=["MSE"], seed=[0],
+            training_dtype=["fp32"], lora_dtype=["fp32"], algorithm=["LoRA"], gradient_checkpointing=[checkpointing],
+            existing_lora=["[None]"],
+        )
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    return stamps
+
+
+def step_time(stamps: list[float]) -> float:
+    intervals = [b - a for a, b in zip(stamps, stamps[1:])][WARMUP_STEPS - 1 :]
+    return statistics.median(intervals)
+
+
+def paired_step_times(architecture, repeats, steps, rank, checkpointing) -> dict:
+    model, data = _setup(architecture)
+    ours, stock, ratios = [], [], []
+    for _ in range(repeats):
+        a = step_time(run_ours(model, data, steps, rank, checkpointing))
+        b = step_time(run_stock(model, data, steps, rank, checkpointing))
+        ours.append(a)
+        stock.append(b)
+        ratios.append(a / b)
+    return {"ours_s": spread(ours), "stock_s": spread(stock), "ratio": spread(ratios)}
+
+
+PEAK_PROBE = r"""
+import json, sys, threading, time, psutil, torch
+from driftless.headless import host
+host.configure_args(host.find_comfyui(), None, cpu=None)
+from driftless.bench.speed import training as t
+which, arch, steps, rank, ckpt = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+model, data = t._setup(arch)
+cuda = torch.cuda.is_available()
+import comfy.model_management as mm
+mm.load_models_gpu([model])
+process, peak, running = psutil.Process(), [0], [True]
+def sample():  # peak RSS during training, sampled every 2 ms
+    while running[0]:
+        peak[0] = max(peak[0], process.memory_info().rss)
+        time.sleep(0.002)
+if cuda:
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
+else:
+    before = process.memory_info().rss
+    thread = threading.Thread(target=sample, daemon=True); thread.start()
+(t.run_ours if which == "ours" else t.run_stock)(model, data, steps, rank, ckpt)
+if cuda:
+    after = torch.cuda.max_memory_allocated()
+else:
+    running[0] = False; thread.join(); after = peak[0]
+print(json.dumps({"peak_growth_bytes": after - before, "device": "cuda" if cuda else "cpu"}))
+"""
+
+
+def peak_memory(which: str, architecture: str, steps: int, rank: int, checkpointing: bool) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_PROBE, which, architecture, str(steps), str(rank), "1" if checkpointing else "0"],
+        capture_output=True, text=True, timeout=1800,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,0 +1,62 @@
+"""Write the example workflows (UI format) from the live node schemas: `./driftless python tools/build_examples.py`."""
+
+import json
+import pathlib
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from ui_workflow import UIWorkflow  # noqa: E402
+
+from driftless.headless import host  # noqa: E402
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "example_workflows"
+
+DEMO_NOTE = """## Driftless demo: photos -> LoRA -> samples (tiny model)
+
+Runs in about a minute on a CPU with no weights. **Driftless Tiny Model** builds a seeded,
+random-initialised SD1.5-shaped model with ComfyUI's own classes: the pictures are noise, but every
+step is the real pipeline.
+
+1. three photos of the subject -> **Driftless Training Data** (VAE + CLIP encode them with the caption)
+2. **Driftless Train LoRA** trains on a clone of the MODEL (the input MODEL stays as it was)
+3. **Driftless Save LoRA** writes `models/loras/driftless_demo/sks_cat.safetensors`
+4. the same seed sampled with the trained MODEL and with the base MODEL, side by side
+
+Headless: `./driftless demo`. For a real model, replace the tiny model with **Load Checkpoint**."""
+
+
+def demo(info: dict) -> dict:
+    w = UIWorkflow(info)
+    model = w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
+    w.note(0, DEMO_NOTE, height=330)
+    photos = [w.node("LoadImage", 1, image=f"driftless_demo/sks_cat_{i}.png") for i in (1, 2, 3)]
+    pair = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
+    batch = w.node("ImageBatch", 1, image1=pair, image2=photos[2])
+    data = w.node("DriftlessTrainingData", 2, clip=model.out(1), captions="a photo of sks cat", images=batch, vae=model.out(2))
+    train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=30, learning_rate=1e-3, rank=8,
+                   alpha=8.0, run_name="driftless_demo", checkpoint_every=0, resume_from="")
+    w.node("DriftlessSaveLoRA", 3, lora=train.out(1), filename="driftless_demo/sks_cat", overwrite=True)
+    w.node("SaveImage", 3, title="Loss curve", images=train.out(3), filename_prefix="driftless_demo/loss")
+    pos = w.node("CLIPTextEncode", 3, title="Prompt", clip=model.out(1), text="a photo of sks cat on a beach")
+    neg = w.node("CLIPTextEncode", 3, title="Null prompt", clip=model.out(1), text="")
+    latent = w.node("EmptyLatentImage", 3, width=64, height=64, batch_size=2)
+    for label, source in (("personalized", train.out(0)), ("base", model.out(0))):
+        sampled = w.node("KSampler", 4, title=f"Sample ({label})", model=source, positive=pos, negative=neg,
+                         latent_image=latent, seed=42, steps=12, cfg=5.0, sampler_name="euler", scheduler="normal",
+                         denoise=1.0)
+        image = w.node("VAEDecode", 5, samples=sampled, vae=model.out(2))
+        w.node("SaveImage", 6, title=f"Save ({label})", images=image, filename_prefix=f"driftless_demo/{label}")
+    return w.to_json()
+
+
+def main() -> None:
+    comfy = host.boot(tempfile.mkdtemp(prefix="driftless_examples_"), cpu=True)
+    info = comfy.object_info()
+    out = EXAMPLES / "tiny" / "demo_tiny.json"
+    out.write_text(json.dumps(demo(info), indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
