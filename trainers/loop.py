@@ -20,7 +20,7 @@ from .data import IndexStream, TrainingData
 from .fingerprint import model_fingerprint
 from .lora_adapter import LoraAdapter
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
-from .regularizers import Regularizer, StepContext
+from .regularizers import Regularizer, StepContext, TrainingSetup
 from .schedules import lr_factor
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -142,6 +142,7 @@ def train_lora(
     base_fingerprint = model_fingerprint(model_patcher.model.diffusion_model)
     if resume is not None:
         resume.check_compatible(config, base_fingerprint)
+        resume.check_regularizers(regularizers)
     # the executor runs nodes under inference_mode; tensors autograd sees must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
         run = _Run(model_patcher, data, config, list(regularizers), resume, base_fingerprint)
@@ -173,7 +174,6 @@ class _Run:
             self.adapter.load_lora_state_dict(resume.lora_state())
             self.optimizer.load_state_dict(resume.optimizer_state())
             self.stream.load_state(resume.data_state())
-            self.generator.set_state(resume.rng_state())
             self.start_step, self.losses = resume.step, resume.losses()
         self.model = self.clone.model
         self.model_sampling = self.clone.get_model_object("model_sampling")
@@ -181,6 +181,19 @@ class _Run:
         self.cond_inputs = [model_inputs(self.model, c, self.x0_all[i : i + 1]) for i, c in enumerate(data.conditionings)]
         self.null_inputs = model_inputs(self.model, data.null, self.x0_all[:1])
         self.autocast_dtype = AUTOCAST.get(config.dtype)
+        setup = TrainingSetup(
+            predict=lambda x_t, sigma, inputs, coefficients: coefficients.prediction(self.forward(x_t, sigma, inputs), x_t),
+            encode=lambda conditioning, latent: model_inputs(self.model, conditioning, latent),
+            prepare_latents=lambda latents: self.model.process_latent_in(latents.detach().to(self.device, torch.float32).clone()),
+            model_sampling=self.model_sampling, generator=self.generator, device=self.device, config=config,
+        )
+        self.setup = setup
+        for regularizer in regularizers:
+            regularizer.prepare(setup)
+        if resume is not None:
+            self.generator.set_state(resume.rng_state())  # after the regularizers drew their own streams
+            for i, regularizer in enumerate(regularizers):
+                regularizer.load_state_dict(resume.regularizer_state(i))
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=config.dtype == "fp16" and self.device.type == "cuda"
         )
@@ -239,6 +252,7 @@ class _Run:
         return dict(
             adapter=self.adapter, optimizer=self.optimizer, stream=self.stream, generator=self.generator, step=step,
             config=self.config, base_fingerprint=self.base_fingerprint, losses=list(self.losses),
+            regularizers=self.regularizers,
         )
 
 
@@ -258,7 +272,9 @@ def _micro_step(run: _Run, step: int) -> torch.Tensor:
     prediction = coefficients.prediction(run.forward(x_t, sigma, inputs), x_t)
     target = coefficients.target(x0, noise)
     weight = min_snr_weight(coefficients, config.min_snr_gamma)
-    total = denoising_loss(prediction, target, weight).mean()
+    denoise = denoising_loss(prediction, target, weight).mean()
+    replaced = any(r.replaces_denoising_loss for r in run.regularizers)
+    total = denoise.new_zeros(()) if replaced else denoise
     if run.regularizers:
 
         def frozen():
@@ -269,7 +285,7 @@ def _micro_step(run: _Run, step: int) -> torch.Tensor:
             finally:
                 run.adapter.strength = previous
 
-        ctx = StepContext(x0, noise, sigma, x_t, prediction, target, weight, run.adapter, step, _frozen=frozen)
+        ctx = StepContext(x0, noise, sigma, x_t, inputs, prediction, target, weight, denoise, run.adapter, step, run.setup, frozen)
         for regularizer in run.regularizers:
             total = total + regularizer.loss(ctx)
     return total

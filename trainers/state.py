@@ -16,8 +16,11 @@ STATE_SUFFIX = ".train-state"  # not a LoRA extension: LoRA lists do not show st
 FORMAT = "driftless.train-state.v1"
 
 
-def save_state(path: pathlib.Path, *, adapter, optimizer, stream, generator, step, config, base_fingerprint, losses):
+def save_state(path: pathlib.Path, *, adapter, optimizer, stream, generator, step, config, base_fingerprint, losses,
+               regularizers=()):
     tensors = {f"lora.{k}": v for k, v in adapter.lora_state_dict().items()}
+    for i, regularizer in enumerate(regularizers):
+        tensors.update({f"reg.{i}.{k}": v for k, v in regularizer.state_dict().items()})
     optim = optimizer.state_dict()
     scalars = {}
     for idx, entry in optim["state"].items():
@@ -36,6 +39,7 @@ def save_state(path: pathlib.Path, *, adapter, optimizer, stream, generator, ste
         "config_fingerprint": config.fingerprint(),
         "base_model_fingerprint": base_fingerprint,
         "config": config.as_dict(),
+        "regularizers": [{"name": r.name, **r.settings()} for r in regularizers],
         "optimizer_param_groups": optim["param_groups"],
         "optimizer_scalars": scalars,
     }
@@ -69,6 +73,15 @@ class ResumeState:
         if self.step >= config.steps:
             raise ValueError(f"{self.path.name} is already at step {self.step}; set steps above that to train further")
 
+    def check_regularizers(self, regularizers) -> None:
+        saved = self.meta.get("regularizers", [])
+        current = [{"name": r.name, **r.settings()} for r in regularizers]
+        if saved != current:
+            raise ValueError(
+                f"{self.path.name} was trained with regularizers {saved}, this run has {current}; "
+                "resume with the same regularizers and settings"
+            )
+
     def lora_state(self) -> dict[str, torch.Tensor]:
         return {k[len("lora."):]: v for k, v in self.tensors.items() if k.startswith("lora.")}
 
@@ -86,6 +99,10 @@ class ResumeState:
 
     def data_state(self) -> dict[str, torch.Tensor]:
         return {k[len("data."):]: v for k, v in self.tensors.items() if k.startswith("data.")}
+
+    def regularizer_state(self, index: int) -> dict[str, torch.Tensor]:
+        prefix = f"reg.{index}."
+        return {k[len(prefix):]: v.clone() for k, v in self.tensors.items() if k.startswith(prefix)}
 
     def rng_state(self) -> torch.Tensor:
         return self.tensors["rng.cpu"]

@@ -3,7 +3,11 @@
 A regularizer is a small object with a `name`, its `settings()` (recorded in the LoRA file), whether it
 needs the frozen base model's prediction, and `loss(ctx) -> scalar tensor`. Several can be chained;
 their terms add. The frozen prediction is computed at most once per step, on the same loaded weights
-with the LoRA at strength 0 (a bit-exact base-model forward), and shared by all of them.
+with the LoRA at strength 0 (a bit-exact base-model forward), and shared by all of them. A regularizer
+that needs its own data (class images) gets the run's `TrainingSetup` once, in `prepare`, and keeps
+its resumable state in `state_dict`.
+
+Registry: `REGULARIZERS[name]` is the class; each lives in its own module of this package.
 """
 
 from abc import ABC, abstractmethod
@@ -14,6 +18,19 @@ import torch
 
 
 @dataclass
+class TrainingSetup:
+    """What a regularizer may use beyond one micro-batch: the run's model seam and its randomness."""
+
+    predict: Callable  # (x_t, sigma, inputs, coefficients) -> raw output F, with grad through the LoRA
+    encode: Callable  # (CONDITIONING, latent [1,C,h,w]) -> apply_model inputs
+    prepare_latents: Callable  # LATENT samples -> model-space latents on the training device
+    model_sampling: object
+    generator: torch.Generator
+    device: torch.device
+    config: object  # TrainConfig
+
+
+@dataclass
 class StepContext:
     """One micro-batch as the trainer saw it, in the model's native parameterization."""
 
@@ -21,11 +38,14 @@ class StepContext:
     noise: torch.Tensor
     sigma: torch.Tensor
     x_t: torch.Tensor
+    inputs: dict  # apply_model inputs of this micro-batch (c_crossattn, and y for SDXL)
     prediction: torch.Tensor  # the LoRA model's raw output F
     target: torch.Tensor  # F* (ε for ε-models)
     weight: torch.Tensor  # per-sample loss weight (min-SNR), [B]
+    denoising_loss: torch.Tensor  # the (weighted) denoising term of this micro-batch
     adapter: object  # the LoraAdapter being trained
     step: int
+    setup: TrainingSetup | None = None
     _frozen: Callable[[], torch.Tensor] | None = None
     _frozen_value: torch.Tensor | None = field(default=None, repr=False)
 
@@ -42,10 +62,37 @@ class StepContext:
 class Regularizer(ABC):
     name = "base"
     needs_frozen_prediction = False
+    replaces_denoising_loss = False  # True: the trainer drops its own denoising term (DCO's paper form)
 
     def settings(self) -> dict:
         return {}
 
+    def prepare(self, setup: TrainingSetup) -> None:
+        """Called once per run before the first step."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
     @abstractmethod
     def loss(self, ctx: StepContext) -> torch.Tensor:
         """A scalar added to the step's loss."""
+
+
+REGULARIZERS: dict[str, type[Regularizer]] = {}
+
+
+def register(cls: type[Regularizer]) -> type[Regularizer]:
+    REGULARIZERS[cls.name] = cls
+    return cls
+
+
+def chain(previous, regularizer: Regularizer) -> list[Regularizer]:
+    """The list a regularizer node outputs: what came in, plus this one."""
+    return [*(previous or []), regularizer]
+
+
+# importing the method modules fills the registry (they import the names defined above)
+from . import dco, parameter_anchor, prior_preservation  # noqa: E402,F401

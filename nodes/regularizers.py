@@ -1,0 +1,194 @@
+"""Drift-regularizer nodes: each configures one regularizer and appends it to the chain it receives.
+
+The chain (DRIFTLESS_REGULARIZER) plugs into Driftless Train LoRA's `regularizer` input; chained terms
+add. The math lives in trainers/regularizers/, one file per method.
+"""
+
+from comfy_api.latest import io
+
+from ..trainers.regularizers.dco import MODES as DCO_MODES
+from ..trainers.regularizers.parameter_anchor import FORMS as ANCHOR_FORMS
+from .train_lora import REGULARIZER
+from .validation import validate_combos
+
+
+def _chain_input():
+    return REGULARIZER.Input("chain", optional=True, tooltip="Regularizers configured upstream; this one is added to them.")
+
+
+def _output():
+    return REGULARIZER.Output(display_name="regularizer", tooltip="Connect to Train LoRA's regularizer input, or chain on.")
+
+
+class ParameterAnchor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DriftlessParameterAnchor",
+            display_name="Driftless Parameter Anchor (Preserve & Personalize)",
+            category="Driftless/train/regularizers",
+            description=(
+                "Keeps the personalized weights close to the base weights: adds λ·Σ‖ΔW‖² over the LoRA's weight "
+                "changes (Kim et al., 'Preserve & Personalize', ICLR 2026). No extra forward pass and no class "
+                "images: the cheapest way to limit drift. Larger λ: less drift, weaker subject."
+            ),
+            inputs=[
+                io.Float.Input("weight", default=0.01, min=0.0, max=1e6, step=1e-4, round=False,
+                               tooltip="λ. Paper form: start near 0.01 and raise it until drift falls while the subject "
+                               "still appears. Code form: the official scripts use 1e-7 (SD1.5) and 1e-6 (SDXL)."),
+                io.Combo.Input("form", options=list(ANCHOR_FORMS), default="paper",
+                               tooltip=" ".join(f"{k}: {v}." for k, v in ANCHOR_FORMS.items())),
+                _chain_input(),
+            ],
+            outputs=[_output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kw):
+        return validate_combos(cls, kw)
+
+    @classmethod
+    def execute(cls, weight, form, chain=None) -> io.NodeOutput:
+        from ..trainers.regularizers import chain as append
+        from ..trainers.regularizers.parameter_anchor import ParameterAnchor as Anchor
+
+        return io.NodeOutput(append(chain, Anchor(weight, form)))
+
+
+class DCO(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DriftlessDCO",
+            display_name="Driftless DCO (Direct Consistency Optimization)",
+            category="Driftless/train/regularizers",
+            description=(
+                "Trains the LoRA to beat the base model on the subject by a margin, not without bound: "
+                "−log σ(−β(‖ε−ε_θ‖² − ‖ε−ε_base‖²)) (Lee et al. 2024). Costs one extra no-grad forward of the "
+                "base model per step (shared with other regularizers that need it)."
+            ),
+            inputs=[
+                io.Float.Input("beta", default=1000.0, min=1.0, max=1e5, step=10.0,
+                               tooltip="β: how sharply the loss saturates once the LoRA is ahead of the base model. "
+                               "The paper uses 1000 (1000-2000 work)."),
+                io.Float.Input("weight", default=1.0, min=0.0, max=1e4, step=0.1, tooltip="Multiplier of the DCO term."),
+                io.Combo.Input("mode", options=list(DCO_MODES), default="replace",
+                               tooltip=" ".join(f"{k}: {v}." for k, v in DCO_MODES.items())),
+                _chain_input(),
+            ],
+            outputs=[_output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kw):
+        return validate_combos(cls, kw)
+
+    @classmethod
+    def execute(cls, beta, weight, mode, chain=None) -> io.NodeOutput:
+        from ..trainers.regularizers import chain as append
+        from ..trainers.regularizers.dco import DCO as Dco
+
+        return io.NodeOutput(append(chain, Dco(beta, weight, mode)))
+
+
+class PriorPreservation(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DriftlessPriorPreservation",
+            display_name="Driftless Prior Preservation (DreamBooth)",
+            category="Driftless/train/regularizers",
+            description=(
+                "DreamBooth's prior-preservation loss: every step also trains on images of the subject's class "
+                "(e.g. 'a photo of a dog') so the class does not collapse onto your subject. Use images the base "
+                "model drew (Driftless Class Images) or your own. Costs one extra forward and backward per step."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder of the model being trained; encodes the class prompt."),
+                io.String.Input("class_prompt", default="a photo of a dog",
+                                tooltip="The class without the identifier: 'a photo of a dog' for 'a photo of sks dog'."),
+                io.Float.Input("weight", default=1.0, min=0.0, max=100.0, step=0.05,
+                               tooltip="λ_prior; DreamBooth uses 1."),
+                io.Image.Input("class_images", optional=True, tooltip="Class images (needs the VAE)."),
+                io.Vae.Input("vae", optional=True, tooltip="Encodes the class images; the model's own VAE."),
+                io.Latent.Input("class_latents", optional=True, tooltip="Class images already encoded (from Class Images)."),
+                _chain_input(),
+            ],
+            outputs=[_output()],
+        )
+
+    @classmethod
+    def execute(cls, clip, class_prompt, weight, class_images=None, vae=None, class_latents=None, chain=None):
+        from ..trainers.regularizers import chain as append
+        from ..trainers.regularizers.prior_preservation import PriorPreservation as Prior
+
+        if class_latents is not None:
+            latents = class_latents["samples"]
+        elif class_images is not None and vae is not None:
+            latents = vae.encode(class_images[:, :, :, :3])
+        else:
+            raise ValueError("prior preservation needs class images and a VAE, or class latents")
+        if not class_prompt.strip():
+            raise ValueError("the class prompt is empty: name the subject's class, e.g. 'a photo of a dog'")
+        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(class_prompt))
+        return io.NodeOutput(append(chain, Prior(latents.clone(), conditioning, class_prompt, weight)))
+
+
+class ClassImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="DriftlessClassImages",
+            display_name="Driftless Class Images",
+            category="Driftless/train/regularizers",
+            description=(
+                "Samples class images for prior preservation with the base model itself. Seeded and cached on disk "
+                "(keyed by the model's fingerprint, prompt, seed and settings), so a rerun loads them instead of "
+                "sampling again."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The base model (before training)."),
+                io.Clip.Input("clip", tooltip="Its text encoder."),
+                io.Vae.Input("vae", tooltip="Its VAE, to decode the images for display."),
+                io.String.Input("class_prompt", default="a photo of a dog", tooltip="The class, without the identifier."),
+                io.Int.Input("count", default=50, min=1, max=10000,
+                             tooltip="How many images; DreamBooth used ~200 per subject, diffusers defaults to 100."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Images are sampled in chunks of 4 with seed, seed+1, ..."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Image width (SDXL: 1024)."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Image height (SDXL: 1024)."),
+                io.Int.Input("steps", default=25, min=1, max=200, tooltip="Sampling steps."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               tooltip="Sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                               tooltip="Noise schedule."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="class_images", tooltip="The class images, decoded."),
+                io.Latent.Output(display_name="class_latents", tooltip="The same images as latents (no re-encoding needed)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kw):
+        return validate_combos(cls, kw)
+
+    @classmethod
+    def execute(cls, model, clip, vae, class_prompt, count, seed, width, height, steps, cfg, sampler_name, scheduler):
+        import pathlib
+
+        import folder_paths
+
+        from ..trainers.class_images import generate_class_latents
+        from ..trainers.fingerprint import model_fingerprint
+
+        encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+        cache = pathlib.Path(folder_paths.models_dir) / "driftless" / "class_images"
+        latents, cached = generate_class_latents(
+            model, encode(class_prompt), encode(""), count=count, seed=seed, width=width, height=height, steps=steps,
+            cfg=cfg, sampler=sampler_name, scheduler=scheduler, cache_folder=cache,
+            base_fingerprint=model_fingerprint(model.model.diffusion_model), prompt=class_prompt,
+        )
+        return io.NodeOutput(vae.decode(latents), {"samples": latents})
