@@ -134,6 +134,54 @@ class PriorPreservation(io.ComfyNode):
         return io.NodeOutput(append(chain, Prior(latents.clone(), conditioning, class_prompt, weight)))
 
 
+class APT(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DriftlessAPT",
+            display_name="Driftless APT (Adaptive Personalized Training)",
+            category="Driftless/train/regularizers",
+            description=(
+                "APT (Chae et al., CVPR 2025): watches, per timestep bin, how far the LoRA's loss has fallen below the "
+                "base model's (an overfitting indicator γ); where it overfits, augments more and down-weights the "
+                "loss, and keeps self-attention feature statistics and cross-attention maps close to the base "
+                "model's. Costs one no-grad base forward (shared) plus the attention maps."
+            ),
+            inputs=[
+                io.Boolean.Input("adaptive_adjustment", default=True,
+                                 tooltip="ATA: augmentation with probability min(γ, p_max) and loss × (1 − γ) per timestep bin."),
+                io.Float.Input("representation_weight", default=1.0, min=0.0, max=1e6, step=0.01, round=False,
+                               tooltip="λ_dist of representation stabilization (per-channel mean/std of self-attention "
+                               "outputs matched to the base model's); 0 = off. Aim for 1-10% of the denoising loss."),
+                io.Float.Input("attention_weight", default=1000.0, min=0.0, max=1e8, step=1.0, round=False,
+                               tooltip="λ_attn of attention alignment (cross-attention probability maps matched to the base "
+                               "model's); 0 = off. The maps' squared differences are small (~1e-6), hence the large default."),
+                io.Float.Input("p_max", default=0.8, min=0.0, max=1.0, step=0.05,
+                               tooltip="Upper bound of the augmentation probability."),
+                io.Float.Input("zoom_max", default=3.0, min=1.0, max=8.0, step=0.1,
+                               tooltip="Zoom-out factor drawn from [1, zoom_max] (paper: 1-3)."),
+                io.Float.Input("rotation_degrees", default=15.0, min=0.0, max=180.0, step=1.0,
+                               tooltip="Rotation drawn from ±this many degrees (paper: 15)."),
+                io.Int.Input("bins", default=10, min=1, max=100, tooltip="Timestep bins of the indicator (paper: 10)."),
+                io.Float.Input("ema", default=0.1, min=0.001, max=1.0, step=0.01,
+                               tooltip="EMA rate α of the per-bin losses (paper: 0.1)."),
+                io.Float.Input("temperature", default=1000.0, min=1.0, max=1e6, step=10.0,
+                               tooltip="T in γ = 1 − exp(−T·(m_pre − m_θ)) (paper: the 1000 training timesteps)."),
+                _chain_input(),
+            ],
+            outputs=[_output()],
+        )
+
+    @classmethod
+    def execute(cls, adaptive_adjustment, representation_weight, attention_weight, p_max, zoom_max, rotation_degrees,
+                bins, ema, temperature, chain=None) -> io.NodeOutput:
+        from ..trainers.regularizers import chain as append
+        from ..trainers.regularizers.apt import APT as Apt
+
+        return io.NodeOutput(append(chain, Apt(adaptive_adjustment, representation_weight, attention_weight, p_max,
+                                              zoom_max, rotation_degrees, bins, ema, temperature)))
+
+
 class ClassImages(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:

@@ -21,6 +21,7 @@ from .fingerprint import model_fingerprint
 from .lora_adapter import LoraAdapter
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
 from .regularizers import Regularizer, StepContext, TrainingSetup
+from .regularizers.apt import PASS_KEY
 from .schedules import lr_factor
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -190,6 +191,7 @@ class _Run:
         self.setup = setup
         for regularizer in regularizers:
             regularizer.prepare(setup)
+        self.regularizer_patches = [r.transformer_patches(self.model.diffusion_model) for r in regularizers]
         if resume is not None:
             self.generator.set_state(resume.rng_state())  # after the regularizers drew their own streams
             for i, regularizer in enumerate(regularizers):
@@ -198,11 +200,15 @@ class _Run:
             self.device.type, enabled=config.dtype == "fp16" and self.device.type == "cuda"
         )
 
-    def forward(self, x_t, sigma, inputs):
-        """x̂0 from apply_model, with the MODEL's own transformer options (patches) as at sampling time."""
-        options = dict(self.clone.model_options.get("transformer_options", {}))
+    def forward(self, x_t, sigma, inputs, pass_name="train"):
+        """x̂0 from apply_model, with the MODEL's own transformer options (patches) as at sampling time,
+        plus any patches the regularizers add to watch this pass."""
+        options = with_patches(self.clone.model_options.get("transformer_options", {}), self.regularizer_patches)
         options["sigmas"] = sigma
         options["cond_or_uncond"] = [0] * x_t.shape[0]
+        options[PASS_KEY] = pass_name
+        for regularizer in self.regularizers:
+            regularizer.begin_pass(pass_name)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             return self.model.apply_model(x_t, sigma, transformer_options=options, **inputs).float()
 
@@ -256,6 +262,21 @@ class _Run:
         )
 
 
+def with_patches(transformer_options: dict, extra: list[dict]) -> dict:
+    """A copy of transformer_options with the regularizers' patches appended (the model's own stay first)."""
+    options = dict(transformer_options)
+    for patch_set in extra:
+        for kind, by_name in patch_set.get("patches", {}).items():
+            patches = dict(options.get("patches", {}))
+            patches[kind] = [*patches.get(kind, []), *by_name]
+            options["patches"] = patches
+        for kind, by_block in patch_set.get("patches_replace", {}).items():
+            replace = dict(options.get("patches_replace", {}))
+            replace[kind] = {**replace.get(kind, {}), **by_block}
+            options["patches_replace"] = replace
+    return options
+
+
 def _micro_step(run: _Run, step: int) -> torch.Tensor:
     """Loss of one micro-batch: denoising in native units plus every regularizer's term."""
     config, generator = run.config, run.generator
@@ -265,6 +286,8 @@ def _micro_step(run: _Run, step: int) -> torch.Tensor:
     noise = torch.randn(x0.shape, generator=generator).to(run.device)
     u = config.timestep_min + (config.timestep_max - config.timestep_min) * torch.rand(b, generator=generator)
     drop = torch.rand(b, generator=generator) < config.null_prompt_dropout
+    for regularizer in run.regularizers:
+        x0 = regularizer.augment(x0, u, generator)
     sigma = sample_sigmas(run.model_sampling, u).to(run.device)
     coefficients = Coefficients.of(run.model_sampling, sigma)
     x_t = coefficients.noisy(x0, noise)
@@ -272,6 +295,8 @@ def _micro_step(run: _Run, step: int) -> torch.Tensor:
     prediction = coefficients.prediction(run.forward(x_t, sigma, inputs), x_t)
     target = coefficients.target(x0, noise)
     weight = min_snr_weight(coefficients, config.min_snr_gamma)
+    for regularizer in run.regularizers:
+        weight = weight * regularizer.denoising_weight(u).to(weight.device)
     denoise = denoising_loss(prediction, target, weight).mean()
     replaced = any(r.replaces_denoising_loss for r in run.regularizers)
     total = denoise.new_zeros(()) if replaced else denoise
@@ -281,11 +306,11 @@ def _micro_step(run: _Run, step: int) -> torch.Tensor:
             previous, run.adapter.strength = run.adapter.strength, 0.0
             try:
                 with torch.no_grad():
-                    return coefficients.prediction(run.forward(x_t, sigma, inputs), x_t)
+                    return coefficients.prediction(run.forward(x_t, sigma, inputs, "frozen"), x_t)
             finally:
                 run.adapter.strength = previous
 
-        ctx = StepContext(x0, noise, sigma, x_t, inputs, prediction, target, weight, denoise, run.adapter, step, run.setup, frozen)
+        ctx = StepContext(x0, u, noise, sigma, x_t, inputs, prediction, target, weight, denoise, run.adapter, step, run.setup, frozen)
         for regularizer in run.regularizers:
             total = total + regularizer.loss(ctx)
     return total

@@ -45,6 +45,31 @@ def main() -> None:
     md, js = write_results("speed_training", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")
 
+    from . import regularizers
+
+    print(f"[bench] regularizers: {repeats} repeats of {steps} steps each, interleaved")
+    result = regularizers.paired_ratios(args.architecture, repeats, steps, args.rank)
+    for name in result:
+        result[name]["peak_growth_bytes"] = regularizers.peak_memory(name, args.architecture, steps, args.rank)
+    plain_peak = max(result["plain"]["peak_growth_bytes"], 1)
+    lines = ["| regularizer | s/step | time ratio to plain LoRA (median, min–max) | peak memory growth | memory ratio |",
+             "|---|---|---|---|---|"]
+    for name, r in result.items():
+        ratio = r.get("ratio")
+        ratio_text = f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1"
+        lines.append(f"| {name} | {r['s_per_step']['median']:.3f} | {ratio_text} | "
+                     f"{r['peak_growth_bytes'] / 2**20:.0f} MB | {r['peak_growth_bytes'] / plain_peak:.2f}× |")
+    table = "\n".join(lines)
+    print(table)
+    notes = [
+        f"model: {args.architecture}, LoRA rank {args.rank} on attention, batch 1, fp32; prior preservation draws one "
+        "class micro-batch per step (class-image generation excluded)",
+        f"each repeat runs plain, anchor, DCO, APT and prior preservation in turn in one process; {repeats} repeats",
+        "memory: each regularizer in a fresh subprocess; CPU figures are peak-RSS growth during training",
+    ]
+    md, js = write_results("speed_regularizers", [{"name": k, **v} for k, v in result.items()], table, notes)
+    print(f"[bench] wrote {md} and {js}")
+
 
 if __name__ == "__main__":
     main()

@@ -112,8 +112,10 @@ def _graph(architecture):
                      sampler_name="euler", scheduler="normal")
     anchor = g.node("DriftlessParameterAnchor", id="anchor", weight=0.01, form="paper")
     dco = g.node("DriftlessDCO", id="dco", beta=1000.0, weight=1.0, mode="add", chain=anchor.out(0))
+    apt = g.node("DriftlessAPT", id="apt", adaptive_adjustment=True, representation_weight=1.0, attention_weight=1000.0,
+                 p_max=0.8, zoom_max=3.0, rotation_degrees=15.0, bins=10, ema=0.1, temperature=1000.0, chain=dco.out(0))
     prior = g.node("DriftlessPriorPreservation", id="prior", clip=model.out(1), class_prompt="a photo of a dog",
-                   weight=1.0, class_latents=classes.out(1), chain=dco.out(0))
+                   weight=1.0, class_latents=classes.out(1), chain=apt.out(0))
     train = g.node(
         "DriftlessTrainLoRA", id="train", model=model.out(0), training_data=data.out(0), regularizer=prior.out(0),
         steps=3, learning_rate=1e-3, rank=4, alpha=4.0, target_layers="attention", batch_size=1, gradient_accumulation=1,
@@ -133,8 +135,8 @@ def test_all_regularizers_in_a_graph(run_prompt, comfy_host, architecture):
     result = run_prompt(_graph(architecture))
     assert result.success, result.error
     meta = load_lora(comfy_host.base_directory / "models" / "loras" / "reg" / f"{architecture}.safetensors").metadata
-    assert [r["name"] for r in meta["regularizers"]] == ["parameter_anchor", "dco", "prior_preservation"]
-    assert meta["regularizers"][2] == {"name": "prior_preservation", "weight": 1.0, "class_prompt": "a photo of a dog", "class_images": 3}
+    assert [r["name"] for r in meta["regularizers"]] == ["parameter_anchor", "dco", "apt", "prior_preservation"]
+    assert meta["regularizers"][3] == {"name": "prior_preservation", "weight": 1.0, "class_prompt": "a photo of a dog", "class_images": 3}
     cache = list((comfy_host.base_directory / "models" / "driftless" / "class_images").glob("*.safetensors"))
     assert cache
 
@@ -158,3 +160,44 @@ def test_class_images_are_cached_by_model_prompt_and_seed(comfy_host):
     assert first.shape == (5, 4, 8, 8) and not cached_first and cached_again and not cached_other
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert len(list(folder.glob("*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny"])
+def test_apt_terms_start_at_zero_and_watch_every_transformer_block(tiny_data, architecture):
+    """At init (B = 0) the LoRA model is the base model: RS and AA are exactly 0, and the explicit
+    cross-attention APT installs computes what ComfyUI's attention computes."""
+    from driftless.trainers.loop import train_lora
+    from driftless.trainers.regularizers.apt import APT
+
+    model, _, _, data = tiny_data(architecture)
+    plain = train_lora(model, data, TrainConfig(steps=1, **FAST))
+    apt = APT(adaptive_adjustment=False, representation_weight=1.0, attention_weight=1000.0)
+    watched = train_lora(model, data, TrainConfig(steps=1, **FAST), [apt])
+    assert watched.losses[0] == pytest.approx(plain.losses[0], rel=1e-5)
+    blocks = sum(type(m).__name__ == "BasicTransformerBlock" for m in model.model.diffusion_model.modules())
+    assert len(apt.captured["train"]["stats"]) == len(apt.captured["frozen"]["stats"]) == blocks
+    assert len(apt.captured["train"]["maps"]) == blocks
+    tokens = apt.captured["train"]["maps"][0].shape[-1]
+    assert tokens == 77  # cross-attention over the prompt's tokens
+
+
+def test_apt_regularizes_after_the_lora_moves(tiny_data):
+    from driftless.trainers.loop import train_lora
+    from driftless.trainers.regularizers import StepContext
+    from driftless.trainers.regularizers.apt import APT
+
+    model, _, _, data = tiny_data()
+    apt = APT(adaptive_adjustment=True, representation_weight=1.0, attention_weight=1000.0)
+    terms = []
+    original = apt.loss
+
+    def recording(ctx: StepContext):
+        value = original(ctx)
+        terms.append(value.item())
+        return value
+
+    apt.loss = recording
+    result = train_lora(model, data, TrainConfig(steps=6, **{**FAST, "learning_rate": 1e-2}), [apt])
+    assert terms[0] == 0.0 and max(terms[1:]) > 0.0  # zero while the LoRA is still the base model
+    assert bool(apt.indicator.seen.any())
+    assert all(torch.isfinite(torch.tensor(result.losses)))

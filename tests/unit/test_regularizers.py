@@ -23,7 +23,7 @@ def _adapter(seed=0):
 
 
 def _ctx(adapter=None, **kw):
-    base = dict(x0=torch.zeros(1), noise=None, sigma=None, x_t=None, inputs={}, prediction=None, target=None,
+    base = dict(x0=torch.zeros(1), u=torch.zeros(1), noise=None, sigma=None, x_t=None, inputs={}, prediction=None, target=None,
                 weight=None, denoising_loss=torch.tensor(0.0), adapter=adapter, step=0)
     return StepContext(**{**base, **kw})
 
@@ -83,3 +83,55 @@ def test_registry_and_chaining():
         ParameterAnchor(1.0, "other")
     with pytest.raises(ValueError, match="beta > 0"):
         DCO(beta=0)
+
+
+def test_apt_indicator_follows_the_formula_on_a_synthetic_sequence():
+    from driftless.trainers.regularizers.apt import OverfitIndicator
+
+    ind = OverfitIndicator(bins=10, ema=0.1, temperature=1000.0)
+    bins = torch.tensor([3])
+    assert ind.gamma(bins).item() == 0.0  # unseen bin
+    pre, theta = [0.50, 0.50, 0.50], [0.50, 0.499, 0.497]
+    m_pre, m_theta = pre[0], theta[0]  # first observation initializes
+    ind.update(bins, torch.tensor([pre[0]]), torch.tensor([theta[0]]))
+    for p, t in zip(pre[1:], theta[1:]):
+        ind.update(bins, torch.tensor([p]), torch.tensor([t]))
+        m_pre, m_theta = 0.9 * m_pre + 0.1 * p, 0.9 * m_theta + 0.1 * t
+    want = 1 - math.exp(-1000 * (m_pre - m_theta))
+    assert ind.gamma(bins).item() == pytest.approx(want, rel=1e-5)
+    assert ind.gamma(torch.tensor([4])).item() == 0.0  # other bins untouched
+    ind.update(torch.tensor([5]), torch.tensor([0.1]), torch.tensor([0.9]))  # base better than LoRA: γ clamps to 0
+    assert ind.gamma(torch.tensor([5])).item() == 0.0
+    assert torch.equal(ind.bin_of(torch.tensor([0.0, 0.35, 0.999])), torch.tensor([0, 3, 9]))
+
+
+def test_apt_augmentation_identity_and_probability():
+    from driftless.trainers.regularizers.apt import APT, zoom_out_rotate
+
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(zoom_out_rotate(x, torch.ones(2), torch.zeros(2)), x, rtol=0, atol=1e-6)
+    shrunk = zoom_out_rotate(x, torch.full((2,), 2.0), torch.zeros(2))
+    assert not torch.allclose(shrunk, x)
+    apt = APT(p_max=0.8)
+    g = torch.Generator().manual_seed(0)
+    u = torch.full((2,), 0.35)
+    assert torch.equal(apt.augment(x, u, g), x)  # γ = 0 before any observation: never augmented
+    apt.indicator.update(apt.indicator.bin_of(u), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]))  # γ ≈ 1
+    out = torch.stack([apt.augment(x[:1], u[:1], g)[0] for _ in range(200)])
+    augmented = (out - x[0]).abs().flatten(1).amax(1) > 1e-4
+    assert 0.7 < augmented.float().mean() < 0.9  # p = min(γ, p_max) = 0.8
+    torch.testing.assert_close(apt.denoising_weight(u), torch.zeros(2), rtol=0, atol=1e-6)  # 1 − γ
+
+
+def test_attention_probabilities_by_hand():
+    from driftless.trainers.regularizers.apt import attention_probabilities, channel_stats
+
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 5, 8, generator=g), torch.randn(1, 3, 8, generator=g)  # 2 heads of width 4
+    probs = attention_probabilities(q, k, heads=2)
+    for h in range(2):
+        qh, kh = q[0, :, 4 * h : 4 * h + 4], k[0, :, 4 * h : 4 * h + 4]
+        torch.testing.assert_close(probs[0, h], torch.softmax(qh @ kh.T / 2.0, dim=-1))
+    features = torch.tensor([[[1.0, 2.0], [3.0, 6.0]]])  # [B=1, N=2, C=2]
+    mean, std = channel_stats(features)
+    assert mean.tolist() == [[2.0, 4.0]] and std.tolist() == [[1.0, 2.0]]

@@ -34,7 +34,8 @@ class TrainingSetup:
 class StepContext:
     """One micro-batch as the trainer saw it, in the model's native parameterization."""
 
-    x0: torch.Tensor  # model-space latents (after process_latent_in)
+    x0: torch.Tensor  # model-space latents (after process_latent_in and any augmentation)
+    u: torch.Tensor  # noise level of each sample in [0, 1] (0 = clean end of the schedule)
     noise: torch.Tensor
     sigma: torch.Tensor
     x_t: torch.Tensor
@@ -76,6 +77,22 @@ class Regularizer(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         pass
 
+    # optional hooks into the step, for methods that shape the batch or watch the forwards (APT)
+    def augment(self, x0: torch.Tensor, u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Transform the clean latents before noising (default: unchanged)."""
+        return x0
+
+    def denoising_weight(self, u: torch.Tensor) -> torch.Tensor:
+        """Per-sample multiplier of the denoising loss (default: ones)."""
+        return torch.ones_like(u)
+
+    def transformer_patches(self, diffusion_model) -> dict:
+        """ComfyUI transformer patches to add to the training forwards ({"patches": ..., "patches_replace": ...})."""
+        return {}
+
+    def begin_pass(self, name: str) -> None:
+        """Called before each forward: name is "train" (the LoRA model) or "frozen" (the base model)."""
+
     @abstractmethod
     def loss(self, ctx: StepContext) -> torch.Tensor:
         """A scalar added to the step's loss."""
@@ -95,4 +112,4 @@ def chain(previous, regularizer: Regularizer) -> list[Regularizer]:
 
 
 # importing the method modules fills the registry (they import the names defined above)
-from . import dco, parameter_anchor, prior_preservation  # noqa: E402,F401
+from . import apt, dco, parameter_anchor, prior_preservation  # noqa: E402,F401

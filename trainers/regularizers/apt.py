@@ -1,0 +1,207 @@
+"""APT: Adaptive Personalized Training (Chae et al., CVPR 2025, arXiv 2507.02687), all three parts.
+
+1. Adaptive training adjustment (ATA). Timesteps fall into B = 10 bins; per bin, an EMA (α = 0.1) of the
+   frozen model's loss m_pre and of the LoRA model's loss m_θ on the same noisy inputs. The gap is an
+   overfitting indicator
+       γ_b = clamp(1 − exp(−T·(m_pre[b] − m_θ[b])), 0, 1),   T = 1000,
+   which sets the probability min(γ_b, p_max) of augmenting a sample (zoom-out 1–3×, rotation ±15°) and
+   down-weights its denoising loss by (1 − γ_b). A bin's EMAs start at their first observation; γ is 0
+   until then.
+2. Representation stabilization (RS): the per-channel mean and standard deviation (over tokens) of every
+   self-attention output are matched to the frozen model's: λ_dist·Σ_l(‖μ_θ − μ_pre‖² + ‖σ_θ − σ_pre‖²).
+3. Attention alignment (AA): every cross-attention probability map softmax(QKᵀ/√d), averaged over
+   heads, is matched to the frozen model's: λ_attn·mean_l ‖A_θ − A_pre‖².
+
+The frozen model is the shared frozen forward (LoRA at strength 0, same x_t, σ, prompt). Features and
+maps are captured through ComfyUI's transformer patches (`attn1_output_patch`, an `attn2` replace that
+computes the attention explicitly) on the training clone's forward only. Augmentation acts on the
+latents (the images are already encoded); reflection fills the borders. Choices where the paper is
+silent (α, T, p_max, clamping, latent-space augmentation) follow papers.md §2.6 and are settings here.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import Regularizer, StepContext, TrainingSetup, register
+
+PASS_KEY = "driftless_pass"  # transformer_options key telling the capture which forward is running
+
+
+class OverfitIndicator:
+    """Per-bin EMAs of the frozen and the trained model's losses, and γ from their gap (APT eq. for γ_b)."""
+
+    def __init__(self, bins: int = 10, ema: float = 0.1, temperature: float = 1000.0):
+        self.bins, self.ema, self.temperature = bins, ema, temperature
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh, empty EMAs (made where they are used: nodes run under inference mode, training does not)."""
+        self.m_pre = torch.zeros(self.bins, dtype=torch.float64)
+        self.m_theta = torch.zeros(self.bins, dtype=torch.float64)
+        self.seen = torch.zeros(self.bins, dtype=torch.bool)
+
+    def bin_of(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.clamp((u * self.bins).long(), 0, self.bins - 1).cpu()
+
+    def update(self, bins: torch.Tensor, loss_pre: torch.Tensor, loss_theta: torch.Tensor) -> None:
+        bins, loss_pre, loss_theta = bins.cpu(), loss_pre.detach().double().cpu(), loss_theta.detach().double().cpu()
+        for b in bins.unique().tolist():
+            mask = bins == b
+            pre, theta = loss_pre[mask].mean(), loss_theta[mask].mean()
+            if self.seen[b]:
+                self.m_pre[b] = (1 - self.ema) * self.m_pre[b] + self.ema * pre
+                self.m_theta[b] = (1 - self.ema) * self.m_theta[b] + self.ema * theta
+            else:
+                self.m_pre[b], self.m_theta[b], self.seen[b] = pre, theta, True
+
+    def gamma(self, bins: torch.Tensor) -> torch.Tensor:
+        gap = self.m_pre[bins.cpu()] - self.m_theta[bins.cpu()]
+        g = torch.clamp(1 - torch.exp(-self.temperature * gap), 0.0, 1.0)
+        return torch.where(self.seen[bins.cpu()], g, torch.zeros_like(g)).float()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"m_pre": self.m_pre.clone(), "m_theta": self.m_theta.clone(), "seen": self.seen.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.m_pre, self.m_theta, self.seen = state["m_pre"].clone(), state["m_theta"].clone(), state["seen"].clone()
+
+
+def zoom_out_rotate(x: torch.Tensor, scale: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Shrink each sample's content by `scale` (≥ 1) and rotate it by `degrees`, borders reflected."""
+    angle = degrees * math.pi / 180
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale  # sampling grid grows by `scale`: content shrinks
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and std over tokens of [B, N, C] features."""
+    return features.float().mean(dim=1), features.float().std(dim=1, unbiased=False)
+
+
+def attention_probabilities(q, k, heads: int) -> torch.Tensor:
+    """softmax(QKᵀ/√d) per head: [B, heads, Nq, Nk] from projected q [B, Nq, H·d] and k [B, Nk, H·d]."""
+    b, nq, width = q.shape
+    d = width // heads
+    q = q.view(b, nq, heads, d).transpose(1, 2)
+    k = k.view(b, k.shape[1], heads, d).transpose(1, 2)
+    return torch.softmax((q.float() @ k.float().transpose(-1, -2)) * d**-0.5, dim=-1)
+
+
+@register
+class APT(Regularizer):
+    name = "apt"
+    needs_frozen_prediction = True
+
+    def __init__(self, adaptive_adjustment=True, representation_weight=0.1, attention_weight=1.0,
+                 p_max=0.8, zoom_max=3.0, rotation_degrees=15.0, bins=10, ema=0.1, temperature=1000.0):
+        if representation_weight < 0 or attention_weight < 0:
+            raise ValueError("APT weights must be >= 0")
+        if not (0 <= p_max <= 1 and zoom_max >= 1 and rotation_degrees >= 0):
+            raise ValueError("APT needs 0 <= p_max <= 1, zoom_max >= 1 and rotation_degrees >= 0")
+        self.ata = bool(adaptive_adjustment)
+        self.lambda_dist, self.lambda_attn = float(representation_weight), float(attention_weight)
+        self.p_max, self.zoom_max, self.rotation = float(p_max), float(zoom_max), float(rotation_degrees)
+        self.indicator = OverfitIndicator(bins, ema, temperature)
+        self.captured = {"train": {"stats": [], "maps": []}, "frozen": {"stats": [], "maps": []}}
+        self.setup: TrainingSetup | None = None
+        self._last_gamma = None
+
+    def settings(self) -> dict:
+        return {
+            "adaptive_adjustment": self.ata, "representation_weight": self.lambda_dist,
+            "attention_weight": self.lambda_attn, "p_max": self.p_max, "zoom_max": self.zoom_max,
+            "rotation_degrees": self.rotation, "bins": self.indicator.bins, "ema": self.indicator.ema,
+            "temperature": self.indicator.temperature,
+        }
+
+    def prepare(self, setup: TrainingSetup) -> None:
+        self.setup = setup
+        self.indicator.reset()  # a new run starts without history (a resume loads it afterwards)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.indicator.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            self.indicator.load_state_dict(state)
+
+    # ---- ATA: before the forward ------------------------------------------------------------
+    def augment(self, x0: torch.Tensor, u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment each sample with probability min(γ of its bin, p_max)."""
+        if not self.ata:
+            return x0
+        gamma = self.indicator.gamma(self.indicator.bin_of(u))
+        draw = torch.rand(x0.shape[0], generator=generator)
+        scale = 1 + (self.zoom_max - 1) * torch.rand(x0.shape[0], generator=generator)
+        degrees = self.rotation * (2 * torch.rand(x0.shape[0], generator=generator) - 1)
+        chosen = draw < torch.clamp(gamma, max=self.p_max)
+        if not chosen.any():
+            return x0
+        augmented = zoom_out_rotate(x0, scale.to(x0.device), degrees.to(x0.device))
+        return torch.where(chosen.to(x0.device).view(-1, 1, 1, 1), augmented, x0)
+
+    def denoising_weight(self, u: torch.Tensor) -> torch.Tensor:
+        if not self.ata:
+            return torch.ones_like(u)
+        return 1 - self.indicator.gamma(self.indicator.bin_of(u))
+
+    # ---- RS / AA: capture during both forwards ----------------------------------------------
+    def begin_pass(self, name: str) -> None:
+        self.captured[name] = {"stats": [], "maps": []}
+
+    def transformer_patches(self, diffusion_model) -> dict:
+        out = {}
+        if self.lambda_dist > 0:
+            out["patches"] = {"attn1_output_patch": [self._capture_self_attention]}
+        if self.lambda_attn > 0:
+            out["patches_replace"] = {"attn2": {key: self._cross_attention for key in transformer_blocks(diffusion_model)}}
+        return out
+
+    def _capture_self_attention(self, n, extra_options):
+        self.captured[extra_options.get(PASS_KEY, "train")]["stats"].append(channel_stats(n))
+        return n
+
+    def _cross_attention(self, q, k, v, extra_options):
+        probs = attention_probabilities(q, k, extra_options["n_heads"])
+        self.captured[extra_options.get(PASS_KEY, "train")]["maps"].append(probs.mean(dim=1))
+        b, nq, _ = q.shape
+        heads = extra_options["n_heads"]
+        vh = v.view(b, v.shape[1], heads, -1).transpose(1, 2).float()
+        return (probs @ vh).transpose(1, 2).reshape(b, nq, -1).to(q.dtype)
+
+    # ---- the loss ---------------------------------------------------------------------------
+    def loss(self, ctx: StepContext) -> torch.Tensor:
+        frozen = ctx.frozen_prediction  # runs the frozen pass (captures its features) if not yet run
+        if self.ata:
+            loss_theta = ((ctx.prediction.detach() - ctx.target) ** 2).mean(dim=tuple(range(1, ctx.target.ndim)))
+            loss_pre = ((frozen - ctx.target) ** 2).mean(dim=tuple(range(1, ctx.target.ndim)))
+            self.indicator.update(self.indicator.bin_of(ctx.u), loss_pre, loss_theta)
+        total = ctx.x0.new_zeros(())
+        train, ref = self.captured["train"], self.captured["frozen"]
+        if self.lambda_dist > 0:
+            rs = sum(F.mse_loss(mt, mr, reduction="mean") + F.mse_loss(st, sr, reduction="mean")
+                     for (mt, st), (mr, sr) in zip(train["stats"], ref["stats"]))
+            total = total + self.lambda_dist * rs
+        if self.lambda_attn > 0 and train["maps"]:
+            aa = sum(F.mse_loss(a, b, reduction="mean") for a, b in zip(train["maps"], ref["maps"])) / len(train["maps"])
+            total = total + self.lambda_attn * aa
+        return total
+
+
+def transformer_blocks(diffusion_model) -> list[tuple]:
+    """The (block name, index) keys ComfyUI's UNet gives its spatial transformers."""
+    keys = []
+    for name, blocks in (("input", getattr(diffusion_model, "input_blocks", [])),
+                         ("output", getattr(diffusion_model, "output_blocks", []))):
+        for i, block in enumerate(blocks):
+            if any(type(m).__name__ == "SpatialTransformer" for m in block.children()):
+                keys.append((name, i))
+    middle = getattr(diffusion_model, "middle_block", None)
+    if middle is not None and any(type(m).__name__ == "SpatialTransformer" for m in middle.children()):
+        keys.append(("middle", 0))
+    return keys
