@@ -288,13 +288,27 @@ def _micro_step(run: _Run, step: int) -> torch.Tensor:
     drop = torch.rand(b, generator=generator) < config.null_prompt_dropout
     for regularizer in run.regularizers:
         x0 = regularizer.augment(x0, u, generator)
-    sigma = sample_sigmas(run.model_sampling, u).to(run.device)
-    coefficients = Coefficients.of(run.model_sampling, sigma)
-    x_t = coefficients.noisy(x0, noise)
     inputs = batch_inputs([run.null_inputs if drop[i] else run.cond_inputs[int(index[i])] for i in range(b)])
-    prediction = coefficients.prediction(run.forward(x_t, sigma, inputs), x_t)
-    target = coefficients.target(x0, noise)
-    weight = min_snr_weight(coefficients, config.min_snr_gamma)
+    extras = [e for e in (r.extra_examples(b, tuple(x0.shape[1:])) for r in run.regularizers) if e is not None]
+    # one forward for the micro-batch and any examples the regularizers add (prior preservation)
+    all_x0 = torch.cat([x0, *(e.x0 for e in extras)])
+    all_noise = torch.cat([noise, *(e.noise for e in extras)])
+    all_u = torch.cat([u, *(e.u for e in extras)])
+    all_inputs = batch_inputs([inputs, *(e.inputs for e in extras)])
+    all_sigma = sample_sigmas(run.model_sampling, all_u).to(run.device)
+    all_coefficients = Coefficients.of(run.model_sampling, all_sigma)
+    all_x_t = all_coefficients.noisy(all_x0, all_noise)
+    all_prediction = all_coefficients.prediction(run.forward(all_x_t, all_sigma, all_inputs), all_x_t)
+    all_target = all_coefficients.target(all_x0, all_noise)
+    all_weight = min_snr_weight(all_coefficients, config.min_snr_gamma)
+    start = b
+    for e in extras:
+        end = start + e.x0.shape[0]
+        e.prediction, e.target, e.weight = all_prediction[start:end], all_target[start:end], all_weight[start:end]
+        start = end
+    sigma, x_t, prediction, target = all_sigma[:b], all_x_t[:b], all_prediction[:b], all_target[:b]
+    coefficients = Coefficients.of(run.model_sampling, sigma)
+    weight = all_weight[:b]
     for regularizer in run.regularizers:
         weight = weight * regularizer.denoising_weight(u).to(weight.device)
     denoise = denoising_loss(prediction, target, weight).mean()

@@ -10,12 +10,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (same ratios, wider spread)")
     parser.add_argument("--architecture", default="sd15-bench", help="tiny-model config to measure on")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--only", choices=("training", "regularizers"), help="run one part of the benchmark")
     args = parser.parse_args()
     host.configure_args(host.find_comfyui(), None, cpu=None)
     from . import training
     from ..common import write_results
 
     repeats, steps = (2, 5) if args.quick else (5, 8)
+    if args.only != "regularizers":
+        bench_training(args, repeats, steps, training, write_results)
+    if args.only != "training":
+        bench_regularizers(args, repeats, steps, write_results)
+
+
+def bench_training(args, repeats, steps, training, write_results) -> None:
     rows = []
     for checkpointing in (False, True):
         print(f"[bench] training step, gradient checkpointing {checkpointing}: {repeats} paired repeats of {steps} steps")
@@ -45,6 +53,8 @@ def main() -> None:
     md, js = write_results("speed_training", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")
 
+
+def bench_regularizers(args, repeats, steps, write_results) -> None:
     from . import regularizers
 
     print(f"[bench] regularizers: {repeats} repeats of {steps} steps each, interleaved")

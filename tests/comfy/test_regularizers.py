@@ -201,3 +201,21 @@ def test_apt_regularizes_after_the_lora_moves(tiny_data):
     assert terms[0] == 0.0 and max(terms[1:]) > 0.0  # zero while the LoRA is still the base model
     assert bool(apt.indicator.seen.any())
     assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_prior_preservation_batched_equals_its_own_forward(tiny_data):
+    """Class examples joined to the training forward give the same run as a separate forward."""
+    from driftless.trainers.loop import train_lora
+    from driftless.trainers.regularizers.prior_preservation import PriorPreservation
+
+    model, clip, _, data = tiny_data()
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    batched = train_lora(model, data, TrainConfig(steps=4, **FAST), [PriorPreservation(latents, cond, "cat")])
+    separate_reg = PriorPreservation(latents, cond, "cat")
+    separate_reg.extra_examples = lambda *a: None  # as for class images of another size
+    separate = train_lora(model, data, TrainConfig(steps=4, **FAST), [separate_reg])
+    assert batched.losses == pytest.approx(separate.losses, rel=1e-5)
+    bigger = PriorPreservation(torch.randn(2, 4, 12, 12, generator=torch.Generator().manual_seed(8)), cond, "cat")
+    other_size = train_lora(model, data, TrainConfig(steps=2, **FAST), [bigger])
+    assert all(torch.isfinite(torch.tensor(other_size.losses)))

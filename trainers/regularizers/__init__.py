@@ -60,6 +60,23 @@ class StepContext:
         return self._frozen_value
 
 
+@dataclass
+class ExtraExamples:
+    """Examples a regularizer adds to the trained forward, so both go through one batched forward.
+
+    The regularizer fills x0, noise, u and inputs; the trainer fills prediction, target and weight
+    (min-SNR) from that forward before calling `loss`.
+    """
+
+    x0: torch.Tensor
+    noise: torch.Tensor
+    u: torch.Tensor
+    inputs: dict
+    prediction: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+
+
 class Regularizer(ABC):
     name = "base"
     needs_frozen_prediction = False
@@ -85,6 +102,10 @@ class Regularizer(ABC):
     def denoising_weight(self, u: torch.Tensor) -> torch.Tensor:
         """Per-sample multiplier of the denoising loss (default: ones)."""
         return torch.ones_like(u)
+
+    def extra_examples(self, batch_size: int, example_shape: tuple) -> ExtraExamples | None:
+        """Examples to train in the same forward as the micro-batch (same latent shape), or None."""
+        return None
 
     def transformer_patches(self, diffusion_model) -> dict:
         """ComfyUI transformer patches to add to the training forwards ({"patches": ..., "patches_replace": ...})."""

@@ -183,12 +183,13 @@ class APT(Regularizer):
             self.indicator.update(self.indicator.bin_of(ctx.u), loss_pre, loss_theta)
         total = ctx.x0.new_zeros(())
         train, ref = self.captured["train"], self.captured["frozen"]
+        n = ctx.x0.shape[0]  # the trained forward may carry other regularizers' examples after these
         if self.lambda_dist > 0:
-            rs = sum(F.mse_loss(mt, mr, reduction="mean") + F.mse_loss(st, sr, reduction="mean")
+            rs = sum(F.mse_loss(mt[:n], mr, reduction="mean") + F.mse_loss(st[:n], sr, reduction="mean")
                      for (mt, st), (mr, sr) in zip(train["stats"], ref["stats"]))
             total = total + self.lambda_dist * rs
         if self.lambda_attn > 0 and train["maps"]:
-            aa = sum(F.mse_loss(a, b, reduction="mean") for a, b in zip(train["maps"], ref["maps"])) / len(train["maps"])
+            aa = sum(F.mse_loss(a[:n], b, reduction="mean") for a, b in zip(train["maps"], ref["maps"])) / len(train["maps"])
             total = total + self.lambda_attn * aa
         return total
 

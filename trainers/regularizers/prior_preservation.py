@@ -5,14 +5,16 @@
 x' are images of the subject's class ("a dog") drawn by the base model itself, or given; c_cls is the
 class prompt without the identifier. Training on them keeps the class prior from collapsing onto the
 subject ("language drift"). Each step draws its own class micro-batch (same batch size, its own noise
-and timesteps from the run's generator), so it costs one extra forward and backward.
+and timesteps from the run's generator). When the class latents have the training latents' size, the
+class micro-batch joins the training micro-batch in one batched forward, as DreamBooth's scripts do;
+otherwise it gets its own forward.
 """
 
 import torch
 
 from ..data import IndexStream
 from ..objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
-from . import Regularizer, StepContext, TrainingSetup, register
+from . import ExtraExamples, Regularizer, StepContext, TrainingSetup, register
 
 
 @register
@@ -27,6 +29,7 @@ class PriorPreservation(Regularizer):
         self.class_latents, self.class_conditioning = class_latents, class_conditioning
         self.class_prompt, self.weight = class_prompt, float(weight)
         self.setup: TrainingSetup | None = None
+        self._pending: ExtraExamples | None = None
 
     def settings(self) -> dict:
         return {"weight": self.weight, "class_prompt": self.class_prompt, "class_images": int(self.class_latents.shape[0])}
@@ -43,17 +46,30 @@ class PriorPreservation(Regularizer):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.stream.load_state(state)
 
-    def loss(self, ctx: StepContext) -> torch.Tensor:
+    def _draw(self, b: int) -> ExtraExamples:
         setup, config = self.setup, self.setup.config
-        b = config.batch_size
         index = self.stream.take(b).to(setup.device)
         x0 = self.x0[index]
         noise = torch.randn(x0.shape, generator=setup.generator).to(setup.device)
         u = config.timestep_min + (config.timestep_max - config.timestep_min) * torch.rand(b, generator=setup.generator)
-        sigma = sample_sigmas(setup.model_sampling, u).to(setup.device)
-        coefficients = Coefficients.of(setup.model_sampling, sigma)
-        x_t = coefficients.noisy(x0, noise)
         inputs = {k: v.repeat(b, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
-        prediction = setup.predict(x_t, sigma, inputs, coefficients)
-        weight = min_snr_weight(coefficients, config.min_snr_gamma)
-        return self.weight * denoising_loss(prediction, coefficients.target(x0, noise), weight).mean()
+        return ExtraExamples(x0, noise, u, inputs)
+
+    def extra_examples(self, batch_size: int, example_shape: tuple) -> ExtraExamples | None:
+        if tuple(self.x0.shape[1:]) != tuple(example_shape):
+            return None
+        self._pending = self._draw(batch_size)
+        return self._pending
+
+    def loss(self, ctx: StepContext) -> torch.Tensor:
+        examples, self._pending = self._pending, None
+        if examples is None:  # another latent size: a forward of its own
+            setup = self.setup
+            examples = self._draw(setup.config.batch_size)
+            sigma = sample_sigmas(setup.model_sampling, examples.u).to(setup.device)
+            coefficients = Coefficients.of(setup.model_sampling, sigma)
+            x_t = coefficients.noisy(examples.x0, examples.noise)
+            examples.prediction = setup.predict(x_t, sigma, examples.inputs, coefficients)
+            examples.target = coefficients.target(examples.x0, examples.noise)
+            examples.weight = min_snr_weight(coefficients, setup.config.min_snr_gamma)
+        return self.weight * denoising_loss(examples.prediction, examples.target, examples.weight).mean()
