@@ -37,7 +37,7 @@ def progress_reporter(node_id, total: int, log_every_s: float = 5.0):
     server = _prompt_server()
     last_log = [0.0]
 
-    def on_step(step: int, total_steps: int, loss: float, rate: float) -> None:
+    def on_step(step: int, total_steps: int, loss: float, rate: float, model=None) -> None:
         bar.update_absolute(step, total_steps)
         eta = (total_steps - step) / rate if rate > 0 else float("nan")
         text = f"step {step}/{total_steps}  loss {loss:.4f}  {rate:.2f} it/s  ETA {eta:.0f} s"

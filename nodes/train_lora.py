@@ -80,12 +80,27 @@ class TrainLora(io.ComfyNode):
                                 "Or a .train-state path relative to models/loras."),
                 REGULARIZER.Input("regularizer", optional=True,
                                   tooltip="Drift regularizer(s) from a Driftless regularizer node; chained terms add."),
+                io.Int.Input("validation_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Sample a validation image every N steps (and at the end) at a fixed seed; 0 = off. "
+                             "Needs the VAE and a CLIP."),
+                io.String.Input("validation_prompt", default="a photo of sks dog", optional=True,
+                                tooltip="Prompt of the validation images (the null prompt is the negative)."),
+                io.Int.Input("validation_seed", default=0, min=0, max=2**31 - 1, optional=True,
+                             tooltip="Noise seed of every validation image, so they differ only by training progress."),
+                io.Int.Input("validation_steps", default=20, min=1, max=200, optional=True,
+                             tooltip="Sampling steps of a validation image (euler, normal schedule)."),
+                io.Float.Input("validation_cfg", default=5.0, min=0.0, max=30.0, step=0.1, optional=True,
+                               tooltip="Guidance scale of the validation images."),
+                io.Clip.Input("clip", optional=True, tooltip="Encodes the validation prompt (the model's text encoder)."),
+                io.Vae.Input("vae", optional=True, tooltip="Decodes the validation images (the model's VAE)."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The input model with the trained LoRA applied."),
                 io.LoraModel.Output(display_name="lora", tooltip="The trained LoRA in memory (ComfyUI's LORA_MODEL)."),
                 io.LossMap.Output(display_name="loss", tooltip="Loss per step ({'loss': [...]}), as ComfyUI's loss graph reads it."),
                 io.Image.Output(display_name="loss_plot", tooltip="The loss curve as an image."),
+                io.Image.Output(display_name="validation_images",
+                                tooltip="One image per validation point, oldest first (a black 64x64 image when off)."),
                 io.Int.Output(display_name="steps", tooltip="Steps trained in total (including resumed ones)."),
             ],
             hidden=[io.Hidden.unique_id],
@@ -113,7 +128,9 @@ class TrainLora(io.ComfyNode):
         return ""
 
     @classmethod
-    def execute(cls, model, training_data, run_name, checkpoint_every, resume_from="", regularizer=None, **knobs):
+    def execute(cls, model, training_data, run_name, checkpoint_every, resume_from="", regularizer=None,
+                validation_every=0, validation_prompt="", validation_seed=0, validation_steps=20, validation_cfg=5.0,
+                clip=None, vae=None, **knobs):
         from ..trainers.lora_files import LoraWeights, lora_metadata, save_lora
         from ..trainers.loop import train_lora
         from ..trainers.report import loss_plot
@@ -141,15 +158,46 @@ class TrainLora(io.ComfyNode):
             logging.info("Driftless: checkpoint at step %d: %s", step, lora_path)
             return lora_path
 
+        report = progress_reporter(cls.hidden.unique_id, config.steps)
+        validation = _validation(validation_every, validation_prompt, validation_seed, validation_steps, validation_cfg,
+                                 clip, vae, training_data)
+
+        def on_step(step, total, loss, rate, trained_model):
+            report(step, total, loss, rate)
+            validation(step, total, trained_model)
+
         result = train_lora(
             model, training_data, config, regularizers, resume,
-            on_step=progress_reporter(cls.hidden.unique_id, config.steps),
+            on_step=on_step,
             on_checkpoint=on_checkpoint,
             check_interrupt=check_interrupt,
         )
         meta = lora_metadata(config, result.base_fingerprint, result.steps_done, training_data.captions, regularizers)
         lora = LoraWeights(result.adapter.lora_state_dict(), meta)
-        return io.NodeOutput(result.model, lora, {"loss": result.losses}, loss_plot(result.losses), result.steps_done)
+        return io.NodeOutput(result.model, lora, {"loss": result.losses}, loss_plot(result.losses), validation.images(),
+                             result.steps_done)
+
+
+def _validation(every, prompt, seed, steps, cfg, clip, vae, training_data):
+    """A callback sampling the model being trained every `every` steps; `.images()` returns the batch."""
+    import torch
+
+    from ..trainers.validation import sample_preview
+
+    images = []
+    if every and (clip is None or vae is None):
+        raise ValueError("validation images need the CLIP and the VAE inputs connected (or set validation_every to 0)")
+    if every:
+        encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+        positive, negative = encode(prompt), encode("")
+
+    def callback(step, total, model):
+        if every and (step % every == 0 or step == total):
+            images.append(sample_preview(model, positive, negative, vae, seed=seed, steps=steps, cfg=cfg,
+                                         latent_shape=tuple(training_data.latents.shape[1:])))
+
+    callback.images = lambda: torch.cat(images) if images else torch.zeros(1, 64, 64, 3)
+    return callback
 
 
 def _config(steps, learning_rate, rank, alpha, target_layers, batch_size, gradient_accumulation, optimizer, lr_schedule,

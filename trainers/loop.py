@@ -133,7 +133,7 @@ def train_lora(
     config: TrainConfig,
     regularizers: list[Regularizer] = (),
     resume=None,
-    on_step: Callable | None = None,
+    on_step: Callable | None = None,  # (step, total, loss, steps/s, the model being trained)
     on_checkpoint: Callable | None = None,
     check_interrupt: Callable | None = None,
 ) -> TrainResult:
@@ -225,7 +225,7 @@ class _Run:
                 done = step + 1
                 if on_step is not None:
                     rate = (done - self.start_step) / max(time.perf_counter() - started, 1e-9)
-                    on_step(done, config.steps, loss, rate)
+                    on_step(done, config.steps, loss, rate, self.clone)
                 if on_checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
                     self.checkpoints.append(on_checkpoint(**self.state(done)))
         self.adapter.requires_grad_(False)

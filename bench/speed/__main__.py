@@ -74,7 +74,8 @@ def bench_regularizers(args, repeats, steps, write_results) -> None:
     notes = [
         f"model: {args.architecture}, LoRA rank {args.rank} on attention, batch 1, fp32; prior preservation draws one "
         "class micro-batch per step (class-image generation excluded)",
-        f"each repeat runs plain, anchor, DCO, APT and prior preservation in turn in one process; {repeats} repeats",
+        f"each repeat runs plain, anchor, DCO, APT and prior preservation in one process, in an order rotated "
+        f"every repeat; {repeats} repeats; the ratio is taken within each repeat",
         "memory: each regularizer in a fresh subprocess; CPU figures are peak-RSS growth during training",
     ]
     md, js = write_results("speed_regularizers", [{"name": k, **v} for k, v in result.items()], table, notes)

@@ -49,8 +49,9 @@ def paired_ratios(architecture, repeats, steps, rank) -> dict:
     _, clip, _ = build_tiny_model(architecture, 0)
     times = {n: [] for n in NAMES}
     ratios = {n: [] for n in NAMES[1:]}
-    for _ in range(repeats):
-        this = {n: run(model, clip, data, n, steps, rank) for n in NAMES}
+    for repeat in range(repeats):
+        order = NAMES[repeat % len(NAMES):] + NAMES[: repeat % len(NAMES)]  # rotate: no method always runs first
+        this = {n: run(model, clip, data, n, steps, rank) for n in order}
         for n in NAMES:
             times[n].append(this[n])
         for n in NAMES[1:]:

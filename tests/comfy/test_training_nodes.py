@@ -88,3 +88,26 @@ def test_cancel_stops_training_and_keeps_the_last_checkpoint(run_prompt, comfy_h
     last = latest_state(comfy_host.base_directory / "models" / "loras" / "cancelled")
     assert last is not None and ResumeState(last).step % 5 == 0
     assert not (comfy_host.base_directory / "models" / "loras" / "graph" / "never.safetensors").exists()
+
+
+def test_validation_images_at_a_fixed_seed(run_prompt, comfy_host):
+    from comfy_execution.graph_utils import GraphBuilder
+
+    prompt = _graph(run_name="validated", steps=4, checkpoint_every=0, filename="graph/validated", validation_every=2,
+                    validation_prompt="a photo of sks vase", validation_seed=3, validation_steps=3, validation_cfg=4.0,
+                    clip=["model", 1], vae=["model", 2], learning_rate=5e-2)
+    prompt["validation_out"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 4], "filename_prefix": "val"}}
+    result = run_prompt(prompt)
+    assert result.success, result.error
+    images = result.outputs["validation_out"]["images"]
+    assert len(images) == 2  # steps 2 and 4
+    from PIL import Image
+    import numpy as np
+
+    a, b = (np.asarray(Image.open(comfy_host.base_directory / "output" / i["subfolder"] / i["filename"])) for i in images)
+    assert a.shape == (64, 64, 3) and not np.array_equal(a, b)  # same seed, different training progress
+
+
+def test_validation_without_vae_fails_before_training(run_prompt):
+    result = run_prompt(_graph(run_name="novae", validation_every=2))
+    assert not result.success and "validation images need the CLIP and the VAE" in result.error["exception_message"]

@@ -10,6 +10,8 @@ with a LoRA, θ − θ_base is exactly ΔW, so the penalty needs no frozen forwa
 decay on A and B; their λ is 1e-7 for SD1.5, 1e-6 for SDXL). Use it to reproduce the paper's numbers.
 """
 
+from collections import defaultdict
+
 import torch
 
 from . import Regularizer, StepContext, register
@@ -41,10 +43,27 @@ class ParameterAnchor(Regularizer):
         return {"weight": self.weight, "form": self.form}
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
+        """Summed over layers grouped by factor shapes: a few batched products instead of one per layer."""
         total = ctx.x0.new_zeros(())
-        for layer in ctx.adapter.layers:
+        for layers in _groups(ctx.adapter):
+            downs = torch.stack([layer.down.flatten(1) for layer in layers])  # [G, r, in]
+            ups = torch.stack([layer.up.flatten(1) for layer in layers])  # [G, out, r]
             if self.form == "paper":
-                total = total + delta_norm_squared(layer.down, layer.up, layer.scale.to(total.device))
+                scales = torch.stack([layer.scale for layer in layers]).to(total.device)
+                per_layer = ((ups.transpose(1, 2) @ ups) * (downs @ downs.transpose(1, 2))).sum(dim=(1, 2))
+                total = total + (scales**2 * per_layer).sum()
             else:
-                total = total + layer.down.square().sum() + layer.up.square().sum()
+                total = total + downs.square().sum() + ups.square().sum()
         return self.weight * total
+
+
+def _groups(adapter) -> list[list]:
+    """The adapter's layers grouped by (A shape, B shape), computed once per adapter."""
+    cached = getattr(adapter, "_anchor_groups", None)
+    if cached is None:
+        by_shape = defaultdict(list)
+        for layer in adapter.layers:
+            by_shape[(tuple(layer.down.flatten(1).shape), tuple(layer.up.flatten(1).shape))].append(layer)
+        cached = list(by_shape.values())
+        adapter._anchor_groups = cached
+    return cached
