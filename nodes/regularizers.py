@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..trainers.regularizers.dco import MODES as DCO_MODES
 from ..trainers.regularizers.parameter_anchor import FORMS as ANCHOR_FORMS
 from .train_lora import REGULARIZER
-from .validation import validate_combos
+from .validation import CheckedNode
 
 
 def _chain_input():
@@ -20,7 +20,7 @@ def _output():
     return REGULARIZER.Output(display_name="regularizer", tooltip="Connect to Train LoRA's regularizer input, or chain on.")
 
 
-class ParameterAnchor(io.ComfyNode):
+class ParameterAnchor(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -44,10 +44,6 @@ class ParameterAnchor(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kw):
-        return validate_combos(cls, kw)
-
-    @classmethod
     def execute(cls, weight, form, chain=None) -> io.NodeOutput:
         from ..trainers.regularizers import chain as append
         from ..trainers.regularizers.parameter_anchor import ParameterAnchor as Anchor
@@ -55,7 +51,7 @@ class ParameterAnchor(io.ComfyNode):
         return io.NodeOutput(append(chain, Anchor(weight, form)))
 
 
-class DCO(io.ComfyNode):
+class DCO(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -78,10 +74,6 @@ class DCO(io.ComfyNode):
             ],
             outputs=[_output()],
         )
-
-    @classmethod
-    def validate_inputs(cls, **kw):
-        return validate_combos(cls, kw)
 
     @classmethod
     def execute(cls, beta, weight, mode, chain=None) -> io.NodeOutput:
@@ -182,7 +174,7 @@ class APT(io.ComfyNode):
                                               zoom_max, rotation_degrees, bins, ema, temperature)))
 
 
-class ClassImages(io.ComfyNode):
+class ClassImages(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         import comfy.samplers
@@ -218,10 +210,6 @@ class ClassImages(io.ComfyNode):
                 io.Latent.Output(display_name="class_latents", tooltip="The same images as latents (no re-encoding needed)."),
             ],
         )
-
-    @classmethod
-    def validate_inputs(cls, **kw):
-        return validate_combos(cls, kw)
 
     @classmethod
     def execute(cls, model, clip, vae, class_prompt, count, seed, width, height, steps, cfg, sampler_name, scheduler):

@@ -3,10 +3,10 @@
 from comfy_api.latest import io
 
 from ..tinymodels.configs import CONFIGS
-from .validation import validate_combos
+from .validation import CheckedNode
 
 
-class TinyModel(io.ComfyNode):
+class TinyModel(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -44,10 +44,6 @@ class TinyModel(io.ComfyNode):
                 io.Vae.Output(display_name="VAE", tooltip="An 8x-downscaling AutoencoderKL with 4 latent channels."),
             ],
         )
-
-    @classmethod
-    def validate_inputs(cls, architecture: str, seed: int) -> bool | str:
-        return validate_combos(cls, {"architecture": architecture})
 
     @classmethod
     def execute(cls, architecture: str, seed: int) -> io.NodeOutput:

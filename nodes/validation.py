@@ -18,3 +18,11 @@ def validate_combos(node_cls, values: dict) -> bool | str:
     """For a node's `validate_inputs`: True, or the error text ComfyUI shows on the node."""
     errors = combo_errors(node_cls.define_schema(), values)
     return True if not errors else "; ".join(errors)
+
+
+class CheckedNode(io.ComfyNode):
+    """A node whose Combo inputs are checked against their options before it runs."""
+
+    @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return validate_combos(cls, values)

@@ -24,14 +24,15 @@ def main() -> None:
 
 
 def bench_training(args, repeats, steps, training, write_results) -> None:
+    from .peak import peak_memory
+
     rows = []
     for checkpointing in (False, True):
         print(f"[bench] training step, gradient checkpointing {checkpointing}: {repeats} paired repeats of {steps} steps")
         times = training.paired_step_times(args.architecture, repeats, steps, args.rank, checkpointing)
-        mem = {w: training.peak_memory(w, args.architecture, steps, args.rank, checkpointing) for w in ("ours", "stock")}
-        mem_ratio = mem["ours"]["peak_growth_bytes"] / max(mem["stock"]["peak_growth_bytes"], 1)
-        rows.append({"gradient_checkpointing": checkpointing, **times, "peak_growth_bytes": {w: m["peak_growth_bytes"] for w, m in mem.items()},
-                     "memory_ratio": mem_ratio, "memory_device": mem["ours"]["device"]})
+        mem = {w: peak_memory(w, args.architecture, steps, args.rank, checkpointing) for w in ("ours", "stock")}
+        rows.append({"gradient_checkpointing": checkpointing, **times, "peak_growth_bytes": mem,
+                     "memory_ratio": mem["ours"] / max(mem["stock"], 1)})
     header = "| gradient checkpointing | Driftless s/step | TrainLoraNode s/step | time ratio (median, min–max) | peak memory growth ours / stock (MB) | memory ratio |"
     lines = [header, "|---|---|---|---|---|---|"]
     for r in rows:
@@ -56,11 +57,12 @@ def bench_training(args, repeats, steps, training, write_results) -> None:
 
 def bench_regularizers(args, repeats, steps, write_results) -> None:
     from . import regularizers
+    from .peak import peak_memory
 
     print(f"[bench] regularizers: {repeats} repeats of {steps} steps each, interleaved")
     result = regularizers.paired_ratios(args.architecture, repeats, steps, args.rank)
     for name in result:
-        result[name]["peak_growth_bytes"] = regularizers.peak_memory(name, args.architecture, steps, args.rank)
+        result[name]["peak_growth_bytes"] = peak_memory(name, args.architecture, steps, args.rank)
     plain_peak = max(result["plain"]["peak_growth_bytes"], 1)
     lines = ["| regularizer | s/step | time ratio to plain LoRA (median, min–max) | peak memory growth | memory ratio |",
              "|---|---|---|---|---|"]

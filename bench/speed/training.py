@@ -7,10 +7,7 @@ memory is measured per trainer in a fresh subprocess (CPU: peak RSS growth durin
 torch.cuda.max_memory_allocated growth).
 """
 
-import json
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -78,42 +75,3 @@ def paired_step_times(architecture, repeats, steps, rank, checkpointing) -> dict
         stock.append(b)
         ratios.append(a / b)
     return {"ours_s": spread(ours), "stock_s": spread(stock), "ratio": spread(ratios)}
-
-
-PEAK_PROBE = r"""
-import json, sys, threading, time, psutil, torch
-from driftless.headless import host
-host.configure_args(host.find_comfyui(), None, cpu=None)
-from driftless.bench.speed import training as t
-which, arch, steps, rank, ckpt = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
-model, data = t._setup(arch)
-cuda = torch.cuda.is_available()
-import comfy.model_management as mm
-mm.load_models_gpu([model])
-process, peak, running = psutil.Process(), [0], [True]
-def sample():  # peak RSS during training, sampled every 2 ms
-    while running[0]:
-        peak[0] = max(peak[0], process.memory_info().rss)
-        time.sleep(0.002)
-if cuda:
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
-else:
-    before = process.memory_info().rss
-    thread = threading.Thread(target=sample, daemon=True); thread.start()
-(t.run_ours if which == "ours" else t.run_stock)(model, data, steps, rank, ckpt)
-if cuda:
-    after = torch.cuda.max_memory_allocated()
-else:
-    running[0] = False; thread.join(); after = peak[0]
-print(json.dumps({"peak_growth_bytes": after - before, "device": "cuda" if cuda else "cpu"}))
-"""
-
-
-def peak_memory(which: str, architecture: str, steps: int, rank: int, checkpointing: bool) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", PEAK_PROBE, which, architecture, str(steps), str(rank), "1" if checkpointing else "0"],
-        capture_output=True, text=True, timeout=1800,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,0 +1,77 @@
+"""Peak memory growth of one training run, measured in a fresh process.
+
+    python -m driftless.bench.speed.peak ours|stock|REGULARIZER ARCHITECTURE STEPS RANK [checkpointing]
+
+CPU: peak resident memory during training (sampled every 2 ms) minus the resident memory before it;
+CUDA: torch.cuda.max_memory_allocated minus the memory allocated before it. Prints JSON.
+"""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+
+def measure(run) -> int:
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        return torch.cuda.max_memory_allocated() - before
+    process, peak, running = psutil.Process(), [0], [True]
+
+    def sample():
+        while running[0]:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.002)
+
+    before = process.memory_info().rss
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        run()
+    finally:
+        running[0] = False
+        thread.join()
+    return peak[0] - before
+
+
+def peak_memory(which: str, architecture: str, steps: int, rank: int, checkpointing: bool = False) -> int:
+    args = [which, architecture, str(steps), str(rank), "1" if checkpointing else "0"]
+    out = subprocess.run([sys.executable, "-m", "driftless.bench.speed.peak", *args], capture_output=True, text=True,
+                         timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_bytes"]
+
+
+def main(argv: list[str]) -> None:
+    from ...headless import host
+
+    host.configure_args(host.find_comfyui(), None, cpu=None)
+    import comfy.model_management
+
+    from . import regularizers, training
+
+    which, architecture, steps, rank, checkpointing = argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4] == "1"
+    model, data = training._setup(architecture)
+    comfy.model_management.load_models_gpu([model])
+    if which == "ours":
+        run = lambda: training.run_ours(model, data, steps, rank, checkpointing)  # noqa: E731
+    elif which == "stock":
+        run = lambda: training.run_stock(model, data, steps, rank, checkpointing)  # noqa: E731
+    else:
+        from ...tinymodels.build import build_tiny_model
+
+        _, clip, _ = build_tiny_model(architecture, 0)
+        run = lambda: regularizers.run(model, clip, data, which, steps, rank)  # noqa: E731
+    print(json.dumps({"peak_growth_bytes": measure(run)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
