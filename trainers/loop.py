@@ -144,19 +144,33 @@ def train_lora(
     if resume is not None:
         resume.check_compatible(config, base_fingerprint)
         resume.check_regularizers(regularizers)
-    # the executor runs nodes under inference_mode; tensors autograd sees must be made outside it
-    with torch.inference_mode(False), torch.enable_grad():
-        run = _Run(model_patcher, data, config, list(regularizers), resume, base_fingerprint)
-        run.train(on_step, on_checkpoint, check_interrupt)
+    run = TrainingRun(model_patcher, data, config, list(regularizers), resume, base_fingerprint)
+    run.train(on_step, on_checkpoint, check_interrupt)
     run.adapter.strength = 1.0
     return TrainResult(run.clone, run.adapter, run.losses, config.steps, base_fingerprint, run.checkpoints)
 
 
-class _Run:
-    """The state of one training run: clone + adapter, optimizer, data stream, generator, losses."""
+def outside_inference_mode(method):
+    """The executor runs nodes under inference_mode; tensors that autograd sees must be made outside it."""
 
-    def __init__(self, model_patcher, data, config, regularizers, resume, base_fingerprint):
-        import comfy.model_management
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+class TrainingRun:
+    """One training run: clone + adapter, optimizer, data stream, generator, losses.
+
+    `train_lora` drives it to the end; `step` advances it by one optimizer step (the benchmarks
+    interleave several runs step by step, each made the loaded model with `activate` first).
+    """
+
+    @outside_inference_mode
+    def __init__(self, model_patcher, data, config, regularizers=(), resume=None, base_fingerprint=None):
+        regularizers = list(regularizers)
+        base_fingerprint = base_fingerprint or model_fingerprint(model_patcher.model.diffusion_model)
 
         self.config, self.regularizers, self.base_fingerprint = config, regularizers, base_fingerprint
         self.clone = model_patcher.clone()
@@ -165,7 +179,7 @@ class _Run:
             self.clone.model.diffusion_model, config.targets, config.rank, config.alpha, self.generator
         )
         self.adapter.attach_to(self.clone)
-        comfy.model_management.load_models_gpu([self.clone], force_full_load=True)
+        self.activate()
         release_inference_tensors(self.clone.model)
         self.device = self.clone.load_device
         self.stream = IndexStream(len(data), self.generator)
@@ -176,6 +190,7 @@ class _Run:
             self.optimizer.load_state_dict(resume.optimizer_state())
             self.stream.load_state(resume.data_state())
             self.start_step, self.losses = resume.step, resume.losses()
+        self.resumed_losses = len(self.losses)
         self.model = self.clone.model
         self.model_sampling = self.clone.get_model_object("model_sampling")
         self.x0_all = self.model.process_latent_in(data.latents.detach().to(self.device, torch.float32).clone())
@@ -212,23 +227,47 @@ class _Run:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             return self.model.apply_model(x_t, sigma, transformer_options=options, **inputs).float()
 
+    def activate(self) -> None:
+        """Make this run's clone the loaded model (its LoRA hooks installed on the shared modules)."""
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([self.clone], force_full_load=True)
+
+    @contextmanager
+    def training_mode(self):
+        """LoRA parameters trainable, base weights frozen, checkpointing wrappers on; all undone on exit."""
+        with torch.inference_mode(False), torch.enable_grad():
+            self.adapter.requires_grad_(True)
+            try:
+                with frozen_base(self.model), gradient_checkpointing(self.model.diffusion_model, self.config.gradient_checkpointing):
+                    yield
+            finally:
+                self.adapter.requires_grad_(False)
+
+    def step(self) -> float:
+        """One optimizer step (the next one of this run); returns its loss."""
+        with self.training_mode():
+            return self._advance()
+
+    def _advance(self) -> float:
+        loss = self.optimizer_step(self.start_step + len(self.losses) - self.resumed_losses)
+        self.losses.append(loss)
+        return loss
+
     def train(self, on_step, on_checkpoint, check_interrupt):
         config = self.config
-        self.adapter.requires_grad_(True)
         started = time.perf_counter()
-        with frozen_base(self.model), gradient_checkpointing(self.model.diffusion_model, config.gradient_checkpointing):
+        with self.training_mode():
             for step in range(self.start_step, config.steps):
                 if check_interrupt is not None:
                     check_interrupt()
-                loss = self.optimizer_step(step)
-                self.losses.append(loss)
+                loss = self._advance()
                 done = step + 1
                 if on_step is not None:
                     rate = (done - self.start_step) / max(time.perf_counter() - started, 1e-9)
                     on_step(done, config.steps, loss, rate, self.clone)
                 if on_checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
                     self.checkpoints.append(on_checkpoint(**self.state(done)))
-        self.adapter.requires_grad_(False)
 
     def optimizer_step(self, step: int) -> float:
         config = self.config
@@ -277,7 +316,7 @@ def with_patches(transformer_options: dict, extra: list[dict]) -> dict:
     return options
 
 
-def _micro_step(run: _Run, step: int) -> torch.Tensor:
+def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
     """Loss of one micro-batch: denoising in native units plus every regularizer's term."""
     config, generator = run.config, run.generator
     b = config.batch_size

@@ -11,12 +11,15 @@ def main() -> None:
     parser.add_argument("--architecture", default="sd15-bench", help="tiny-model config to measure on")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--only", choices=("training", "regularizers"), help="run one part of the benchmark")
+    parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     args = parser.parse_args()
     host.configure_args(host.find_comfyui(), None, cpu=None)
     from . import training
     from ..common import write_results
 
     repeats, steps = (2, 5) if args.quick else (5, 8)
+    repeats, steps = args.repeats or repeats, args.steps or steps
     if args.only != "regularizers":
         bench_training(args, repeats, steps, training, write_results)
     if args.only != "training":
@@ -59,7 +62,7 @@ def bench_regularizers(args, repeats, steps, write_results) -> None:
     from . import regularizers
     from .peak import peak_memory
 
-    print(f"[bench] regularizers: {repeats} repeats of {steps} steps each, interleaved")
+    print(f"[bench] regularizers: {repeats * steps} rounds of one step of every method, interleaved")
     result = regularizers.paired_ratios(args.architecture, repeats, steps, args.rank)
     for name in result:
         result[name]["peak_growth_bytes"] = peak_memory(name, args.architecture, steps, args.rank)
@@ -76,8 +79,8 @@ def bench_regularizers(args, repeats, steps, write_results) -> None:
     notes = [
         f"model: {args.architecture}, LoRA rank {args.rank} on attention, batch 1, fp32; prior preservation draws one "
         "class micro-batch per step (class-image generation excluded)",
-        f"each repeat runs plain, anchor, DCO, APT and prior preservation in one process, in an order rotated "
-        f"every repeat; {repeats} repeats; the ratio is taken within each repeat",
+        f"{repeats * steps} rounds; in each round every method takes one optimizer step, in an order rotated every "
+        "round; ratios are per round against plain LoRA (median, min–max)",
         "memory: each regularizer in a fresh subprocess; CPU figures are peak-RSS growth during training",
     ]
     md, js = write_results("speed_regularizers", [{"name": k, **v} for k, v in result.items()], table, notes)

@@ -31,29 +31,39 @@ NAMES = ("plain", "parameter anchor", "DCO", "APT", "prior preservation")
 
 
 def run(model, clip, data, name, steps, rank):
-    import time
-
+    """A whole run (for the peak-memory probe)."""
     from ...trainers.config import TrainConfig
     from ...trainers.loop import train_lora
 
-    stamps = []
     config = TrainConfig(steps=steps, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0)
-    train_lora(model, data, config, make_regularizers(name, clip), on_step=lambda *a: stamps.append(time.perf_counter()))
-    return training.step_time(stamps)
+    train_lora(model, data, config, make_regularizers(name, clip))
 
 
 def paired_ratios(architecture, repeats, steps, rank) -> dict:
+    """Every method advanced one optimizer step at a time in rotating order, so drift hits all alike.
+
+    Each method's step time is the median over its timed steps; the ratio is taken per round of
+    steps (one step of every method) against plain LoRA, and reported as median and min–max.
+    """
+    import time
+
     from ...tinymodels.build import build_tiny_model
+    from ...trainers.config import TrainConfig
+    from ...trainers.loop import TrainingRun
 
     model, data = training._setup(architecture)
     _, clip, _ = build_tiny_model(architecture, 0)
+    config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0)
+    runs = {n: TrainingRun(model, data, config, make_regularizers(n, clip)) for n in NAMES}
     times = {n: [] for n in NAMES}
-    ratios = {n: [] for n in NAMES[1:]}
-    for repeat in range(repeats):
-        order = NAMES[repeat % len(NAMES):] + NAMES[: repeat % len(NAMES)]  # rotate: no method always runs first
-        this = {n: run(model, clip, data, n, steps, rank) for n in order}
-        for n in NAMES:
-            times[n].append(this[n])
-        for n in NAMES[1:]:
-            ratios[n].append(this[n] / this["plain"])
+    rounds = repeats * steps
+    for r in range(training.WARMUP_STEPS + rounds):
+        order = NAMES[r % len(NAMES):] + NAMES[: r % len(NAMES)]
+        for n in order:
+            runs[n].activate()
+            start = time.perf_counter()
+            runs[n].step()
+            if r >= training.WARMUP_STEPS:
+                times[n].append(time.perf_counter() - start)
+    ratios = {n: [a / b for a, b in zip(times[n], times["plain"])] for n in NAMES[1:]}
     return {n: {"s_per_step": spread(times[n]), **({"ratio": spread(ratios[n])} if n in ratios else {})} for n in NAMES}

@@ -145,3 +145,21 @@ def test_rank_larger_than_a_layer_is_refused():
         check_rank({"proj": net.proj}, 7)
     with pytest.raises(ValueError, match="at least 1"):
         check_rank({"proj": net.proj}, 0)
+
+
+def test_rebuild_from_a_saved_state_dict():
+    """A LoRA file's tensors become an adapter on the same model: same layers, rank, alpha and output."""
+    torch.manual_seed(4)
+    net, x = Net(), torch.randn(2, 3, 8, 8)
+    adapter = _adapter(net, rank=2, alpha=3.0)
+    adapter.install(net)
+    want = net(x)
+    adapter.remove()
+    rebuilt = LoraAdapter.from_state_dict(net, adapter.lora_state_dict())
+    assert rebuilt.names == sorted(adapter.names) and rebuilt.rank == 2 and rebuilt.alpha_value == 3.0
+    rebuilt.install(net)
+    assert torch.equal(net(x), want)
+    rebuilt.remove()
+    with pytest.raises(ValueError, match="1 of 1 LoRA layers are not in this model"):
+        LoraAdapter.from_state_dict(torch.nn.Sequential(torch.nn.Linear(2, 2)), {
+            "diffusion_model.missing.lora_down.weight": torch.zeros(1, 2), "diffusion_model.missing.lora_up.weight": torch.zeros(2, 1)})
