@@ -1,0 +1,131 @@
+"""The Personalization Guider: CFG whose unconditional branch is the weak model, on one loaded model.
+
+    D(x) = D_weak(x | ∅) + cfg · (D_ft(x | c) − D_weak(x | ∅)),   θ_ft = θ_base + Δ,  θ_weak = θ_base + s·Δ
+
+(Park et al., ICCV 2025, eq. 6 with ω = 1 − s). The LoRA Δ is applied on activations (see
+trainers/lora_adapter.py), with a strength per sample chosen by ComfyUI's `cond_or_uncond` tag: the
+conditional samples of a batch get strength 1, the unconditional ones strength s. So the stock
+`sampling_function` runs unchanged — one batched forward for both branches when memory allows, then
+pre-CFG functions (APG), `cfg_function` with post-CFG functions (RescaleCFG, PAG, CFG++ samplers) —
+and no weights are patched, copied or swapped. The tag is read in an APPLY_MODEL wrapper on the
+guider's own clone, so the shared model is never modified.
+
+Modes: `personalization` as above; `cfg`, plain CFG of the personalized model (s = 1); `autoguidance`
+(Karras et al., NeurIPS 2024): the weak model is base + a second LoRA (e.g. an earlier checkpoint) on the
+same prompt, D = D_weak(x|c) + cfg·(D_ft(x|c) − D_weak(x|c)); s and its schedule do not apply there.
+"""
+
+import torch
+
+from ..trainers.lora_adapter import INJECTION_KEY, LoraAdapter
+from .schedules import progress_of, strength_at
+
+WRAPPER_KEY = "driftless_guidance"
+COND, UNCOND = 0, 1  # ComfyUI's cond_or_uncond tags
+MODES = {
+    "personalization": "uncond = weak model (base + LoRA at strength s) on the null prompt",
+    "cfg": "plain CFG of the personalized model (LoRA at 1 in both branches) against the null prompt",
+    "autoguidance": "uncond = base + the weak LoRA on the same prompt (Karras et al. 2024)",
+}
+
+
+def adapter_for(model_patcher, lora: dict, name: str) -> LoraAdapter:
+    """An adapter for `lora` on this model; the error says how many of its layers the model has."""
+    layers = {k.rsplit(".lora_down.weight", 1)[0] for k in lora if k.endswith(".lora_down.weight")}
+    if not layers:
+        raise ValueError(f"{name}: no LoRA layers found (expected ComfyUI-native '….lora_down.weight' keys; "
+                         f"first keys: {sorted(lora)[:3]})")
+    modules = dict(model_patcher.model.diffusion_model.named_modules())
+    matched = [k for k in layers if k.startswith("diffusion_model.") and k[len("diffusion_model."):] in modules]
+    if len(matched) != len(layers):
+        raise ValueError(f"{name} does not fit this model: {len(matched)} of {len(layers)} LoRA layers match its modules "
+                         "(a LoRA for another architecture or base model?)")
+    return LoraAdapter.from_state_dict(model_patcher.model.diffusion_model, lora)
+
+
+def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mode: str = "personalization",
+                weak_lora: dict | None = None, schedule: str = "constant", s_start: float = 0.3, s_end: float = 0.3,
+                start: float = 0.0, end: float = 1.0):
+    import comfy.patcher_extension
+    import comfy.samplers
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if mode == "autoguidance" and weak_lora is None:
+        raise ValueError("autoguidance needs a weak LoRA (e.g. an earlier checkpoint of the same training)")
+    clone = model_patcher.clone()
+    clone.remove_injections(INJECTION_KEY)  # a MODEL straight from Train LoRA: guide its base, not base + LoRA twice
+    strong = adapter_for(clone, lora, "lora")
+    adapters = [strong]
+    weak = None
+    if mode == "autoguidance":
+        weak = adapter_for(clone, weak_lora, "weak_lora")
+        adapters.append(weak)
+    _attach(clone, adapters)
+
+    class Guider(comfy.samplers.CFGGuider):
+        def __init__(self):
+            super().__init__(clone)
+            self.strengths = {COND: {0: 1.0}, UNCOND: {0: 1.0}}
+            self.sigmas = None
+
+        def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+            self.sigmas = sigmas
+            return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            s = 1.0 if mode == "cfg" else strength_at(self._progress(timestep), schedule, s_start, s_end, start, end)
+            if mode == "autoguidance":  # strong LoRA on the cond branch, the weak LoRA alone on the uncond branch
+                self.strengths = {COND: {0: 1.0, 1: 0.0}, UNCOND: {0: 0.0, 1: 1.0}}
+            else:
+                self.strengths = {COND: {0: 1.0}, UNCOND: {0: s}}
+            return super().predict_noise(x, timestep, model_options, seed)
+
+        def _progress(self, timestep) -> float:
+            if self.sigmas is None:
+                return 0.0
+            return progress_of(float(timestep.flatten()[0]), self.sigmas)
+
+    guider = Guider()
+    if mode == "autoguidance":
+        guider.set_conds(positive, positive)  # autoguidance compares two models on the same prompt
+    else:
+        guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                               _strength_wrapper(guider, adapters))
+    return guider
+
+
+def _attach(clone, adapters) -> None:
+    """Install every adapter's hooks through one injection on the guider's clone."""
+    from comfy.patcher_extension import PatcherInjection
+
+    def inject(p):
+        for adapter in adapters:
+            adapter.to(p.load_device)
+            adapter.install(p.model.diffusion_model)
+
+    def eject(p):
+        for adapter in adapters:
+            adapter.remove()
+
+    clone.set_injections(INJECTION_KEY, [PatcherInjection(inject=inject, eject=eject)])
+
+
+def _strength_wrapper(guider, adapters):
+    """APPLY_MODEL wrapper: per-sample LoRA strengths from the batch's cond/uncond tags."""
+
+    def wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        tags = transformer_options.get("cond_or_uncond", [COND])
+        per_tag = x.shape[0] // max(1, len(tags))
+        for i, adapter in enumerate(adapters):
+            values = [guider.strengths.get(tag, guider.strengths[COND]).get(i, 0.0) for tag in tags]
+            adapter.strength = torch.tensor(values, dtype=torch.float32).repeat_interleave(per_tag)
+        try:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        finally:
+            for adapter in adapters:
+                adapter.strength = 1.0
+
+    return wrapper

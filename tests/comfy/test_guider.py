@@ -1,0 +1,166 @@
+"""Personalization Guider: equal to ComfyUI's conditioning-hooks construction, its identities, composition."""
+
+import pytest
+import torch
+
+
+def _lora(model, seed=0):
+    """A LoRA with non-zero B on every attention layer of `model` (ComfyUI-native keys)."""
+    from driftless.trainers.lora_adapter import LoraAdapter
+
+    g = torch.Generator().manual_seed(seed)
+    adapter = LoraAdapter.for_model(model.model.diffusion_model, "attention+ff", 4, 4.0, g)
+    with torch.no_grad():
+        for layer in adapter.layers:
+            layer.up.copy_(torch.randn(layer.up.shape, generator=g) * 0.2)
+    return adapter.lora_state_dict()
+
+
+def _setup(architecture="sd15-tiny"):
+    from driftless.tinymodels.build import build_tiny_model
+
+    model, clip, _ = build_tiny_model(architecture, 0)
+    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    return model, enc("a photo of sks dog"), enc(""), _lora(model)
+
+
+def _sample(guider, model, seed=5, steps=4, sampler="euler"):
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    latent = torch.zeros(1, 4, 8, 8)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
+    noise = Noise_RandomNoise(seed).generate_noise({"samples": latent})
+    return guider.sample(noise, latent, comfy.samplers.sampler_object(sampler), sigmas, disable_pbar=True, seed=seed)
+
+
+def _hooks_oracle(model, positive, null, lora, s, cfg):
+    """ComfyUI's own construction: LoRA hooks at 1 on the prompt and at s on the null prompt, stock CFGGuider."""
+    import comfy.hooks
+    import comfy.samplers
+
+    pos = comfy.hooks.set_hooks_for_conditioning(positive, comfy.hooks.create_hook_lora(lora, 1.0, 0.0))
+    neg = comfy.hooks.set_hooks_for_conditioning(null, comfy.hooks.create_hook_lora(lora, s, 0.0)) if s > 0 else null
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(pos, neg)
+    guider.set_cfg(cfg)
+    return guider
+
+
+def _close(a, b, rel=1e-5):
+    """fp32 rounding only: the random tiny model's samples reach hundreds, so compare relative to that."""
+    assert (a - b).abs().max() <= rel * b.abs().max(), ((a - b).abs().max(), b.abs().max())
+
+
+@pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny"])
+@pytest.mark.parametrize("s", [0.0, 0.3, 1.0])
+def test_equals_the_conditioning_hooks_construction(comfy_host, architecture, s):
+    from driftless.guidance.guider import make_guider
+
+    model, positive, null, lora = _setup(architecture)
+    ours = _sample(make_guider(model, positive, null, lora, cfg=4.0, s_start=s, s_end=s), model)
+    oracle = _sample(_hooks_oracle(model, positive, null, lora, s, 4.0), model)
+    _close(ours, oracle)
+
+
+def test_identities(comfy_host):
+    import comfy.samplers
+    import comfy.sd
+    from comfy_extras.nodes_custom_sampler import Guider_Basic
+
+    from driftless.guidance.guider import make_guider
+
+    model, positive, null, lora = _setup()
+    merged, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    stock = comfy.samplers.CFGGuider(merged)
+    stock.set_conds(positive, null)
+    stock.set_cfg(4.0)
+    # s = 1: stock CFG with the LoRA loaded
+    _close(_sample(make_guider(model, positive, null, lora, cfg=4.0, s_start=1.0, s_end=1.0), model), _sample(stock, merged))
+    _close(_sample(make_guider(model, positive, null, lora, cfg=4.0, mode="cfg"), model), _sample(stock, merged))
+    # cfg = 1: the conditional prediction of the personalized model
+    basic = Guider_Basic(merged)
+    basic.set_conds(positive)
+    _close(_sample(make_guider(model, positive, null, lora, cfg=1.0, s_start=0.0, s_end=0.0), model), _sample(basic, merged))
+    # s actually matters
+    a = _sample(make_guider(model, positive, null, lora, cfg=4.0, s_start=0.0, s_end=0.0), model)
+    b = _sample(make_guider(model, positive, null, lora, cfg=4.0, s_start=1.0, s_end=1.0), model)
+    assert (a - b).abs().max() > 1e-2 * b.abs().max()
+
+
+def test_the_shared_model_is_untouched(comfy_host):
+    import comfy.model_management
+
+    from driftless.guidance.guider import make_guider
+
+    model, positive, null, lora = _setup()
+    x = torch.randn(1, 4, 8, 8)
+    ctx = positive[0][0]
+
+    def predict():
+        comfy.model_management.load_models_gpu([model])
+        with torch.no_grad():
+            return model.model.apply_model(x, torch.tensor([2.0]), c_crossattn=ctx).clone()
+
+    before = predict()
+    _sample(make_guider(model, positive, null, lora, cfg=4.0), model)
+    assert torch.equal(before, predict())
+    assert not any(m._forward_hooks for m in model.model.diffusion_model.modules())
+
+
+@pytest.mark.parametrize("patch", ["rescale_cfg", "apg", "cfg_pp"])
+def test_composes_with_cfg_patches_and_cfg_pp(comfy_host, patch):
+    """Pre-/post-CFG patches and a CFG++ sampler act through the guider as through stock CFG (hooks oracle)."""
+    from driftless.guidance.guider import make_guider
+
+    model, positive, null, lora = _setup()
+    sampler = "euler"
+    if patch == "rescale_cfg":
+        from comfy_extras.nodes_model_advanced import RescaleCFG
+
+        model = RescaleCFG.execute(model, 0.7)[0] if hasattr(RescaleCFG, "execute") else RescaleCFG().patch(model, 0.7)[0]
+    elif patch == "apg":
+        from comfy_extras.nodes_apg import APG
+
+        model = APG.execute(model, 2.0, 0.5, 0.0)[0]
+    else:
+        sampler = "euler_cfg_pp"
+    ours = _sample(make_guider(model, positive, null, lora, cfg=3.0, s_start=0.3, s_end=0.3), model, sampler=sampler)
+    oracle = _sample(_hooks_oracle(model, positive, null, lora, 0.3, 3.0), model, sampler=sampler)
+    plain = _sample(make_guider(_setup()[0], positive, null, lora, cfg=3.0, s_start=0.3, s_end=0.3), model, sampler="euler")
+    _close(ours, oracle)
+    assert (ours - plain).abs().max() > 1e-3 * plain.abs().max()  # the patch changed something
+
+
+def test_schedule_and_autoguidance(comfy_host):
+    from driftless.guidance.guider import make_guider
+    from driftless.guidance.schedules import strength_at
+
+    assert strength_at(0.5, "linear", 0.0, 1.0) == 0.5
+    assert strength_at(0.25, "cosine", 0.0, 1.0) == pytest.approx(0.5 * (1 - 2**-0.5))
+    assert strength_at(0.9, "constant", 0.2, 0.2, start=0.0, end=0.5) == 1.0  # outside the guided part: plain CFG
+    model, positive, null, lora = _setup()
+    weak = _lora(model, seed=1)
+    auto = _sample(make_guider(model, positive, null, lora, cfg=3.0, mode="autoguidance", weak_lora=weak), model)
+    # oracle: strong LoRA hooked on the prompt, weak LoRA hooked on the same prompt as the "negative"
+    import comfy.hooks
+    import comfy.samplers
+
+    g = comfy.samplers.CFGGuider(model)
+    g.set_conds(comfy.hooks.set_hooks_for_conditioning(positive, comfy.hooks.create_hook_lora(lora, 1.0, 0.0)),
+                comfy.hooks.set_hooks_for_conditioning(positive, comfy.hooks.create_hook_lora(weak, 1.0, 0.0)))
+    g.set_cfg(3.0)
+    _close(auto, _sample(g, model))
+    with pytest.raises(ValueError, match="autoguidance needs a weak LoRA"):
+        make_guider(model, positive, null, lora, cfg=3.0, mode="autoguidance")
+
+
+def test_a_lora_for_another_model_is_refused(comfy_host):
+    from driftless.guidance.guider import make_guider
+
+    model, positive, null, _ = _setup()
+    other, _, _, sdxl_lora = _setup("sdxl-tiny")
+    with pytest.raises(ValueError, match=r"does not fit this model: \d+ of \d+ LoRA layers match"):
+        make_guider(model, positive, null, sdxl_lora, cfg=3.0)
+    with pytest.raises(ValueError, match="no LoRA layers found"):
+        make_guider(model, positive, null, {"foo.weight": torch.zeros(1)}, cfg=3.0)
