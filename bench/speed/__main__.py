@@ -10,7 +10,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (same ratios, wider spread)")
     parser.add_argument("--architecture", default="sd15-bench", help="tiny-model config to measure on")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--only", choices=("training", "regularizers"), help="run one part of the benchmark")
+    parser.add_argument("--only", choices=("training", "regularizers", "guidance"), help="run one part of the benchmark")
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     args = parser.parse_args()
@@ -20,10 +20,12 @@ def main() -> None:
 
     repeats, steps = (2, 5) if args.quick else (5, 8)
     repeats, steps = args.repeats or repeats, args.steps or steps
-    if args.only != "regularizers":
+    if args.only in (None, "training"):
         bench_training(args, repeats, steps, training, write_results)
-    if args.only != "training":
+    if args.only in (None, "regularizers"):
         bench_regularizers(args, repeats, steps, write_results)
+    if args.only in (None, "guidance"):
+        bench_guidance(args, repeats, steps + 4, write_results)
 
 
 def bench_training(args, repeats, steps, training, write_results) -> None:
@@ -84,6 +86,27 @@ def bench_regularizers(args, repeats, steps, write_results) -> None:
         "memory: each regularizer in a fresh subprocess; CPU figures are peak-RSS growth during training",
     ]
     md, js = write_results("speed_regularizers", [{"name": k, **v} for k, v in result.items()], table, notes)
+    print(f"[bench] wrote {md} and {js}")
+
+
+def bench_guidance(args, repeats, steps, write_results) -> None:
+    from . import guidance
+
+    print(f"[bench] guidance: {repeats} repeats of {steps} euler steps per guider, rotated order")
+    result = guidance.paired_step_times(args.architecture, repeats, steps, args.rank)
+    lines = ["| guider | s/step | ratio to stock CFG with the LoRA merged (median, min–max) |", "|---|---|---|"]
+    for name, r in result.items():
+        ratio = r["ratio_to_stock"]
+        lines.append(f"| {name} | {r['s_per_step']['median']:.3f} | {ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f}) |")
+    table = "\n".join(lines)
+    print(table)
+    notes = [
+        f"model: {args.architecture}, LoRA rank {args.rank} on attention, cfg 5, s = 0.3, batch 1, fp32, euler",
+        "stock CFG with the LoRA merged is plain CFG of the personalized model (the cost floor); the hooks "
+        "construction is the same guidance as ours built from CreateHookLora-style conditioning hooks",
+        f"each repeat samples with all three guiders in rotated order; median step interval after {guidance.WARMUP_STEPS} steps",
+    ]
+    md, js = write_results("speed_guidance", [{"name": k, **v} for k, v in result.items()], table, notes)
     print(f"[bench] wrote {md} and {js}")
 
 

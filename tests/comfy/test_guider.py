@@ -164,3 +164,50 @@ def test_a_lora_for_another_model_is_refused(comfy_host):
         make_guider(model, positive, null, sdxl_lora, cfg=3.0)
     with pytest.raises(ValueError, match="no LoRA layers found"):
         make_guider(model, positive, null, {"foo.weight": torch.zeros(1)}, cfg=3.0)
+
+
+def _graph(**guider_overrides):
+    from comfy_execution.graph_utils import GraphBuilder
+
+    g = GraphBuilder(prefix="")
+    model = g.node("DriftlessTinyModel", id="model", architecture="sd15-tiny", seed=0)
+    image = g.node("EmptyImage", id="image", width=64, height=64, batch_size=1, color=0x225588)
+    data = g.node("DriftlessTrainingData", id="data", clip=model.out(1), captions="a photo of sks mug",
+                  images=image.out(0), vae=model.out(2))
+    train = g.node(
+        "DriftlessTrainLoRA", id="train", model=model.out(0), training_data=data.out(0), steps=3, learning_rate=1e-2,
+        rank=4, alpha=4.0, target_layers="attention", batch_size=1, gradient_accumulation=1, optimizer="AdamW",
+        lr_schedule="constant", warmup_steps=0, training_dtype="fp32", gradient_checkpointing=False, seed=0,
+        null_prompt_dropout=0.2, min_snr_gamma=0.0, timestep_min=0.0, timestep_max=1.0, max_grad_norm=1.0,
+        run_name="guided", checkpoint_every=0,
+    )
+    pos = g.node("CLIPTextEncode", id="pos", clip=model.out(1), text="a photo of sks mug on a table")
+    knobs = dict(cfg=4.0, weak_strength=0.3, schedule="linear", weak_strength_end=0.6, start=0.0, end=1.0,
+                 mode="personalization")
+    knobs.update(guider_overrides)
+    guider = g.node("DriftlessPersonalizationGuider", id="guider", model=train.out(0), lora=train.out(1),
+                    positive=pos.out(0), clip=model.out(1), **knobs)
+    noise = g.node("RandomNoise", id="noise", noise_seed=1)
+    sampler = g.node("KSamplerSelect", id="sampler_select", sampler_name="euler")
+    sigmas = g.node("BasicScheduler", id="sigmas", model=model.out(0), scheduler="normal", steps=4, denoise=1.0)
+    latent = g.node("EmptyLatentImage", id="latent", width=64, height=64, batch_size=1)
+    out = g.node("SamplerCustomAdvanced", id="sample", noise=noise.out(0), guider=guider.out(0), sampler=sampler.out(0),
+                 sigmas=sigmas.out(0), latent_image=latent.out(0))
+    image = g.node("VAEDecode", id="decode", samples=out.out(0), vae=model.out(2))
+    g.node("SaveImage", id="save", images=image.out(0), filename_prefix="guided")
+    return g.finalize()
+
+
+def test_guider_straight_after_train_in_one_graph(run_prompt):
+    result = run_prompt(_graph())
+    assert result.success, result.error
+    assert len(result.files) == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"weak_strength": 1.5}, "weak_strength"),
+    ({"start": 0.8, "end": 0.2}, "start <= end"),
+])
+def test_bad_settings_fail_validation(run_prompt, overrides, message):
+    problems = run_prompt(_graph(**overrides), expect_valid=False)
+    assert "guider" in problems and message in str(problems["guider"])

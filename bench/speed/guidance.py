@@ -1,0 +1,69 @@
+"""Sampling step time of the Personalization Guider against stock CFG with the LoRA merged, and against
+ComfyUI's conditioning-hooks construction of the same guidance, on one model, interleaved."""
+
+import statistics
+import time
+
+import torch
+
+from ..common import spread
+
+WARMUP_STEPS = 2
+NAMES = ("stock CFG, LoRA merged", "hooks construction", "Personalization Guider")
+
+
+def _guiders(architecture: str, rank: int, s: float = 0.3, cfg: float = 5.0):
+    import comfy.hooks
+    import comfy.samplers
+    import comfy.sd
+
+    from ...guidance.guider import make_guider
+    from ...tinymodels.build import build_tiny_model
+    from ...trainers.lora_adapter import LoraAdapter
+
+    model, clip, _ = build_tiny_model(architecture, 0)
+    g = torch.Generator().manual_seed(0)
+    adapter = LoraAdapter.for_model(model.model.diffusion_model, "attention", rank, rank, g)
+    with torch.no_grad():
+        for layer in adapter.layers:
+            layer.up.copy_(torch.randn(layer.up.shape, generator=g) * 0.1)
+    lora = adapter.lora_state_dict()
+    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    positive, null = enc("a photo of sks dog"), enc("")
+    merged, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    stock = comfy.samplers.CFGGuider(merged)
+    stock.set_conds(positive, null)
+    stock.set_cfg(cfg)
+    hooks = comfy.samplers.CFGGuider(model)
+    hooks.set_conds(comfy.hooks.set_hooks_for_conditioning(positive, comfy.hooks.create_hook_lora(lora, 1.0, 0.0)),
+                    comfy.hooks.set_hooks_for_conditioning(null, comfy.hooks.create_hook_lora(lora, s, 0.0)))
+    hooks.set_cfg(cfg)
+    ours = make_guider(model, positive, null, lora, cfg=cfg, s_start=s, s_end=s)
+    return model, dict(zip(NAMES, (stock, hooks, ours)))
+
+
+def _step_time(guider, model, steps: int, size: int) -> float:
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    latent = torch.zeros(1, 4, size, size)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
+    stamps = []
+    guider.sample(Noise_RandomNoise(0).generate_noise({"samples": latent}), latent, comfy.samplers.sampler_object("euler"),
+                  sigmas, callback=lambda *a: stamps.append(time.perf_counter()), disable_pbar=True, seed=0)
+    return statistics.median([b - a for a, b in zip(stamps, stamps[1:])][WARMUP_STEPS - 1 :])
+
+
+def paired_step_times(architecture: str, repeats: int, steps: int, rank: int) -> dict:
+    from ...tinymodels.configs import CONFIGS
+
+    model, guiders = _guiders(architecture, rank)
+    size = CONFIGS[architecture].default_resolution // 8
+    times = {n: [] for n in NAMES}
+    for repeat in range(repeats):
+        order = NAMES[repeat % len(NAMES):] + NAMES[: repeat % len(NAMES)]
+        for name in order:
+            times[name].append(_step_time(guiders[name], model, steps, size))
+    base = times[NAMES[0]]
+    return {n: {"s_per_step": spread(times[n]), "ratio_to_stock": spread([a / b for a, b in zip(times[n], base)])}
+            for n in NAMES}
