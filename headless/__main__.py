@@ -5,11 +5,13 @@ validation) or ComfyUI is missing, 130 interrupted.
 """
 
 import argparse
+import json
 import logging
 import pathlib
 import sys
 
 from . import host, runner, workflow
+from .demo_photos import DEMO_FOLDER as DEMO_PHOTOS_FOLDER
 
 DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "tiny" / "demo_tiny.json"
 DEFAULT_BASE = host.PACK_DIR / ".driftless" / "comfy_base"
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
         folder_paths.set_output_directory(str(args.output_directory.resolve()))
     for config in args.extra_model_paths_config:
         load_extra_path_config(str(config))
-    if args.command == "demo":
+    if args.command == "demo" or DEMO_PHOTOS_FOLDER + "/" in json.dumps(data):
         from .demo_photos import write_demo_photos
 
         photos = write_demo_photos(pathlib.Path(folder_paths.get_input_directory()))

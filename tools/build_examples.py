@@ -50,12 +50,53 @@ def demo(info: dict) -> dict:
     return w.to_json()
 
 
+GRID_NOTE = """## Personalization guidance grid (tiny model)
+
+The same seed sampled with the **Driftless Personalization Guider** at weak strength
+s = 0, 0.25, 0.5 and 1 (s = 1 is ordinary CFG of the personalized model), after a short training run.
+Lower s guides away from what the base model alone would draw.
+
+Headless: `./driftless run example_workflows/tiny/guidance_grid_tiny.json`.
+For a real model, replace the tiny model with **Load Checkpoint** and the photos with yours."""
+
+
+def guidance_grid(info: dict) -> dict:
+    w = UIWorkflow(info)
+    model = w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
+    w.note(0, GRID_NOTE, height=260)
+    photos = [w.node("LoadImage", 0, image=f"driftless_demo/sks_cat_{i}.png") for i in (1, 2)]
+    batch = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
+    data = w.node("DriftlessTrainingData", 1, clip=model.out(1), captions="a photo of sks cat", images=batch, vae=model.out(2))
+    train = w.node("DriftlessTrainLoRA", 1, model=model, training_data=data, steps=20, learning_rate=1e-3, rank=8,
+                   alpha=8.0, run_name="driftless_grid", checkpoint_every=0, resume_from="")
+    pos = w.node("CLIPTextEncode", 2, title="Prompt", clip=model.out(1), text="a photo of sks cat in the snow")
+    null = w.node("CLIPTextEncode", 2, title="Null prompt", clip=model.out(1), text="")
+    noise = w.node("RandomNoise", 2, noise_seed=7)
+    sampler = w.node("KSamplerSelect", 2, sampler_name="euler")
+    sigmas = w.node("BasicScheduler", 2, model=model, scheduler="normal", steps=12, denoise=1.0)
+    latent = w.node("EmptyLatentImage", 2, width=64, height=64, batch_size=1)
+    images = []
+    for s in (0.0, 0.25, 0.5, 1.0):
+        guider = w.node("DriftlessPersonalizationGuider", 3, title=f"Guider s = {s}", model=train.out(0), lora=train.out(1),
+                        positive=pos, null=null, cfg=5.0, weak_strength=s, schedule="constant", weak_strength_end=s,
+                        start=0.0, end=1.0, mode="personalization")
+        sampled = w.node("SamplerCustomAdvanced", 4, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                         latent_image=latent)
+        images.append(w.node("VAEDecode", 5, samples=sampled.out(0), vae=model.out(2)))
+    row = images[0]
+    for image in images[1:]:
+        row = w.node("ImageBatch", 6, image1=row, image2=image)
+    w.node("SaveImage", 7, title="s = 0, 0.25, 0.5, 1", images=row, filename_prefix="driftless_grid/s")
+    return w.to_json()
+
+
 def main() -> None:
     comfy = host.boot(tempfile.mkdtemp(prefix="driftless_examples_"), cpu=True)
     info = comfy.object_info()
-    out = EXAMPLES / "tiny" / "demo_tiny.json"
-    out.write_text(json.dumps(demo(info), indent=2) + "\n")
-    print(f"wrote {out}")
+    for name, build in (("demo_tiny", demo), ("guidance_grid_tiny", guidance_grid)):
+        out = EXAMPLES / "tiny" / f"{name}.json"
+        out.write_text(json.dumps(build(info), indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -108,3 +108,22 @@ def test_cli_demo_runs_and_lists_its_outputs(repo, tmp_path):
     assert len(written) == 5 and all(os.path.getsize(p) > 0 and p.startswith(str(tmp_path / "out")) for p in written)
     assert "saved driftless_demo/sks_cat.safetensors" in out.stdout
     assert (tmp_path / "base" / "models" / "loras" / "driftless_demo" / "sks_cat.safetensors").exists()
+
+
+def test_guidance_grid_example_runs(run_prompt, comfy_host, repo):
+    """The tiny twin of the guidance grid: train, then the same seed at s = 0, 0.25, 0.5, 1 in one batch."""
+    from driftless.headless.demo_photos import write_demo_photos
+
+    write_demo_photos(comfy_host.base_directory / "input")
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "guidance_grid_tiny.json")
+    prompt = workflow.to_api_format(ui, comfy_host.object_info())
+    strengths = sorted(n["inputs"]["weak_strength"] for n in prompt.values() if n["class_type"] == "DriftlessPersonalizationGuider")
+    assert strengths == [0.0, 0.25, 0.5, 1.0]
+    result = run_prompt(prompt)
+    assert result.success, result.error
+    assert len(result.files) == 4
+    from PIL import Image
+    import numpy as np
+
+    pixels = [np.asarray(Image.open(f)) for f in sorted(result.files)]
+    assert not np.array_equal(pixels[0], pixels[3])  # s changes the sample
