@@ -12,7 +12,7 @@ from driftless.headless import host  # noqa: E402
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "example_workflows"
 
-DEMO_NOTE = """## Driftless demo: photos -> LoRA -> samples (tiny model)
+DEMO_NOTE = """## Driftless demo: photos -> LoRA -> guided samples (tiny model)
 
 Runs in about a minute on a CPU with no weights. **Driftless Tiny Model** builds a seeded,
 random-initialised SD1.5-shaped model with ComfyUI's own classes: the pictures are noise, but every
@@ -21,7 +21,8 @@ step is the real pipeline.
 1. three photos of the subject -> **Driftless Training Data** (VAE + CLIP encode them with the caption)
 2. **Driftless Train LoRA** trains on a clone of the MODEL (the input MODEL stays as it was)
 3. **Driftless Save LoRA** writes `models/loras/driftless_demo/sks_cat.safetensors`
-4. the same seed sampled with the trained MODEL and with the base MODEL, side by side
+4. the same seed sampled with personalization guidance (the LoRA at strength 0.3 as CFG's unconditional
+   branch) and with the base MODEL, side by side
 
 Headless: `./driftless demo`. For a real model, replace the tiny model with **Load Checkpoint**."""
 
@@ -41,12 +42,19 @@ def demo(info: dict) -> dict:
     pos = w.node("CLIPTextEncode", 3, title="Prompt", clip=model.out(1), text="a photo of sks cat on a beach")
     neg = w.node("CLIPTextEncode", 3, title="Null prompt", clip=model.out(1), text="")
     latent = w.node("EmptyLatentImage", 3, width=64, height=64, batch_size=2)
-    for label, source in (("personalized", train.out(0)), ("base", model.out(0))):
-        sampled = w.node("KSampler", 4, title=f"Sample ({label})", model=source, positive=pos, negative=neg,
-                         latent_image=latent, seed=42, steps=12, cfg=5.0, sampler_name="euler", scheduler="normal",
-                         denoise=1.0)
-        image = w.node("VAEDecode", 5, samples=sampled, vae=model.out(2))
-        w.node("SaveImage", 6, title=f"Save ({label})", images=image, filename_prefix=f"driftless_demo/{label}")
+    guider = w.node("DriftlessPersonalizationGuider", 4, title="Personalization guidance (s = 0.3)", model=train.out(0),
+                    lora=train.out(1), positive=pos, null=neg, cfg=5.0, weak_strength=0.3, schedule="constant",
+                    weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
+    noise = w.node("RandomNoise", 4, noise_seed=42)
+    sampler = w.node("KSamplerSelect", 4, sampler_name="euler")
+    sigmas = w.node("BasicScheduler", 4, model=model, scheduler="normal", steps=12, denoise=1.0)
+    guided = w.node("SamplerCustomAdvanced", 5, title="Sample (personalized, guided)", noise=noise, guider=guider,
+                    sampler=sampler, sigmas=sigmas, latent_image=latent)
+    base = w.node("KSampler", 5, title="Sample (base)", model=model.out(0), positive=pos, negative=neg, latent_image=latent,
+                  seed=42, steps=12, cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+    for label, samples in (("personalized", guided.out(0)), ("base", base)):
+        image = w.node("VAEDecode", 6, samples=samples, vae=model.out(2))
+        w.node("SaveImage", 7, title=f"Save ({label})", images=image, filename_prefix=f"driftless_demo/{label}")
     return w.to_json()
 
 

@@ -20,17 +20,20 @@ def test_ui_demo_converts_to_the_api_graph_it_draws(comfy_host, repo):
     for node_id, node in prompt.items():
         by_type.setdefault(node["class_type"], []).append(node_id)
     assert "MarkdownNote" not in by_type  # frontend-only
-    assert len(by_type["LoadImage"]) == 3 and len(by_type["KSampler"]) == 2 and len(by_type["SaveImage"]) == 3
+    assert len(by_type["LoadImage"]) == 3 and len(by_type["KSampler"]) == 1 and len(by_type["SaveImage"]) == 3
     assert sorted(prompt[i]["inputs"]["image"] for i in by_type["LoadImage"]) == [
         f"driftless_demo/sks_cat_{k}.png" for k in (1, 2, 3)
     ]  # the UI-only upload widget value is dropped
-    train = prompt[by_type["DriftlessTrainLoRA"][0]]["inputs"]
+    train_id = by_type["DriftlessTrainLoRA"][0]
+    train = prompt[train_id]["inputs"]
     assert (train["steps"], train["learning_rate"], train["rank"], train["target_layers"]) == (30, 1e-3, 8, "attention")
     assert train["model"] == [by_type["DriftlessTinyModel"][0], 0]
-    samplers = [prompt[i]["inputs"] for i in by_type["KSampler"]]
-    assert {tuple(s["model"]) for s in samplers} == {(by_type["DriftlessTrainLoRA"][0], 0), (by_type["DriftlessTinyModel"][0], 0)}
+    guider = prompt[by_type["DriftlessPersonalizationGuider"][0]]["inputs"]
+    assert guider["model"] == [train_id, 0] and guider["lora"] == [train_id, 1] and guider["weak_strength"] == 0.3
+    base = prompt[by_type["KSampler"][0]]["inputs"]
     # positional widgets_values with the UI-only "fixed" (control_after_generate) skipped
-    assert all((s["seed"], s["steps"], s["cfg"], s["sampler_name"]) == (42, 12, 5.0, "euler") for s in samplers)
+    assert (base["seed"], base["steps"], base["cfg"], base["sampler_name"]) == (42, 12, 5.0, "euler")
+    assert base["model"] == [by_type["DriftlessTinyModel"][0], 0]
 
 
 def test_invalid_widget_value_is_reported_with_the_node(run_prompt, txt2img):
