@@ -55,13 +55,35 @@ class LoraLayer(torch.nn.Module):
     def scale(self) -> torch.Tensor:
         return self.alpha / self.rank
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """(α/r)·B(A(x)) for the layer input x."""
+    def apply(self, x: torch.Tensor, output: torch.Tensor, strength) -> torch.Tensor:
+        """output + strength·(α/r)·B(A(x)) for the layer input x.
+
+        The scaling is applied to the rank-r hidden activation (r channels instead of the layer's width)
+        and the residual add is fused into the up-projection (addmm / baddbmm) when dtypes agree.
+        `strength` is a float or a per-sample tensor [B].
+        """
         down, up = self.down.to(x.device), self.up.to(x.device)
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(down.dtype)
+        hidden = F.conv2d(x, down, **self.conv_args) if self.kind == "conv" else F.linear(x, down)
+        factor = self.scale.to(hidden.device, hidden.dtype)
+        if isinstance(strength, torch.Tensor):
+            if strength.shape[0] != output.shape[0]:
+                raise RuntimeError(f"per-sample LoRA strength has {strength.shape[0]} entries for a batch of {output.shape[0]}")
+            factor = factor * strength.to(hidden.device, hidden.dtype).reshape(-1, *([1] * (hidden.ndim - 1)))
+        elif strength != 1.0:
+            factor = factor * float(strength)
+        hidden = hidden * factor
+        up = up.to(hidden.dtype)
+        if output.dtype != hidden.dtype:  # autocast or a half-precision model: plain add in the output's dtype
+            delta = F.conv2d(hidden, up) if self.kind == "conv" else F.linear(hidden, up)
+            return output + delta.to(output.dtype)
         if self.kind == "conv":
-            hidden = F.conv2d(x, down, **self.conv_args)
-            return F.conv2d(hidden, up) * self.scale.to(x.device)
-        return F.linear(F.linear(x, down), up) * self.scale.to(x.device)
+            b, c, h, w = output.shape
+            fused = torch.baddbmm(output.reshape(b, c, h * w), up.view(c, -1).expand(b, -1, -1), hidden.reshape(b, -1, h * w))
+            return fused.view(b, c, h, w)
+        fused = torch.addmm(output.reshape(-1, output.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), up.t())
+        return fused.view(output.shape)
 
 
 class LoraAdapter(torch.nn.Module):
@@ -123,22 +145,9 @@ class LoraAdapter(torch.nn.Module):
     # ---- hooks ----------------------------------------------------------------------------
     def _hook(self, layer: LoraLayer):
         def hook(module, inputs, output):
-            s = self.strength
-            if isinstance(s, (int, float)) and s == 0.0:
+            if isinstance(self.strength, (int, float)) and self.strength == 0.0:
                 return output  # the frozen base, bit-exact and free
-            x = inputs[0]
-            delta = layer.delta(x.to(layer.down.dtype) if not torch.is_autocast_enabled(x.device.type) else x)
-            if isinstance(s, torch.Tensor):
-                if s.shape[0] != output.shape[0]:
-                    raise RuntimeError(f"per-sample LoRA strength has {s.shape[0]} entries for a batch of {output.shape[0]}")
-                s = s.to(device=output.device, dtype=delta.dtype).reshape(-1, *([1] * (output.ndim - 1)))
-            elif s != 1.0:
-                s = float(s)
-            else:
-                s = None
-            if s is not None:
-                delta = delta * s
-            return output + delta.to(output.dtype)
+            return layer.apply(inputs[0], output, self.strength)
 
         return hook
 
