@@ -13,7 +13,7 @@ import sys
 from . import host, runner, workflow
 from .demo_photos import DEMO_FOLDER as DEMO_PHOTOS_FOLDER
 
-DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "tiny" / "demo_tiny.json"
+DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json"
 DEFAULT_BASE = host.PACK_DIR / ".driftless" / "comfy_base"
 DEFAULT_OUTPUT = host.PACK_DIR / "output"
 

@@ -12,6 +12,28 @@ from driftless.headless import host  # noqa: E402
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "example_workflows"
 
+# Each example exists twice: for a real SD1.5 checkpoint (what a user runs) and as a tiny twin the tests run.
+PROFILES = {
+    "real": dict(photos=[f"my_subject_{i}.png" for i in (1, 2, 3)], caption="a photo of sks dog",
+                 prompt="a photo of sks dog on a beach", grid_prompt="a photo of sks dog in the snow", size=512,
+                 train_steps=500, learning_rate=1e-4, rank=16, sample_steps=30, folder="my_subject"),
+    "tiny": dict(photos=[f"driftless_demo/sks_cat_{i}.png" for i in (1, 2, 3)], caption="a photo of sks cat",
+                 prompt="a photo of sks cat on a beach", grid_prompt="a photo of sks cat in the snow", size=64,
+                 train_steps=30, learning_rate=1e-3, rank=8, sample_steps=12, folder="driftless_demo"),
+}
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+REAL_NOTE = """
+
+**Real model**: put an SD1.5 checkpoint in `models/checkpoints` (the workflow names `{ckpt}`; pick yours),
+and your 3 photos in `input/` as `my_subject_1.png` … `my_subject_3.png` (or load your own images).
+Replace `sks dog` by your trigger word and class. On a 12 GB card keep batch 1; on CPU expect hours."""
+
+
+def loader(w: UIWorkflow, profile: str):
+    if profile == "tiny":
+        return w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
+    return w.node("CheckpointLoaderSimple", 0, ckpt_name=CHECKPOINT)
+
 DEMO_NOTE = """## Driftless demo: photos -> LoRA -> guided samples (tiny model)
 
 Runs in about a minute on a CPU with no weights. **Driftless Tiny Model** builds a seeded,
@@ -20,41 +42,44 @@ step is the real pipeline.
 
 1. three photos of the subject -> **Driftless Training Data** (VAE + CLIP encode them with the caption)
 2. **Driftless Train LoRA** trains on a clone of the MODEL (the input MODEL stays as it was)
-3. **Driftless Save LoRA** writes `models/loras/driftless_demo/sks_cat.safetensors`
+3. **Driftless Save LoRA** writes `models/loras/driftless_demo/lora.safetensors`
 4. the same seed sampled with personalization guidance (the LoRA at strength 0.3 as CFG's unconditional
    branch) and with the base MODEL, side by side
 
 Headless: `./driftless demo`. For a real model, replace the tiny model with **Load Checkpoint**."""
 
 
-def demo(info: dict) -> dict:
+def demo(info: dict, profile: str = "tiny") -> dict:
+    p = PROFILES[profile]
     w = UIWorkflow(info)
-    model = w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
-    w.note(0, DEMO_NOTE, height=330)
-    photos = [w.node("LoadImage", 1, image=f"driftless_demo/sks_cat_{i}.png") for i in (1, 2, 3)]
+    model = loader(w, profile)
+    note = DEMO_NOTE if profile == "tiny" else DEMO_NOTE.replace(" (tiny model)", "") + REAL_NOTE.format(ckpt=CHECKPOINT)
+    w.note(0, note, height=330 if profile == "tiny" else 420)
+    photos = [w.node("LoadImage", 1, image=name) for name in p["photos"]]
     pair = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
     batch = w.node("ImageBatch", 1, image1=pair, image2=photos[2])
-    data = w.node("DriftlessTrainingData", 2, clip=model.out(1), captions="a photo of sks cat", images=batch, vae=model.out(2))
-    train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=30, learning_rate=1e-3, rank=8,
-                   alpha=8.0, run_name="driftless_demo", checkpoint_every=0, resume_from="")
-    w.node("DriftlessSaveLoRA", 3, lora=train.out(1), filename="driftless_demo/sks_cat", overwrite=True)
-    w.node("SaveImage", 3, title="Loss curve", images=train.out(3), filename_prefix="driftless_demo/loss")
-    pos = w.node("CLIPTextEncode", 3, title="Prompt", clip=model.out(1), text="a photo of sks cat on a beach")
+    data = w.node("DriftlessTrainingData", 2, clip=model.out(1), captions=p["caption"], images=batch, vae=model.out(2))
+    train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=p["train_steps"],
+                   learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]), run_name=p["folder"],
+                   checkpoint_every=0 if profile == "tiny" else 100, resume_from="")
+    w.node("DriftlessSaveLoRA", 3, lora=train.out(1), filename=f"{p['folder']}/lora", overwrite=True)
+    w.node("SaveImage", 3, title="Loss curve", images=train.out(3), filename_prefix=f"{p['folder']}/loss")
+    pos = w.node("CLIPTextEncode", 3, title="Prompt", clip=model.out(1), text=p["prompt"])
     neg = w.node("CLIPTextEncode", 3, title="Null prompt", clip=model.out(1), text="")
-    latent = w.node("EmptyLatentImage", 3, width=64, height=64, batch_size=2)
+    latent = w.node("EmptyLatentImage", 3, width=p["size"], height=p["size"], batch_size=2)
     guider = w.node("DriftlessPersonalizationGuider", 4, title="Personalization guidance (s = 0.3)", model=train.out(0),
                     lora=train.out(1), positive=pos, null=neg, cfg=5.0, weak_strength=0.3, schedule="constant",
                     weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
     noise = w.node("RandomNoise", 4, noise_seed=42)
     sampler = w.node("KSamplerSelect", 4, sampler_name="euler")
-    sigmas = w.node("BasicScheduler", 4, model=model, scheduler="normal", steps=12, denoise=1.0)
+    sigmas = w.node("BasicScheduler", 4, model=model, scheduler="normal", steps=p["sample_steps"], denoise=1.0)
     guided = w.node("SamplerCustomAdvanced", 5, title="Sample (personalized, guided)", noise=noise, guider=guider,
                     sampler=sampler, sigmas=sigmas, latent_image=latent)
     base = w.node("KSampler", 5, title="Sample (base)", model=model.out(0), positive=pos, negative=neg, latent_image=latent,
-                  seed=42, steps=12, cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+                  seed=42, steps=p["sample_steps"], cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
     for label, samples in (("personalized", guided.out(0)), ("base", base)):
         image = w.node("VAEDecode", 6, samples=samples, vae=model.out(2))
-        w.node("SaveImage", 7, title=f"Save ({label})", images=image, filename_prefix=f"driftless_demo/{label}")
+        w.node("SaveImage", 7, title=f"Save ({label})", images=image, filename_prefix=f"{p['folder']}/{label}")
     return w.to_json()
 
 
@@ -68,21 +93,24 @@ Headless: `./driftless run example_workflows/tiny/guidance_grid_tiny.json`.
 For a real model, replace the tiny model with **Load Checkpoint** and the photos with yours."""
 
 
-def guidance_grid(info: dict) -> dict:
+def guidance_grid(info: dict, profile: str = "tiny") -> dict:
+    p = PROFILES[profile]
     w = UIWorkflow(info)
-    model = w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
-    w.note(0, GRID_NOTE, height=260)
-    photos = [w.node("LoadImage", 0, image=f"driftless_demo/sks_cat_{i}.png") for i in (1, 2)]
+    model = loader(w, profile)
+    note = GRID_NOTE if profile == "tiny" else GRID_NOTE.replace(" (tiny model)", "") + REAL_NOTE.format(ckpt=CHECKPOINT)
+    w.note(0, note, height=260 if profile == "tiny" else 380)
+    photos = [w.node("LoadImage", 0, image=name) for name in p["photos"][:2]]
     batch = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
-    data = w.node("DriftlessTrainingData", 1, clip=model.out(1), captions="a photo of sks cat", images=batch, vae=model.out(2))
-    train = w.node("DriftlessTrainLoRA", 1, model=model, training_data=data, steps=20, learning_rate=1e-3, rank=8,
-                   alpha=8.0, run_name="driftless_grid", checkpoint_every=0, resume_from="")
-    pos = w.node("CLIPTextEncode", 2, title="Prompt", clip=model.out(1), text="a photo of sks cat in the snow")
+    data = w.node("DriftlessTrainingData", 1, clip=model.out(1), captions=p["caption"], images=batch, vae=model.out(2))
+    train = w.node("DriftlessTrainLoRA", 1, model=model, training_data=data, steps=p["train_steps"],
+                   learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]), run_name=p["folder"] + "_grid",
+                   checkpoint_every=0, resume_from="")
+    pos = w.node("CLIPTextEncode", 2, title="Prompt", clip=model.out(1), text=p["grid_prompt"])
     null = w.node("CLIPTextEncode", 2, title="Null prompt", clip=model.out(1), text="")
     noise = w.node("RandomNoise", 2, noise_seed=7)
     sampler = w.node("KSamplerSelect", 2, sampler_name="euler")
-    sigmas = w.node("BasicScheduler", 2, model=model, scheduler="normal", steps=12, denoise=1.0)
-    latent = w.node("EmptyLatentImage", 2, width=64, height=64, batch_size=1)
+    sigmas = w.node("BasicScheduler", 2, model=model, scheduler="normal", steps=p["sample_steps"], denoise=1.0)
+    latent = w.node("EmptyLatentImage", 2, width=p["size"], height=p["size"], batch_size=1)
     images = []
     for s in (0.0, 0.25, 0.5, 1.0):
         guider = w.node("DriftlessPersonalizationGuider", 3, title=f"Guider s = {s}", model=train.out(0), lora=train.out(1),
@@ -94,17 +122,17 @@ def guidance_grid(info: dict) -> dict:
     row = images[0]
     for image in images[1:]:
         row = w.node("ImageBatch", 6, image1=row, image2=image)
-    w.node("SaveImage", 7, title="s = 0, 0.25, 0.5, 1", images=row, filename_prefix="driftless_grid/s")
+    w.node("SaveImage", 7, title="s = 0, 0.25, 0.5, 1", images=row, filename_prefix=f"{p['folder']}_grid/s")
     return w.to_json()
 
 
 def main() -> None:
     comfy = host.boot(tempfile.mkdtemp(prefix="driftless_examples_"), cpu=True)
     info = comfy.object_info()
-    for name, build in (("demo_tiny", demo), ("guidance_grid_tiny", guidance_grid)):
-        out = EXAMPLES / "tiny" / f"{name}.json"
-        out.write_text(json.dumps(build(info), indent=2) + "\n")
-        print(f"wrote {out}")
+    for name, build in (("personalize_and_guide", demo), ("guidance_grid", guidance_grid)):
+        for profile, out in (("real", EXAMPLES / f"{name}.json"), ("tiny", EXAMPLES / "tiny" / f"{name}_tiny.json")):
+            out.write_text(json.dumps(build(info, profile), indent=2) + "\n")
+            print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from driftless.headless import runner, workflow
 
 def test_ui_demo_converts_to_the_api_graph_it_draws(comfy_host, repo):
     """The UI-format demo becomes an API prompt with the same nodes, links and widget values."""
-    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "demo_tiny.json")
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json")
     prompt = workflow.to_api_format(ui, comfy_host.object_info())
     by_type = {}
     for node_id, node in prompt.items():
@@ -109,8 +109,8 @@ def test_cli_demo_runs_and_lists_its_outputs(repo, tmp_path):
     assert "DriftlessTrainLoRA" in out.stdout and "step 30/30" in out.stdout and "step 12/12" in out.stdout
     written = [line.split("wrote ", 1)[1] for line in out.stdout.splitlines() if "wrote " in line]
     assert len(written) == 5 and all(os.path.getsize(p) > 0 and p.startswith(str(tmp_path / "out")) for p in written)
-    assert "saved driftless_demo/sks_cat.safetensors" in out.stdout
-    assert (tmp_path / "base" / "models" / "loras" / "driftless_demo" / "sks_cat.safetensors").exists()
+    assert "saved driftless_demo/lora.safetensors" in out.stdout
+    assert (tmp_path / "base" / "models" / "loras" / "driftless_demo" / "lora.safetensors").exists()
 
 
 def test_guidance_grid_example_runs(run_prompt, comfy_host, repo):

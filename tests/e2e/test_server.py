@@ -30,7 +30,7 @@ def test_demo_workflow_runs_to_success_through_prompt(comfy_server, repo):
     from driftless.headless.demo_photos import write_demo_photos
 
     write_demo_photos(comfy_server.base / "input")
-    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "demo_tiny.json")
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json")
     prompt = workflow.to_api_format(ui, comfy_server.get("/object_info"))
     entry = comfy_server.wait(comfy_server.queue(prompt))
     assert entry["status"]["status_str"] == "success", entry["status"]
@@ -39,7 +39,7 @@ def test_demo_workflow_runs_to_success_through_prompt(comfy_server, repo):
     for image in images:
         path = comfy_server.base / "output" / image["subfolder"] / image["filename"]
         assert path.stat().st_size > 0
-    assert (comfy_server.base / "models" / "loras" / "driftless_demo" / "sks_cat.safetensors").stat().st_size > 0
+    assert (comfy_server.base / "models" / "loras" / "driftless_demo" / "lora.safetensors").stat().st_size > 0
 
 
 def test_interrupt_ends_a_long_run(comfy_server):
@@ -64,3 +64,18 @@ def test_interrupt_ends_a_long_run(comfy_server):
     assert time.time() - start < 30
     interrupted = dict(entry["status"]["messages"])["execution_interrupted"]
     assert interrupted["node_type"] == "KSampler"
+
+
+def test_examples_are_listed_as_templates_and_convert_as_in_process(comfy_server, repo):
+    """/workflow_templates lists the pack's examples, and they convert against the live /object_info
+    (the comfy tier validates the same conversions with placeholder files)."""
+    templates = comfy_server.get("/workflow_templates")
+    assert sorted(templates["driftless"]) == ["guidance_grid", "personalize_and_guide"]
+    live = comfy_server.get("/object_info")
+    for name in templates["driftless"]:
+        ui = workflow.load_workflow_file(repo / "example_workflows" / f"{name}.json")
+        prompt = workflow.to_api_format(ui, live)
+        assert {n["class_type"] for n in prompt.values()} >= {"DriftlessTrainLoRA", "DriftlessPersonalizationGuider"}
+    from driftless.nodes import all_nodes
+
+    assert {k for k in live if k.startswith("Driftless")} == {n.GET_SCHEMA().node_id for n in all_nodes()}

@@ -26,7 +26,7 @@ def test_missing_and_non_object_files(tmp_path):
 
 
 def test_format_detection(repo):
-    ui = json.loads((repo / "example_workflows" / "tiny" / "demo_tiny.json").read_text())
+    ui = json.loads((repo / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json").read_text())
     api = {"1": {"class_type": "KSampler", "inputs": {}}}
     assert workflow.is_ui_format(ui) and not workflow.is_api_format(ui)
     assert workflow.is_api_format(api) and not workflow.is_ui_format(api)
