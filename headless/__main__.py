@@ -25,6 +25,8 @@ def parse_args(argv):
         p = sub.add_parser(name, help=help_text)
         if name == "run":
             p.add_argument("workflow", type=pathlib.Path, help="API-format or UI-format workflow JSON")
+            p.add_argument("--save-api", type=pathlib.Path, help="also write the API-format prompt here (for POST /prompt)")
+            p.add_argument("--dry-run", action="store_true", help="convert and validate only; run nothing")
         p.add_argument(
             "--base-directory",
             type=pathlib.Path,
@@ -76,10 +78,16 @@ def main(argv=None) -> int:
     except workflow.WorkflowError as e:
         print(f"[runner] error: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "save_api", None):
+        args.save_api.write_text(json.dumps(prompt, indent=2) + "\n")
+        print(f"[runner] API-format prompt written to {args.save_api}")
     output_nodes, problems = runner.validate(prompt, "validate")
     if problems:
         print(f"[runner] error: {path} does not validate:\n{runner.format_validation_errors(problems, prompt)}", file=sys.stderr)
         return 2
+    if getattr(args, "dry_run", False):
+        print(f"[runner] {path} is valid ({len(prompt)} nodes, outputs {', '.join(output_nodes)}); nothing run (--dry-run)")
+        return 0
     result = runner.execute(prompt, output_nodes)
     if result.interrupted:
         print("[runner] interrupted", file=sys.stderr)

@@ -130,3 +130,13 @@ def test_guidance_grid_example_runs(run_prompt, comfy_host, repo):
 
     pixels = [np.asarray(Image.open(f)) for f in sorted(result.files)]
     assert not np.array_equal(pixels[0], pixels[3])  # s changes the sample
+
+
+def test_cli_dry_run_saves_the_api_prompt_and_runs_nothing(repo, tmp_path):
+    out_file = tmp_path / "api.json"
+    out = _cli(["run", str(repo / "example_workflows" / "tiny" / "guidance_grid_tiny.json"), "--dry-run",
+                "--save-api", str(out_file), "--base-directory", str(tmp_path / "base")], repo)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "is valid (28 nodes" in out.stdout and "[runner] node 1/" not in out.stdout
+    prompt = json.loads(out_file.read_text())
+    assert sum(n["class_type"] == "DriftlessPersonalizationGuider" for n in prompt.values()) == 4
