@@ -25,36 +25,44 @@ CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 REAL_NOTE = """
 
 **Real model**: put an SD1.5 checkpoint in `models/checkpoints` (the workflow names `{ckpt}`; pick yours),
-and your 3 photos in `input/` as `my_subject_1.png` … `my_subject_3.png` (or load your own images).
+and {count} photos of your subject in `input/` as `my_subject_1.png` … `my_subject_{count}.png` (or load your own).
 Replace `sks dog` by your trigger word and class. On a 12 GB card keep batch 1; on CPU expect hours."""
 
 
-def loader(w: UIWorkflow, profile: str):
+TINY_NOTE = """
+
+**Tiny twin**: runs in a minute on a CPU with no weights. For a real model, use the workflow of the same
+name in `example_workflows/` (Load Checkpoint instead of the tiny model)."""
+
+
+def start(info: dict, profile: str, name: str, note: str, height: int, photos: int):
+    """(profile settings, workflow, model loader node) with the explanatory note in the first column."""
+    p = PROFILES[profile]
+    w = UIWorkflow(info)
     if profile == "tiny":
-        return w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
-    return w.node("CheckpointLoaderSimple", 0, ckpt_name=CHECKPOINT)
+        model = w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
+        headless = "./driftless demo" if name == "personalize_and_guide" else f"./driftless run example_workflows/tiny/{name}_tiny.json"
+        w.note(0, note.format(suffix=" (tiny model)", folder=p["folder"], headless=headless) + TINY_NOTE, height=height)
+    else:
+        model = w.node("CheckpointLoaderSimple", 0, ckpt_name=CHECKPOINT)
+        headless = f"./driftless run example_workflows/{name}.json --extra-model-paths-config your_paths.yaml"
+        text = note.format(suffix="", folder=p["folder"], headless=headless) + REAL_NOTE.format(ckpt=CHECKPOINT, count=photos)
+        w.note(0, text, height=height + 90)
+    return p, w, model
 
-DEMO_NOTE = """## Driftless demo: photos -> LoRA -> guided samples (tiny model)
-
-Runs in about a minute on a CPU with no weights. **Driftless Tiny Model** builds a seeded,
-random-initialised SD1.5-shaped model with ComfyUI's own classes: the pictures are noise, but every
-step is the real pipeline.
+DEMO_NOTE = """## Driftless: photos -> LoRA -> guided samples{suffix}
 
 1. three photos of the subject -> **Driftless Training Data** (VAE + CLIP encode them with the caption)
 2. **Driftless Train LoRA** trains on a clone of the MODEL (the input MODEL stays as it was)
-3. **Driftless Save LoRA** writes `models/loras/driftless_demo/lora.safetensors`
+3. **Driftless Save LoRA** writes `models/loras/{folder}/lora.safetensors`
 4. the same seed sampled with personalization guidance (the LoRA at strength 0.3 as CFG's unconditional
    branch) and with the base MODEL, side by side
 
-Headless: `./driftless demo`. For a real model, replace the tiny model with **Load Checkpoint**."""
+Headless: `{headless}`."""
 
 
 def demo(info: dict, profile: str = "tiny") -> dict:
-    p = PROFILES[profile]
-    w = UIWorkflow(info)
-    model = loader(w, profile)
-    note = DEMO_NOTE if profile == "tiny" else DEMO_NOTE.replace(" (tiny model)", "") + REAL_NOTE.format(ckpt=CHECKPOINT)
-    w.note(0, note, height=330 if profile == "tiny" else 420)
+    p, w, model = start(info, profile, "personalize_and_guide", DEMO_NOTE, height=380, photos=3)
     photos = [w.node("LoadImage", 1, image=name) for name in p["photos"]]
     pair = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
     batch = w.node("ImageBatch", 1, image1=pair, image2=photos[2])
@@ -83,22 +91,17 @@ def demo(info: dict, profile: str = "tiny") -> dict:
     return w.to_json()
 
 
-GRID_NOTE = """## Personalization guidance grid (tiny model)
+GRID_NOTE = """## Personalization guidance grid{suffix}
 
 The same seed sampled with the **Driftless Personalization Guider** at weak strength
 s = 0, 0.25, 0.5 and 1 (s = 1 is ordinary CFG of the personalized model), after a short training run.
 Lower s guides away from what the base model alone would draw.
 
-Headless: `./driftless run example_workflows/tiny/guidance_grid_tiny.json`.
-For a real model, replace the tiny model with **Load Checkpoint** and the photos with yours."""
+Headless: `{headless}`."""
 
 
 def guidance_grid(info: dict, profile: str = "tiny") -> dict:
-    p = PROFILES[profile]
-    w = UIWorkflow(info)
-    model = loader(w, profile)
-    note = GRID_NOTE if profile == "tiny" else GRID_NOTE.replace(" (tiny model)", "") + REAL_NOTE.format(ckpt=CHECKPOINT)
-    w.note(0, note, height=260 if profile == "tiny" else 380)
+    p, w, model = start(info, profile, "guidance_grid", GRID_NOTE, height=300, photos=2)
     photos = [w.node("LoadImage", 0, image=name) for name in p["photos"][:2]]
     batch = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
     data = w.node("DriftlessTrainingData", 1, clip=model.out(1), captions=p["caption"], images=batch, vae=model.out(2))
