@@ -17,7 +17,7 @@ same prompt, D = D_weak(x|c) + cfg·(D_ft(x|c) − D_weak(x|c)); s and its sched
 
 import torch
 
-from ..trainers.lora_adapter import INJECTION_KEY, LoraAdapter
+from ..trainers.lora_adapter import INJECTION_KEY, LoraAdapter, attach
 from .schedules import progress_of, strength_at
 
 WRAPPER_KEY = "driftless_guidance"
@@ -31,16 +31,10 @@ MODES = {
 
 def adapter_for(model_patcher, lora: dict, name: str) -> LoraAdapter:
     """An adapter for `lora` on this model; the error says how many of its layers the model has."""
-    layers = {k.rsplit(".lora_down.weight", 1)[0] for k in lora if k.endswith(".lora_down.weight")}
-    if not layers:
-        raise ValueError(f"{name}: no LoRA layers found (expected ComfyUI-native '….lora_down.weight' keys; "
-                         f"first keys: {sorted(lora)[:3]})")
-    modules = dict(model_patcher.model.diffusion_model.named_modules())
-    matched = [k for k in layers if k.startswith("diffusion_model.") and k[len("diffusion_model."):] in modules]
-    if len(matched) != len(layers):
-        raise ValueError(f"{name} does not fit this model: {len(matched)} of {len(layers)} LoRA layers match its modules "
-                         "(a LoRA for another architecture or base model?)")
-    return LoraAdapter.from_state_dict(model_patcher.model.diffusion_model, lora)
+    try:
+        return LoraAdapter.from_state_dict(model_patcher.model.diffusion_model, lora)
+    except ValueError as e:
+        raise ValueError(f"{name} {e}") from None
 
 
 def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mode: str = "personalization",
@@ -61,7 +55,7 @@ def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mo
     if mode == "autoguidance":
         weak = adapter_for(clone, weak_lora, "weak_lora")
         adapters.append(weak)
-    _attach(clone, adapters)
+    attach(clone, adapters)
 
     class Guider(comfy.samplers.CFGGuider):
         def __init__(self):
@@ -95,22 +89,6 @@ def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mo
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
                                _strength_wrapper(guider, adapters))
     return guider
-
-
-def _attach(clone, adapters) -> None:
-    """Install every adapter's hooks through one injection on the guider's clone."""
-    from comfy.patcher_extension import PatcherInjection
-
-    def inject(p):
-        for adapter in adapters:
-            adapter.to(p.load_device)
-            adapter.install(p.model.diffusion_model)
-
-    def eject(p):
-        for adapter in adapters:
-            adapter.remove()
-
-    clone.set_injections(INJECTION_KEY, [PatcherInjection(inject=inject, eject=eject)])
 
 
 def _strength_wrapper(guider, adapters):

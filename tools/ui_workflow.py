@@ -44,7 +44,7 @@ class UIWorkflow:
         entry = {
             "id": node_id, "type": node_type, "pos": [40 + 360 * column, y], "size": [320, height], "flags": {},
             "order": node_id - 1, "mode": 0, "inputs": sockets, "outputs": outputs,
-            "properties": {"Node name for S&R": node_type, **_provenance(node_type, spec)}, "widgets_values": widgets,
+            "properties": {"Node name for S&R": node_type, **_provenance(node_type)}, "widgets_values": widgets,
         }
         if title:
             entry["title"] = title
@@ -86,7 +86,7 @@ class NodeRef:
         return NodeRef(self.workflow, self.node_id, slot)
 
 
-def _provenance(node_type: str, spec: dict) -> dict:
+def _provenance(node_type: str) -> dict:
     if node_type.startswith("Driftless"):
         return {"cnr_id": "driftless", "ver": "0.1.0"}
     return {"cnr_id": "comfy-core", "ver": "0.3.75"}

@@ -346,7 +346,7 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
         e.prediction, e.target, e.weight = all_prediction[start:end], all_target[start:end], all_weight[start:end]
         start = end
     sigma, x_t, prediction, target = all_sigma[:b], all_x_t[:b], all_prediction[:b], all_target[:b]
-    coefficients = Coefficients.of(run.model_sampling, sigma)
+    coefficients = all_coefficients.head(b)
     weight = all_weight[:b]
     for regularizer in run.regularizers:
         weight = weight * regularizer.denoising_weight(u).to(weight.device)

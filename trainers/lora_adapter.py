@@ -112,11 +112,16 @@ class LoraAdapter(torch.nn.Module):
     @classmethod
     def from_state_dict(cls, diffusion_model, state: dict[str, torch.Tensor]):
         """Rebuild an adapter from ComfyUI-native LoRA keys (what `lora_state_dict` writes)."""
+        keys = sorted(k.rsplit(".lora_down.weight", 1)[0] for k in state if k.endswith(".lora_down.weight"))
+        if not keys:
+            raise ValueError("no LoRA layers found (expected ComfyUI-native 'diffusion_model.….lora_down.weight' keys; "
+                             f"first keys: {sorted(state)[:3]})")
         modules = dict(diffusion_model.named_modules())
-        names = sorted({k[len(KEY_PREFIX):].rsplit(".lora_down.weight", 1)[0] for k in state if k.endswith(".lora_down.weight")})
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ValueError(f"{len(missing)} of {len(names)} LoRA layers are not in this model (first: {missing[0]})")
+        names = [k[len(KEY_PREFIX):] for k in keys if k.startswith(KEY_PREFIX) and k[len(KEY_PREFIX):] in modules]
+        if len(names) != len(keys):
+            missing = next(k for k in keys if k[len(KEY_PREFIX):] not in names)
+            raise ValueError(f"does not fit this model: {len(names)} of {len(keys)} LoRA layers match its modules "
+                             f"(first missing: {missing}); a LoRA for another architecture or base model?")
         ranks = {state[f"{KEY_PREFIX}{n}.lora_down.weight"].shape[0] for n in names}
         if len(ranks) != 1:
             raise ValueError(f"mixed LoRA ranks {sorted(ranks)} are not supported")
@@ -164,16 +169,24 @@ class LoraAdapter(torch.nn.Module):
 
     def attach_to(self, patcher) -> None:
         """Install on `patcher` (a clone) through ComfyUI's injection lifecycle."""
-        from comfy.patcher_extension import PatcherInjection
+        attach(patcher, [self])
 
-        def inject(p):
-            self.to(p.load_device)
-            self.install(p.model.diffusion_model)
 
-        def eject(p):
-            self.remove()
+def attach(patcher, adapters: list[LoraAdapter]) -> None:
+    """Install the adapters' hooks through one injection on `patcher`: present only while that clone is
+    the loaded model, removed when ComfyUI unloads it."""
+    from comfy.patcher_extension import PatcherInjection
 
-        patcher.set_injections(INJECTION_KEY, [PatcherInjection(inject=inject, eject=eject)])
+    def inject(p):
+        for adapter in adapters:
+            adapter.to(p.load_device)
+            adapter.install(p.model.diffusion_model)
+
+    def eject(p):
+        for adapter in adapters:
+            adapter.remove()
+
+    patcher.set_injections(INJECTION_KEY, [PatcherInjection(inject=inject, eject=eject)])
 
 
 def check_rank(targets: dict[str, torch.nn.Module], rank: int) -> None:

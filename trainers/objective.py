@@ -47,6 +47,10 @@ class Coefficients:
             raise ValueError("this model's denoiser does not depend on its output at some σ (d = 0); cannot train there")
         return cls(a, b, c, d)
 
+    def head(self, n: int) -> "Coefficients":
+        """The coefficients of the first n samples."""
+        return Coefficients(self.a[:n], self.b[:n], self.c[:n], self.d[:n])
+
     def _view(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1, *([1] * (like.ndim - 1))).to(like.device)
 

@@ -160,6 +160,6 @@ def test_rebuild_from_a_saved_state_dict():
     rebuilt.install(net)
     assert torch.equal(net(x), want)
     rebuilt.remove()
-    with pytest.raises(ValueError, match="1 of 1 LoRA layers are not in this model"):
+    with pytest.raises(ValueError, match="does not fit this model: 0 of 1 LoRA layers match"):
         LoraAdapter.from_state_dict(torch.nn.Sequential(torch.nn.Linear(2, 2)), {
             "diffusion_model.missing.lora_down.weight": torch.zeros(1, 2), "diffusion_model.missing.lora_up.weight": torch.zeros(2, 1)})
