@@ -337,6 +337,11 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
     all_sigma = sample_sigmas(run.model_sampling, all_u).to(run.device)
     all_coefficients = Coefficients.of(run.model_sampling, all_sigma)
     all_x_t = all_coefficients.noisy(all_x0, all_noise)
+    sigma, x_t, coefficients = all_sigma[:b], all_x_t[:b], all_coefficients.head(b)
+    # the frozen forward runs first, while no activations are held for backward: its transient
+    # memory then never stacks on the trained forward's
+    frozen = frozen_prediction(run, x_t, sigma, inputs, coefficients) if any(
+        r.needs_frozen_prediction for r in run.regularizers) else None
     all_prediction = all_coefficients.prediction(run.forward(all_x_t, all_sigma, all_inputs), all_x_t)
     all_target = all_coefficients.target(all_x0, all_noise)
     all_weight = min_snr_weight(all_coefficients, config.min_snr_gamma)
@@ -345,25 +350,25 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
         end = start + e.x0.shape[0]
         e.prediction, e.target, e.weight = all_prediction[start:end], all_target[start:end], all_weight[start:end]
         start = end
-    sigma, x_t, prediction, target = all_sigma[:b], all_x_t[:b], all_prediction[:b], all_target[:b]
-    coefficients = all_coefficients.head(b)
-    weight = all_weight[:b]
+    prediction, target, weight = all_prediction[:b], all_target[:b], all_weight[:b]
     for regularizer in run.regularizers:
         weight = weight * regularizer.denoising_weight(u).to(weight.device)
     denoise = denoising_loss(prediction, target, weight).mean()
     replaced = any(r.replaces_denoising_loss for r in run.regularizers)
     total = denoise.new_zeros(()) if replaced else denoise
     if run.regularizers:
-
-        def frozen():
-            previous, run.adapter.strength = run.adapter.strength, 0.0
-            try:
-                with torch.no_grad():
-                    return coefficients.prediction(run.forward(x_t, sigma, inputs, "frozen"), x_t)
-            finally:
-                run.adapter.strength = previous
-
-        ctx = StepContext(x0, u, noise, sigma, x_t, inputs, prediction, target, weight, denoise, run.adapter, step, run.setup, frozen)
+        ctx = StepContext(x0, u, noise, sigma, x_t, inputs, prediction, target, weight, denoise, run.adapter, step,
+                          run.setup, _frozen_value=frozen)
         for regularizer in run.regularizers:
             total = total + regularizer.loss(ctx)
     return total
+
+
+def frozen_prediction(run: TrainingRun, x_t, sigma, inputs, coefficients: Coefficients) -> torch.Tensor:
+    """The base model's prediction: the same loaded weights with the LoRA at strength 0, no graph kept."""
+    previous, run.adapter.strength = run.adapter.strength, 0.0
+    try:
+        with torch.no_grad():
+            return coefficients.prediction(run.forward(x_t, sigma, inputs, "frozen"), x_t)
+    finally:
+        run.adapter.strength = previous

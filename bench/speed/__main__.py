@@ -54,7 +54,7 @@ def bench_training(args, repeats, steps, training, write_results) -> None:
         "(TrainLoraNode also trains every bias and norm)",
         f"time: median step interval (first {training.WARMUP_STEPS} steps skipped), {repeats} repeats alternating "
         "Driftless / TrainLoraNode in one process",
-        "memory: each trainer in a fresh subprocess; CPU figures are peak-RSS growth during training",
+        "memory: each trainer in a fresh subprocess; CPU figures are the peak of live tensor bytes during training (torch.profiler allocation records), the CPU analogue of torch.cuda.max_memory_allocated",
     ]
     md, js = write_results("speed_training", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")
@@ -83,7 +83,7 @@ def bench_regularizers(args, repeats, steps, write_results) -> None:
         "class micro-batch per step (class-image generation excluded)",
         f"{repeats * steps} rounds; in each round every method takes one optimizer step, in an order rotated every "
         "round; ratios are per round against plain LoRA (median, min–max)",
-        "memory: each regularizer in a fresh subprocess; CPU figures are peak-RSS growth during training",
+        "memory: each regularizer in a fresh subprocess; CPU figures are the peak of live tensor bytes during training (torch.profiler allocation records), the CPU analogue of torch.cuda.max_memory_allocated",
     ]
     md, js = write_results("speed_regularizers", [{"name": k, **v} for k, v in result.items()], table, notes)
     print(f"[bench] wrote {md} and {js}")

@@ -2,19 +2,19 @@
 
     python -m driftless.bench.speed.peak ours|stock|REGULARIZER ARCHITECTURE STEPS RANK [checkpointing]
 
-CPU: peak resident memory during training (sampled every 2 ms) minus the resident memory before it;
-CUDA: torch.cuda.max_memory_allocated minus the memory allocated before it. Prints JSON.
+CUDA: torch.cuda.max_memory_allocated minus the memory allocated before it. CPU: the same quantity, the
+peak of live tensor bytes above the start, read off torch.profiler's allocation records (each operator's
+own allocations and frees, in start order). Peak resident memory is not used on CPU: glibc keeps freed
+blocks mapped, so RSS growth depends on allocation history more than on what a method keeps alive.
+Prints JSON.
 """
 
 import json
 import subprocess
 import sys
-import threading
-import time
 
 
 def measure(run) -> int:
-    import psutil
     import torch
 
     if torch.cuda.is_available():
@@ -23,22 +23,21 @@ def measure(run) -> int:
         before = torch.cuda.memory_allocated()
         run()
         return torch.cuda.max_memory_allocated() - before
-    process, peak, running = psutil.Process(), [0], [True]
+    return peak_tensor_bytes(run)
 
-    def sample():
-        while running[0]:
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.002)
 
-    before = process.memory_info().rss
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+def peak_tensor_bytes(run) -> int:
+    """Peak growth of live CPU tensor bytes while `run()` executes (torch.profiler memory records)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    finally:
-        running[0] = False
-        thread.join()
-    return peak[0] - before
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
 
 
 def peak_memory(which: str, architecture: str, steps: int, rank: int, checkpointing: bool = False) -> int:

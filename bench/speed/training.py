@@ -3,7 +3,7 @@
 Same model (the SD1.5-shaped bench model), rank, batch, dtype and layer coverage (every Linear and
 Conv2d; TrainLoraNode also trains every bias and norm). Step time is the median interval between
 consecutive optimizer steps of a run (first steps skipped), runs alternating ours / stock; peak
-memory is measured per trainer in a fresh subprocess (CPU: peak RSS growth during training; CUDA:
+memory is measured per trainer in a fresh subprocess (CPU: peak live tensor bytes, from torch.profiler; CUDA:
 torch.cuda.max_memory_allocated growth).
 """
 

@@ -164,7 +164,7 @@ def test_class_images_are_cached_by_model_prompt_and_seed(comfy_host):
 
 @pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny"])
 def test_apt_terms_start_at_zero_and_watch_every_transformer_block(tiny_data, architecture):
-    """At init (B = 0) the LoRA model is the base model: RS and AA are exactly 0, and the explicit
+    """At init (B = 0) the LoRA model is the base model: RS and AA are exactly 0, and the
     cross-attention APT installs computes what ComfyUI's attention computes."""
     from driftless.trainers.loop import train_lora
     from driftless.trainers.regularizers.apt import APT

@@ -135,3 +135,21 @@ def test_attention_probabilities_by_hand():
     features = torch.tensor([[[1.0, 2.0], [3.0, 6.0]]])  # [B=1, N=2, C=2]
     mean, std = channel_stats(features)
     assert mean.tolist() == [[2.0, 4.0]] and std.tolist() == [[1.0, 2.0]]
+
+
+def test_apt_cross_attention_matches_the_explicit_form_in_value_and_gradient():
+    """The fused output equals softmax(QKᵀ/√d)·V, and the recomputed head-mean map has the gradient of
+    the stored one."""
+    from driftless.trainers.regularizers.apt import attention_probabilities, head_mean_attention, multihead_attention
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, n, 12, generator=g, requires_grad=True) for n in (6, 5, 5))
+    heads = 3
+    probs = attention_probabilities(q, k, heads)
+    explicit = (probs @ v.view(2, 5, heads, 4).transpose(1, 2)).transpose(1, 2).reshape(2, 6, 12)
+    torch.testing.assert_close(multihead_attention(q, k, v, heads), explicit, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(2, 6, 5, generator=g)
+    stored = torch.autograd.grad((probs.mean(dim=1) * weights).sum(), (q, k))
+    recomputed = torch.autograd.grad((head_mean_attention(q, k, heads) * weights).sum(), (q, k))
+    for a, b in zip(recomputed, stored):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -55,7 +55,7 @@ class StepContext:
         """The base model's raw output on the same x_t, σ and text (no grad); computed once."""
         if self._frozen_value is None:
             if self._frozen is None:
-                raise RuntimeError("no frozen-model forward available in this context")
+                raise RuntimeError("no frozen-model forward in this step: a regularizer that reads it sets needs_frozen_prediction = True")
             self._frozen_value = self._frozen()
         return self._frozen_value
 

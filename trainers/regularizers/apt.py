@@ -13,8 +13,9 @@
    heads, is matched to the frozen model's: λ_attn·mean_l ‖A_θ − A_pre‖².
 
 The frozen model is the shared frozen forward (LoRA at strength 0, same x_t, σ, prompt). Features and
-maps are captured through ComfyUI's transformer patches (`attn1_output_patch`, an `attn2` replace that
-computes the attention explicitly) on the training clone's forward only. Augmentation acts on the
+maps are captured through ComfyUI's transformer patches (`attn1_output_patch`, and an `attn2` replace that
+returns fused scaled-dot-product attention and computes the head-averaged maps beside it, recomputed in
+backward rather than stored) on the training clone's forwards only. Augmentation acts on the
 latents (the images are already encoded); reflection fills the borders. Choices where the paper is
 silent (α, T, p_max, clamping, latent-space augmentation) follow papers.md §2.6 and are settings here.
 """
@@ -23,6 +24,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from . import Regularizer, StepContext, TrainingSetup, register
 
@@ -90,6 +92,25 @@ def attention_probabilities(q, k, heads: int) -> torch.Tensor:
     q = q.view(b, nq, heads, d).transpose(1, 2)
     k = k.view(b, k.shape[1], heads, d).transpose(1, 2)
     return torch.softmax((q.float() @ k.float().transpose(-1, -2)) * d**-0.5, dim=-1)
+
+
+def head_mean_attention(q, k, heads: int) -> torch.Tensor:
+    """The cross-attention map averaged over heads, [B, Nq, Nk]. With grad, its softmax is recomputed in
+    backward instead of kept: the per-head maps would otherwise add heads·Nq·Nk floats per layer."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return checkpoint(_head_mean_attention, q, k, heads, use_reentrant=False)
+    return _head_mean_attention(q, k, heads)
+
+
+def _head_mean_attention(q, k, heads: int) -> torch.Tensor:
+    return attention_probabilities(q, k, heads).mean(dim=1)
+
+
+def multihead_attention(q, k, v, heads: int) -> torch.Tensor:
+    """softmax(QKᵀ/√d)·V per head on projected [B, N, H·d] tensors, fused (no map kept for backward)."""
+    b, nq, width = q.shape
+    q, k, v = (t.view(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, nq, -1)
 
 
 @register
@@ -167,12 +188,9 @@ class APT(Regularizer):
         return n
 
     def _cross_attention(self, q, k, v, extra_options):
-        probs = attention_probabilities(q, k, extra_options["n_heads"])
-        self.captured[extra_options.get(PASS_KEY, "train")]["maps"].append(probs.mean(dim=1))
-        b, nq, _ = q.shape
         heads = extra_options["n_heads"]
-        vh = v.view(b, v.shape[1], heads, -1).transpose(1, 2).float()
-        return (probs @ vh).transpose(1, 2).reshape(b, nq, -1).to(q.dtype)
+        self.captured[extra_options.get(PASS_KEY, "train")]["maps"].append(head_mean_attention(q, k, heads))
+        return multihead_attention(q, k, v, heads)
 
     # ---- the loss ---------------------------------------------------------------------------
     def loss(self, ctx: StepContext) -> torch.Tensor:
