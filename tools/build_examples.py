@@ -16,10 +16,12 @@ EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "example_workflows"
 PROFILES = {
     "real": dict(photos=[f"my_subject_{i}.png" for i in (1, 2, 3)], caption="a photo of sks dog",
                  prompt="a photo of sks dog on a beach", grid_prompt="a photo of sks dog in the snow", size=512,
-                 train_steps=500, learning_rate=1e-4, rank=16, sample_steps=30, folder="my_subject"),
+                 train_steps=500, learning_rate=1e-4, rank=16, sample_steps=30, folder="my_subject",
+                 class_prompt="a photo of a dog", prior_prompt="a photo of a dog on a beach", class_images=50),
     "tiny": dict(photos=[f"driftless_demo/sks_cat_{i}.png" for i in (1, 2, 3)], caption="a photo of sks cat",
                  prompt="a photo of sks cat on a beach", grid_prompt="a photo of sks cat in the snow", size=64,
-                 train_steps=30, learning_rate=1e-3, rank=8, sample_steps=12, folder="driftless_demo"),
+                 train_steps=30, learning_rate=1e-3, rank=8, sample_steps=12, folder="driftless_demo",
+                 class_prompt="a photo of a cat", prior_prompt="a photo of a cat on a beach", class_images=4),
 }
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 REAL_NOTE = """
@@ -129,10 +131,87 @@ def guidance_grid(info: dict, profile: str = "tiny") -> dict:
     return w.to_json()
 
 
+COMPARE_NOTE = """## Drift regularizers side by side{suffix}
+
+The same photos, seed and settings trained five times: plain LoRA, **parameter anchor**, **DCO**, **APT**
+and **prior preservation** (class images generated in-graph by the base model, cached on disk).
+Every trained MODEL is sampled at the same seed twice:
+- with the subject prompt (top row: did it learn the subject?),
+- with the prior prompt, the class without the trigger word (bottom row, the base model first: how far did
+  it drift from what the base model drew?).
+
+Headless: `{headless}`."""
+
+REGULARIZERS = {
+    "plain LoRA": None,
+    "parameter anchor": ("DriftlessParameterAnchor", {}),
+    "DCO": ("DriftlessDCO", {}),
+    "APT": ("DriftlessAPT", {}),
+    "prior preservation": ("DriftlessPriorPreservation", {}),
+}
+
+
+def regularizer_comparison(info: dict, profile: str = "tiny") -> dict:
+    p, w, model = start(info, profile, "regularizer_comparison", COMPARE_NOTE, height=420, photos=3)
+    if profile == "tiny":  # five trainings: keep the twin the tests run short
+        p = {**p, "train_steps": 10, "sample_steps": 4, "class_images": 2}
+    photos = [w.node("LoadImage", 1, image=name) for name in p["photos"]]
+    pair = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
+    batch = w.node("ImageBatch", 1, image1=pair, image2=photos[2])
+    data = w.node("DriftlessTrainingData", 1, clip=model.out(1), captions=p["caption"], images=batch, vae=model.out(2))
+    class_images = w.node("DriftlessClassImages", 2, model=model, clip=model.out(1), vae=model.out(2),
+                          class_prompt=p["class_prompt"], count=p["class_images"], seed=0, width=p["size"],
+                          height=p["size"], steps=p["sample_steps"], cfg=5.0, sampler_name="euler", scheduler="normal")
+    trained = {}
+    for label, spec in REGULARIZERS.items():
+        extra = {}
+        if spec is not None:
+            kind, settings = spec
+            if kind == "DriftlessPriorPreservation":
+                settings = dict(clip=model.out(1), class_prompt=p["class_prompt"], class_latents=class_images.out(1))
+            extra["regularizer"] = w.node(kind, 2, **settings)
+        slug = label.replace(" ", "_")
+        trained[label] = w.node("DriftlessTrainLoRA", 3, title=f"Train LoRA ({label})", model=model, training_data=data,
+                                steps=p["train_steps"], learning_rate=p["learning_rate"], rank=p["rank"],
+                                alpha=float(p["rank"]), run_name=f"{p['folder']}_compare/{slug}", checkpoint_every=0,
+                                resume_from="", **extra)
+    subject = w.node("CLIPTextEncode", 4, title="Subject prompt", clip=model.out(1), text=p["prompt"])
+    prior = w.node("CLIPTextEncode", 4, title="Prior prompt (no trigger word)", clip=model.out(1), text=p["prior_prompt"])
+    null = w.node("CLIPTextEncode", 4, title="Null prompt", clip=model.out(1), text="")
+    latent = w.node("EmptyLatentImage", 4, width=p["size"], height=p["size"], batch_size=1)
+
+    def sample(source, prompt, title):
+        latents = w.node("KSampler", 5, title=title, model=source, positive=prompt, negative=null, latent_image=latent,
+                         seed=42, steps=p["sample_steps"], cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+        return w.node("VAEDecode", 6, samples=latents, vae=model.out(2))
+
+    def row(images):
+        out = images[0]
+        for image in images[1:]:
+            out = w.node("ImageStitch", 7, image1=out, image2=image, direction="right", match_image_size=True,
+                         spacing_width=4, spacing_color="white")
+        return out
+
+    subject_row = row([sample(t.out(0), subject, f"Subject ({label})") for label, t in trained.items()])
+    prior_row = row([sample(model.out(0), prior, "Prior (base model)")]
+                    + [sample(t.out(0), prior, f"Prior ({label})") for label, t in trained.items()])
+    labels = ", ".join(trained)
+    w.node("SaveImage", 8, title=f"Subject: {labels}", images=subject_row, filename_prefix=f"{p['folder']}_compare/subject")
+    w.node("SaveImage", 8, title=f"Prior: base, {labels}", images=prior_row, filename_prefix=f"{p['folder']}_compare/prior")
+    return w.to_json()
+
+
+EXAMPLE_BUILDERS = {
+    "personalize_and_guide": demo,
+    "guidance_grid": guidance_grid,
+    "regularizer_comparison": regularizer_comparison,
+}
+
+
 def main() -> None:
     comfy = host.boot(tempfile.mkdtemp(prefix="driftless_examples_"), cpu=True)
     info = comfy.object_info()
-    for name, build in (("personalize_and_guide", demo), ("guidance_grid", guidance_grid)):
+    for name, build in EXAMPLE_BUILDERS.items():
         for profile, out in (("real", EXAMPLES / f"{name}.json"), ("tiny", EXAMPLES / "tiny" / f"{name}_tiny.json")):
             out.write_text(json.dumps(build(info, profile), indent=2) + "\n")
             print(f"wrote {out}")

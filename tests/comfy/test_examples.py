@@ -8,7 +8,7 @@ from PIL import Image
 
 from driftless.headless import runner, workflow
 
-EXAMPLES = ["personalize_and_guide", "guidance_grid"]
+EXAMPLES = ["personalize_and_guide", "guidance_grid", "regularizer_comparison"]
 
 
 def _placeholders(prompt: dict, base):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import threading
@@ -140,3 +141,28 @@ def test_cli_dry_run_saves_the_api_prompt_and_runs_nothing(repo, tmp_path):
     assert "is valid (28 nodes" in out.stdout and "[runner] node 1/" not in out.stdout
     prompt = json.loads(out_file.read_text())
     assert sum(n["class_type"] == "DriftlessPersonalizationGuider" for n in prompt.values()) == 4
+
+
+def test_regularizer_comparison_example_runs(run_prompt, comfy_host, repo):
+    """The tiny twin trains five LoRAs (plain and each regularizer) and writes two stitched rows: the subject
+    prompt per method, and the prior prompt for the base model and per method."""
+    import numpy as np
+    from PIL import Image
+
+    from driftless.headless.demo_photos import write_demo_photos
+
+    write_demo_photos(comfy_host.base_directory / "input")
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "regularizer_comparison_tiny.json")
+    prompt = workflow.to_api_format(ui, comfy_host.object_info())
+    trainers = [n for n in prompt.values() if n["class_type"] == "DriftlessTrainLoRA"]
+    assert len(trainers) == 5 and sum("regularizer" in n["inputs"] for n in trainers) == 4
+    result = run_prompt(prompt)
+    assert result.success, result.error
+    rows = {pathlib.Path(f).name.split("_")[0]: np.asarray(Image.open(f)).astype(int) for f in result.files}
+    size, gap = 64, 4
+    assert rows["subject"].shape[1] == 5 * size + 4 * gap and rows["prior"].shape[1] == 6 * size + 5 * gap
+    tiles = {name: [row[:, i * (size + gap): i * (size + gap) + size] for i in range(row.shape[1] // size)]
+             for name, row in rows.items()}
+    assert not np.array_equal(tiles["prior"][0], tiles["prior"][1])  # plain LoRA drifted from the base model
+    for i in (2, 3, 4):  # DCO, APT and prior preservation train differently from plain LoRA
+        assert not np.array_equal(tiles["subject"][0], tiles["subject"][i])
