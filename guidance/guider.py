@@ -2,13 +2,15 @@
 
     D(x) = D_weak(x | ∅) + cfg · (D_ft(x | c) − D_weak(x | ∅)),   θ_ft = θ_base + Δ,  θ_weak = θ_base + s·Δ
 
-(Park et al., ICCV 2025, eq. 6 with ω = 1 − s). The LoRA Δ is applied on activations (see
-trainers/lora_adapter.py), with a strength per sample chosen by ComfyUI's `cond_or_uncond` tag: the
-conditional samples of a batch get strength 1, the unconditional ones strength s. So the stock
-`sampling_function` runs unchanged — one batched forward for both branches when memory allows, then
-pre-CFG functions (APG), `cfg_function` with post-CFG functions (RescaleCFG, PAG, CFG++ samplers) —
-and no weights are patched, copied or swapped. The tag is read in an APPLY_MODEL wrapper on the
-guider's own clone, so the shared model is never modified.
+(Park et al., ICCV 2025, eq. 6 with ω = 1 − s). The LoRA is merged into the guider's clone at strength 1
+the way LoraLoader does it (ComfyUI patches the weights when the clone loads and restores them when it
+unloads), so the conditional branch costs exactly what CFG of the personalized model costs. The weak
+branch is corrected on activations (see trainers/lora_adapter.py): y += (s − 1)·Δ(x), computed only on
+the samples ComfyUI's `cond_or_uncond` tag marks unconditional, accumulated in place into their slice of
+each layer's output. So the stock `sampling_function` runs unchanged — one batched forward for both
+branches when memory allows, then pre-CFG functions (APG), `cfg_function` with post-CFG functions
+(RescaleCFG, PAG, CFG++ samplers). The tag is read in an APPLY_MODEL wrapper on the guider's own clone,
+so the shared model is never modified.
 
 Modes: `personalization` as above; `cfg`, plain CFG of the personalized model (s = 1); `autoguidance`
 (Karras et al., NeurIPS 2024): the weak model is base + a second LoRA (e.g. an earlier checkpoint) on the
@@ -47,20 +49,23 @@ def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mo
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     if mode == "autoguidance" and weak_lora is None:
         raise ValueError("autoguidance needs a weak LoRA (e.g. an earlier checkpoint of the same training)")
-    clone = model_patcher.clone()
-    clone.remove_injections(INJECTION_KEY)  # a MODEL straight from Train LoRA: guide its base, not base + LoRA twice
-    strong = adapter_for(clone, lora, "lora")
+    import comfy.sd
+
+    base = model_patcher.clone()
+    base.remove_injections(INJECTION_KEY)  # a MODEL straight from Train LoRA: guide its base, not base + LoRA twice
+    strong = adapter_for(base, lora, "lora")
     adapters = [strong]
-    weak = None
     if mode == "autoguidance":
-        weak = adapter_for(clone, weak_lora, "weak_lora")
-        adapters.append(weak)
+        adapters.append(adapter_for(base, weak_lora, "weak_lora"))
+    clone, _ = comfy.sd.load_lora_for_models(base, None, strong.lora_state_dict(), 1.0, 0.0)
+    for adapter in adapters:
+        adapter.strength = 0.0  # corrections only where the wrapper asks for them
     attach(clone, adapters)
 
     class Guider(comfy.samplers.CFGGuider):
         def __init__(self):
             super().__init__(clone)
-            self.strengths = {COND: {0: 1.0}, UNCOND: {0: 1.0}}
+            self.strengths = {COND: {}, UNCOND: {}}  # per branch, adapter index -> correction to the merged LoRA
             self.sigmas = None
 
         def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
@@ -69,10 +74,12 @@ def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mo
 
         def predict_noise(self, x, timestep, model_options={}, seed=None):
             s = 1.0 if mode == "cfg" else strength_at(self._progress(timestep), schedule, s_start, s_end, start, end)
-            if mode == "autoguidance":  # strong LoRA on the cond branch, the weak LoRA alone on the uncond branch
-                self.strengths = {COND: {0: 1.0, 1: 0.0}, UNCOND: {0: 0.0, 1: 1.0}}
+            # the strong LoRA is merged at 1: the cond branch needs no correction, the uncond branch moves
+            # to strength s (or, for autoguidance, from the strong LoRA to the weak one)
+            if mode == "autoguidance":
+                self.strengths = {COND: {}, UNCOND: {0: -1.0, 1: 1.0}}
             else:
-                self.strengths = {COND: {0: 1.0}, UNCOND: {0: s}}
+                self.strengths = {COND: {}, UNCOND: {0: s - 1.0}}
             return super().predict_noise(x, timestep, model_options, seed)
 
         def _progress(self, timestep) -> float:
@@ -92,18 +99,19 @@ def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mo
 
 
 def _strength_wrapper(guider, adapters):
-    """APPLY_MODEL wrapper: per-sample LoRA strengths from the batch's cond/uncond tags."""
+    """APPLY_MODEL wrapper: per-sample LoRA corrections from the batch's cond/uncond tags (a float 0 when
+    no sample of the batch needs one, e.g. a cond-only batch or s = 1)."""
 
     def wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         tags = transformer_options.get("cond_or_uncond", [COND])
         per_tag = x.shape[0] // max(1, len(tags))
         for i, adapter in enumerate(adapters):
             values = [guider.strengths.get(tag, guider.strengths[COND]).get(i, 0.0) for tag in tags]
-            adapter.strength = torch.tensor(values, dtype=torch.float32).repeat_interleave(per_tag)
+            adapter.strength = torch.tensor(values, dtype=torch.float32).repeat_interleave(per_tag) if any(values) else 0.0
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
             for adapter in adapters:
-                adapter.strength = 1.0
+                adapter.strength = 0.0
 
     return wrapper

@@ -62,19 +62,8 @@ class LoraLayer(torch.nn.Module):
         and the residual add is fused into the up-projection (addmm / baddbmm) when dtypes agree.
         `strength` is a float or a per-sample tensor [B].
         """
-        down, up = self.down.to(x.device), self.up.to(x.device)
-        if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(down.dtype)
-        hidden = F.conv2d(x, down, **self.conv_args) if self.kind == "conv" else F.linear(x, down)
-        factor = self.scale.to(hidden.device, hidden.dtype)
-        if isinstance(strength, torch.Tensor):
-            if strength.shape[0] != output.shape[0]:
-                raise RuntimeError(f"per-sample LoRA strength has {strength.shape[0]} entries for a batch of {output.shape[0]}")
-            factor = factor * strength.to(hidden.device, hidden.dtype).reshape(-1, *([1] * (hidden.ndim - 1)))
-        elif strength != 1.0:
-            factor = factor * float(strength)
-        hidden = hidden * factor
-        up = up.to(hidden.dtype)
+        hidden = self._scaled_hidden(x, output, strength)
+        up = self.up.to(hidden.device, hidden.dtype)
         if output.dtype != hidden.dtype:  # autocast or a half-precision model: plain add in the output's dtype
             delta = F.conv2d(hidden, up) if self.kind == "conv" else F.linear(hidden, up)
             return output + delta.to(output.dtype)
@@ -84,6 +73,55 @@ class LoraLayer(torch.nn.Module):
             return fused.view(b, c, h, w)
         fused = torch.addmm(output.reshape(-1, output.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), up.t())
         return fused.view(output.shape)
+
+    def apply_per_sample(self, x: torch.Tensor, output: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """`apply` with a strength per sample, computed only on the samples whose strength is not 0.
+
+        When those form one contiguous run of the batch and no graph is being recorded (sampling), the
+        up-projection is accumulated in place into that slice of the output: the other samples cost nothing.
+        """
+        rows = active_rows(strength)
+        if rows is None:
+            return output
+        start, end = rows
+        if (start, end) == (0, output.shape[0]) or torch.is_grad_enabled() or not output.is_contiguous():
+            return self.apply(x, output, strength)
+        hidden = self._scaled_hidden(x[start:end], output, strength[start:end])
+        part = output[start:end]
+        up = self.up.to(hidden.device, hidden.dtype)
+        if output.dtype != hidden.dtype:
+            delta = F.conv2d(hidden, up) if self.kind == "conv" else F.linear(hidden, up)
+            part.add_(delta.to(output.dtype))
+        elif self.kind == "conv":
+            b, c, h, w = part.shape
+            part.view(b, c, h * w).baddbmm_(up.view(c, -1).expand(b, -1, -1), hidden.reshape(b, -1, h * w))
+        else:
+            part.view(-1, part.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up.t())
+        return output
+
+    def _scaled_hidden(self, x: torch.Tensor, output: torch.Tensor, strength) -> torch.Tensor:
+        """strength·(α/r)·A(x): the rank-r activation, scaled per sample when `strength` is a tensor."""
+        down = self.down.to(x.device)
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(down.dtype)
+        hidden = F.conv2d(x, down, **self.conv_args) if self.kind == "conv" else F.linear(x, down)
+        factor = self.scale.to(hidden.device, hidden.dtype)
+        if isinstance(strength, torch.Tensor):
+            if strength.shape[0] != x.shape[0]:
+                raise RuntimeError(f"per-sample LoRA strength has {strength.shape[0]} entries for a batch of {x.shape[0]}")
+            factor = factor * strength.to(hidden.device, hidden.dtype).reshape(-1, *([1] * (hidden.ndim - 1)))
+        elif strength != 1.0:
+            factor = factor * float(strength)
+        return hidden * factor
+
+
+def active_rows(strength: torch.Tensor) -> tuple[int, int] | None:
+    """(start, end) spanning the samples with a non-zero strength; None when there are none."""
+    nonzero = torch.nonzero(strength.detach().cpu()).flatten().tolist()
+    if not nonzero:
+        return None
+    start, end = nonzero[0], nonzero[-1] + 1
+    return start, end
 
 
 class LoraAdapter(torch.nn.Module):
@@ -150,7 +188,9 @@ class LoraAdapter(torch.nn.Module):
     # ---- hooks ----------------------------------------------------------------------------
     def _hook(self, layer: LoraLayer):
         def hook(module, inputs, output):
-            if isinstance(self.strength, (int, float)) and self.strength == 0.0:
+            if isinstance(self.strength, torch.Tensor):
+                return layer.apply_per_sample(inputs[0], output, self.strength)
+            if self.strength == 0.0:
                 return output  # the frozen base, bit-exact and free
             return layer.apply(inputs[0], output, self.strength)
 

@@ -83,6 +83,27 @@ def test_per_sample_strength_equals_separate_forwards():
         net(x)
 
 
+@pytest.mark.parametrize("strengths", [[0.0, -0.7, 0.0], [0.0, 0.0, 0.0], [-0.5, 0.0, 0.8], [0.3, 0.3, 0.3]])
+def test_per_sample_corrections_touch_only_their_samples(strengths):
+    """Sampling path: samples at strength 0 are the base forward bit for bit, the others equal the merged
+    weight at their strength; with grad on, the result equals the out-of-place form."""
+    torch.manual_seed(3)
+    net, x = Net(), torch.randn(3, 3, 8, 8)
+    adapter = _adapter(net)
+    base = net(x).detach()
+    adapter.install(net)
+    adapter.strength = torch.tensor(strengths)
+    with torch.no_grad():
+        got = net(x)
+    for i, s in enumerate(strengths):
+        if s == 0.0:
+            assert torch.equal(got[i], base[i])
+        want = _merged(net, adapter, s)(x[i : i + 1])[0]
+        torch.testing.assert_close(got[i], want, rtol=0, atol=1e-5)
+    with_grad = net(x)
+    torch.testing.assert_close(with_grad, got, rtol=1e-6, atol=1e-6)
+
+
 def test_gradients_reach_only_the_lora_and_match_the_merged_form():
     torch.manual_seed(3)
     net, x = Net(), torch.randn(2, 3, 8, 8)
