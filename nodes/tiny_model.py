@@ -27,7 +27,7 @@ class TinyModel(CheckedNode):
                     tooltip=(
                         "sd15-tiny: SD1.5-shaped (one text encoder, 3 UNet levels). "
                         "sdxl-tiny: SDXL-shaped (CLIP-L + CLIP-G, pooled embedding and size conditioning). "
-                        "sd15-bench: the larger SD1.5-shaped size the speed benchmarks use."
+                        "sd15-bench / sdxl-bench: the larger SD1.5- and SDXL-shaped sizes the speed benchmarks use."
                     ),
                 ),
                 io.Int.Input(

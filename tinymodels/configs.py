@@ -4,8 +4,11 @@ Two sizes per family:
 - ``tiny``: the smallest model that keeps every structural feature (down/up levels with and without
   attention, cross-attention, a mid block; for SDXL the two text encoders and the pooled ADM path).
   A sampling step takes milliseconds on a CPU; used by the tests and the demo.
-- ``bench``: the SD1.5-shaped reference size of the speed benchmarks (model_channels 64, levels
-  [1, 2, 4], context 128), sized so one training step takes ~0.5 s on 2 CPU cores.
+- ``bench``: the reference sizes of the speed benchmarks, sized so one training step takes ~0.5 s on
+  2 CPU cores. SD1.5-shaped: model_channels 64, levels [1, 2, 4], one transformer per level, context
+  128. SDXL-shaped: the same widths with SDXL's layout (no attention at full resolution, two text
+  encoders concatenated to context 256, linear transformer projections, pooled text + size embedding
+  through the ADM input).
 """
 
 from dataclasses import dataclass, field
@@ -124,6 +127,16 @@ CONFIGS: dict[str, TinyModelConfig] = {
         transformer_depth=(1, 1, 1),
         head_channels=32,
         text_encoders={"l": TextEncoderConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)},
+        default_resolution=256,
+    ),
+    "sdxl-bench": TinyModelConfig(
+        family="sdxl",
+        model_channels=64,
+        channel_mult=(1, 2, 4),
+        transformer_depth=(0, 1, 2),
+        head_channels=32,
+        text_encoders={"l": TextEncoderConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4),
+                       "g": TextEncoderConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)},
         default_resolution=256,
     ),
 }

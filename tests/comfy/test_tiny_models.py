@@ -8,7 +8,7 @@ import torch
 ARCHS = ["sd15-tiny", "sdxl-tiny"]
 
 
-@pytest.mark.parametrize("name", ["sd15-tiny", "sdxl-tiny", "sd15-bench"])
+@pytest.mark.parametrize("name", ["sd15-tiny", "sdxl-tiny", "sd15-bench", "sdxl-bench"])
 def test_comfyui_detects_the_architecture_from_the_weights(comfy_host, name):
     """ComfyUI's checkpoint detector, fed the tiny UNet's state dict, recovers the config it was built from.
 
