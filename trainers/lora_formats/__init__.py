@@ -74,7 +74,8 @@ def read_layers(lora: dict) -> tuple[str, dict[str, LayerWeights], list[str]]:
     """(format, {name in that format: weights}, keys left out as not UNet LoRA layers)."""
     fmt = detect_format(lora)
     module = FORMATS[fmt]
-    metadata = getattr(lora, "metadata", {}) or {}
+    # an export not yet written keeps its format's entries (the PEFT config) in raw_metadata
+    metadata = {**(getattr(lora, "metadata", {}) or {}), **(getattr(lora, "raw_metadata", {}) or {})}
     left_out = [k for k in lora if module.classify(k) == "ignored"]
     return fmt, module.read(dict(lora), metadata), left_out
 
