@@ -26,13 +26,18 @@ class LoraWeights(dict):
         self.raw_metadata = dict(raw_metadata or {})
 
 
-def lora_metadata(config, base_fingerprint: str, steps: int, captions: list[str], regularizers: list) -> dict:
+def lora_metadata(config, base_fingerprint: str, steps: int, captions: list[str], regularizers: list,
+                  adapter=None) -> dict:
+    """What a LoRA file says about itself. Started from another LoRA, rank, alpha and layers are that LoRA's."""
+    initial = bool(getattr(config, "initial_lora", "")) and adapter is not None
+    extra = {"initial_lora": config.initial_lora} if initial else {}
     return {
         "format": FORMAT,
         "base_model_fingerprint": base_fingerprint,
-        "rank": config.rank,
-        "alpha": config.alpha,
-        "target_layers": config.targets,
+        "rank": adapter.rank if initial else config.rank,
+        "alpha": adapter.alpha_value if initial else config.alpha,
+        "target_layers": "those of the initial LoRA" if initial else config.targets,
+        **extra,
         "steps": steps,
         "prompts": sorted(set(captions)),
         "regularizers": [{"name": r.name, **r.settings()} for r in regularizers],

@@ -344,3 +344,35 @@ def test_load_node_refuses_an_unknown_layout_and_a_lora_for_another_architecture
     save_safetensors_atomic(trained["sd15-tiny"], loras / "interop" / "sd15.safetensors")
     with pytest.raises(ValueError, match="for an SD1.x/SD2.x-style UNet.*the model is SDXL"):
         LoadLora.execute(lora_name="interop/sd15.safetensors", model=sdxl_model)
+
+
+def test_training_starts_from_an_imported_lora(comfy_host, trained):
+    """A kohya file as the starting point: the run's adapter begins as that LoRA (its layers, ranks,
+    alphas), and the settings record which LoRA it was, so a resume from another one is refused."""
+    import numpy as np
+    from skimage import data as images
+
+    from driftless.tinymodels.build import build_tiny_model
+    from driftless.trainers.data import TrainingData
+    from driftless.trainers.fingerprint import lora_fingerprint
+    from driftless.trainers.lora_formats import export
+    from driftless.trainers.loop import train_lora
+
+    model, clip, vae = build_tiny_model("sd15-tiny", 0)
+    _, layout, _ = _twin("sd15-tiny")
+    native = trained["sd15-tiny"]
+    photo = torch.from_numpy(np.asarray(images.coffee()[:256:4, :256:4], dtype=np.float32) / 255.0)[None]
+    encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    data = TrainingData(vae.encode(photo), [encode("a photo of sks mug")], encode(""), ["a photo of sks mug"])
+    # settings that differ from the LoRA's: rank 16, attention only; the initial LoRA's own layers win
+    config = TrainConfig(steps=1, rank=16, alpha=1.0, targets="attention", learning_rate=1e-12, seed=2)
+    result = train_lora(model, data, config, initial_lora=export(native, layout, "kohya"))
+    state = result.adapter.lora_state_dict()
+    assert set(state) == set(native) and result.adapter.ranks == dict.fromkeys(result.adapter.names, 4)
+    for key in native:
+        torch.testing.assert_close(state[key], native[key], rtol=0, atol=1e-8)  # one step at lr 1e-12
+    assert result.adapter.layers[0].alpha.item() == 8.0
+    from driftless.trainers.loop import with_initial_lora
+
+    recorded = with_initial_lora(config, native)
+    assert recorded.initial_lora == lora_fingerprint(native) and recorded.fingerprint() != config.fingerprint()
