@@ -10,7 +10,6 @@ import json
 
 import pytest
 import torch
-
 from driftless.trainers.config import TrainConfig
 
 ARCHITECTURES = ["sd15-tiny", "sdxl-tiny"]
@@ -96,11 +95,10 @@ def _load_in_diffusers(path, unet, name):
 def trained(comfy_host):
     """{architecture: native LoRA trained here (rank 4, alpha 8, every linear and conv layer)}."""
     import numpy as np
-    from skimage import data as images
-
     from driftless.tinymodels.build import build_tiny_model
     from driftless.trainers.data import TrainingData
     from driftless.trainers.loop import train_lora
+    from skimage import data as images
 
     photo = torch.from_numpy(np.asarray(images.chelsea()[:256:4, 100:356:4], dtype=np.float32) / 255.0)[None]
     out = {}
@@ -141,6 +139,26 @@ def test_a_lora_trained_here_and_exported_gives_diffusers_the_same_output(comfy_
 
 @pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
 @pytest.mark.parametrize("name", ARCHITECTURES)
+def test_a_diffusers_export_with_peft_alone(comfy_host, trained, tmp_path):
+    """The README's recipe without diffusers' loaders: LoraConfig from the file's metadata, then peft's
+    inject_adapter_in_model and set_peft_model_state_dict."""
+    from driftless.trainers.lora_files import save_lora
+    from driftless.trainers.lora_formats import export
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import safe_open
+
+    model, layout, unet = _twin("sdxl-tiny")
+    inputs = Inputs("sdxl-tiny")
+    path = save_lora(export(trained["sdxl-tiny"], layout, "diffusers"), tmp_path, "peft_only")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        state = {k[len("unet."):]: f.get_tensor(k) for k in f.keys()}
+    config = LoraConfig(**{k[5:]: v for k, v in json.loads(metadata["lora_adapter_metadata"]).items()})
+    inject_adapter_in_model(config, unet)
+    set_peft_model_state_dict(unet, state)
+    torch.testing.assert_close(inputs.diffusers(unet), inputs.comfy(model, trained["sdxl-tiny"]), rtol=0, atol=TOLERANCE)
+
+
 def test_export_then_import_gives_back_the_same_tensors(comfy_host, trained, tmp_path, name, fmt):
     from driftless.trainers.lora_files import load_lora, save_lora
     from driftless.trainers.lora_formats import export, to_native
@@ -189,7 +207,6 @@ def test_kohya_export_through_the_stock_lora_loader(comfy_host, trained, tmp_pat
     """ComfyUI's own LoraLoader reads the kohya export: every key applied, same output as the adapter."""
     import comfy.lora
     import comfy.sd
-
     from driftless.trainers.lora_files import load_lora, save_lora
     from driftless.trainers.lora_formats import export
 
@@ -230,10 +247,9 @@ def _peft_lora(unet, **fields):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_a_lora_made_by_peft_and_saved_by_diffusers_gives_comfyui_the_same_output(comfy_host, tmp_path, name, variant):
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
-    from peft import get_peft_model_state_dict
-
     from driftless.trainers.lora_files import load_lora
     from driftless.trainers.lora_formats import to_native
+    from peft import get_peft_model_state_dict
 
     model, layout, unet = _twin(name)
     inputs = Inputs(name)
@@ -251,10 +267,9 @@ def test_a_peft_save_pretrained_folder_and_a_file_without_config(comfy_host, tmp
     """adapter_model.safetensors + adapter_config.json (base_model.model.* keys); and a file with no
     config at all, which diffusers itself reads with scale 1: both give diffusers' output."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
-    from peft import get_peft_model, get_peft_model_state_dict
-
     from driftless.trainers.lora_files import load_lora
     from driftless.trainers.lora_formats import to_native
+    from peft import get_peft_model, get_peft_model_state_dict
 
     model, layout, unet = _twin(name)
     inputs = Inputs(name)
@@ -300,7 +315,7 @@ def test_a_lora_for_another_architecture_says_which(comfy_host, trained, fmt):
     with pytest.raises(LoraDoesNotFit, match=r"does not fit this model: \d+ of \d+ LoRA layers match") as err:
         to_native(sd15_lora, sdxl)
     assert f"This is a {fmt} LoRA for an SD1.x/SD2.x-style UNet" in str(err.value)
-    assert "the model is SDXL (an SDXL-style UNet" in str(err.value)
+    assert "the model is SDXL, an SDXL-style UNet" in str(err.value)
     sdxl_lora = export(trained["sdxl-tiny"], sdxl, fmt)
     with pytest.raises(LoraDoesNotFit, match="for an SDXL-style UNet .*the model is SD1.5"):
         to_native(sdxl_lora, sd15)
@@ -350,13 +365,12 @@ def test_training_starts_from_an_imported_lora(comfy_host, trained):
     """A kohya file as the starting point: the run's adapter begins as that LoRA (its layers, ranks,
     alphas), and the settings record which LoRA it was, so a resume from another one is refused."""
     import numpy as np
-    from skimage import data as images
-
     from driftless.tinymodels.build import build_tiny_model
     from driftless.trainers.data import TrainingData
     from driftless.trainers.fingerprint import lora_fingerprint
-    from driftless.trainers.lora_formats import export
     from driftless.trainers.loop import train_lora
+    from driftless.trainers.lora_formats import export
+    from skimage import data as images
 
     model, clip, vae = build_tiny_model("sd15-tiny", 0)
     _, layout, _ = _twin("sd15-tiny")

@@ -10,10 +10,14 @@ import math
 
 import pytest
 import torch
-
 from driftless.trainers.lora_files import LoraWeights, load_lora, save_lora
 from driftless.trainers.lora_formats import (
-    LoraDoesNotFit, UnknownLoraFormat, detect_format, export, read_layers, to_native,
+    LoraDoesNotFit,
+    UnknownLoraFormat,
+    detect_format,
+    export,
+    read_layers,
+    to_native,
 )
 from driftless.trainers.lora_formats.architecture import guess
 from driftless.trainers.lora_formats.layout import UnetLayout
@@ -185,6 +189,17 @@ def test_per_layer_alpha_keys_in_a_peft_file_win():
     for module in (K2, CONV):
         want[module] = want[module] * 6 / (3 if module == CONV else 2)
     _assert_deltas(to_native(lora, _layout()), want)
+
+
+def test_peft_suffixes_on_comfyui_layer_names():
+    native = _native()
+    generic = {}
+    for key, value in native.items():
+        if not key.endswith(".alpha"):
+            generic[key.replace(".lora_down.weight", ".lora_A.weight").replace(".lora_up.weight", ".lora_B.weight")] = value
+    assert detect_format(generic) == "diffusers"
+    back = to_native(generic, _layout())
+    assert all(torch.equal(back[k], native[k]) for k in native if not k.endswith(".alpha"))
 
 
 def test_kohya_without_alpha_means_scale_one():

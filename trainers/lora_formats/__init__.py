@@ -142,8 +142,8 @@ def _does_not_fit(fmt, layers, unknown, misshaped, layout, left_out) -> str:
     lora_arch = guess(layers, widths, left_out)
     model_arch = guess(layout.shapes, {n: s[1] for n, s in layout.shapes.items()})
     if lora_arch.differs_from(model_arch):
-        text += (f". This is a {fmt} LoRA for {lora_arch.describe()}; the model is {layout.family_name} "
-                 f"({model_arch.describe()}): use a LoRA made for {layout.family_name}")
+        text += (f". This is a {fmt} LoRA for {lora_arch.describe()}; the model is {layout.family_name}, "
+                 f"{model_arch.describe()}: use a LoRA made for {layout.family_name}")
     elif lora_arch.kind is not None:
         text += (f". The LoRA looks like one for {lora_arch.describe()}, like this {layout.family_name} model, but of "
                  "another size or layout: a LoRA for another base model or architecture?")
@@ -152,5 +152,15 @@ def _does_not_fit(fmt, layers, unknown, misshaped, layout, left_out) -> str:
     return text
 
 
-__all__ = ["FORMATS", "DEFAULT_FORMAT", "UnknownLoraFormat", "LoraDoesNotFit", "Architecture", "detect_format",
-           "read_layers", "to_native", "export", "formats_understood"]
+__all__ = [
+    "DEFAULT_FORMAT",
+    "FORMATS",
+    "Architecture",
+    "LoraDoesNotFit",
+    "UnknownLoraFormat",
+    "detect_format",
+    "export",
+    "formats_understood",
+    "read_layers",
+    "to_native",
+]

@@ -86,7 +86,9 @@ def read(tensors: dict, metadata: dict) -> dict[str, LayerWeights]:
 
 
 def module_names(layout) -> dict[str, str]:
-    return layout.from_diffusers()
+    """diffusers names, and ComfyUI's own names with PEFT suffixes (`diffusion_model.<layer>.lora_A.weight`,
+    the generic layout ComfyUI's loader also accepts)."""
+    return {**layout.from_diffusers(), **{f"diffusion_model.{m}": m for m in layout.shapes}}
 
 
 def write(layers: dict[str, LayerWeights], layout) -> tuple[dict, dict[str, str]]:
