@@ -137,8 +137,6 @@ def test_a_lora_trained_here_and_exported_gives_diffusers_the_same_output(comfy_
     torch.testing.assert_close(got, want, rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
-@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_a_diffusers_export_with_peft_alone(comfy_host, trained, tmp_path):
     """The README's recipe without diffusers' loaders: LoraConfig from the file's metadata, then peft's
     inject_adapter_in_model and set_peft_model_state_dict."""
@@ -159,6 +157,8 @@ def test_a_diffusers_export_with_peft_alone(comfy_host, trained, tmp_path):
     torch.testing.assert_close(inputs.diffusers(unet), inputs.comfy(model, trained["sdxl-tiny"]), rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_export_then_import_gives_back_the_same_tensors(comfy_host, trained, tmp_path, name, fmt):
     from driftless.trainers.lora_files import load_lora, save_lora
     from driftless.trainers.lora_formats import export, to_native
