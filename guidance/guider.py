@@ -32,9 +32,14 @@ MODES = {
 
 
 def adapter_for(model_patcher, lora: dict, name: str) -> LoraAdapter:
-    """An adapter for `lora` on this model; the error says how many of its layers the model has."""
+    """An adapter for `lora` (ComfyUI-native, diffusers/PEFT or kohya keys) on this model; the error says
+    how many of its layers the model has, and for which architecture the LoRA looks made."""
+    from ..trainers.lora_formats import to_native
+    from ..trainers.lora_formats.layout import layout_of
+
     try:
-        return LoraAdapter.from_state_dict(model_patcher.model.diffusion_model, lora)
+        native = to_native(lora, layout_of(model_patcher))
+        return LoraAdapter.from_state_dict(model_patcher.model.diffusion_model, native)
     except ValueError as e:
         raise ValueError(f"{name} {e}") from None
 

@@ -1,9 +1,23 @@
-"""Driftless Save LoRA / Load LoRA: LoRA files in models/loras, safetensors only, written atomically."""
+"""Driftless Save LoRA / Load LoRA: LoRA files in models/loras, safetensors only, written atomically.
+
+Formats (trainers/lora_formats): ComfyUI-native (the default), diffusers/PEFT and kohya, both ways.
+"""
 
 from comfy_api.latest import io, ui
 
+from ..trainers.lora_formats import DEFAULT_FORMAT, FORMATS
+from .validation import CheckedNode
 
-class SaveLora(io.ComfyNode):
+FORMAT_CHOICES = {
+    "comfyui": "ComfyUI-native keys: the stock Load LoRA and every Driftless node read it",
+    "diffusers": "diffusers/PEFT keys (unet.<module>.lora_A/lora_B) with the adapter config in the metadata: "
+                 "pipe.load_lora_weights(file) in diffusers",
+    "kohya": "kohya/sd-scripts keys (lora_unet_…, with .alpha): A1111/Forge, kohya's tools, diffusers, ComfyUI",
+}
+assert set(FORMAT_CHOICES) == set(FORMATS)
+
+
+class SaveLora(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -11,23 +25,30 @@ class SaveLora(io.ComfyNode):
             display_name="Driftless Save LoRA",
             category="Driftless/train",
             description=(
-                "Writes a LoRA into models/loras as safetensors with ComfyUI-native keys (the stock Load LoRA "
-                "lists and applies it) and metadata: base-model fingerprint, rank, alpha, steps, prompts and "
-                "the regularizers used. The file appears whole or not at all."
+                "Writes a LoRA into models/loras as safetensors with metadata (base-model fingerprint, rank, alpha, "
+                "steps, prompts, regularizers). ComfyUI-native keys by default (the stock Load LoRA lists and applies "
+                "it); diffusers/PEFT or kohya keys to use it in other tools. The file appears whole or not at all."
             ),
             inputs=[
                 io.LoraModel.Input("lora", tooltip="A LoRA from Driftless Train LoRA (or any LORA_MODEL)."),
                 io.String.Input("filename", default="driftless/my_subject",
                                 tooltip="Path under models/loras, without extension; sub-folders are allowed, '..' is not."),
                 io.Boolean.Input("overwrite", default=False, tooltip="Replace an existing file of that name."),
+                io.Combo.Input("format", options=list(FORMAT_CHOICES), default=DEFAULT_FORMAT, optional=True,
+                               tooltip=" ".join(f"{k}: {v}." for k, v in FORMAT_CHOICES.items())),
+                io.Model.Input("model", optional=True,
+                               tooltip="The model the LoRA was trained on: needed for the diffusers and kohya formats "
+                               "(its layout names the layers) and checks that the LoRA fits it."),
             ],
             outputs=[io.String.Output(display_name="lora_name", tooltip="The name Load LoRA lists the file under.")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, lora, filename, overwrite) -> io.NodeOutput:
+    def execute(cls, lora, filename, overwrite, format=DEFAULT_FORMAT, model=None) -> io.NodeOutput:
         from ..trainers.lora_files import save_lora
+        from ..trainers.lora_formats import UnknownLoraFormat, detect_format, export
+        from ..trainers.lora_formats.layout import layout_of
         from ..trainers.storage import safe_path
         from .host import lora_folder
 
@@ -35,9 +56,21 @@ class SaveLora(io.ComfyNode):
         path = safe_path(folder, filename, ".safetensors")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists: choose another filename or enable overwrite")
+        if model is not None:
+            lora = export(lora, layout_of(model), format)
+        else:
+            try:
+                current = detect_format(lora)
+            except UnknownLoraFormat:
+                if format != DEFAULT_FORMAT:
+                    raise
+                current = format  # another adapter kind ComfyUI passes around (LoHa, …): written as it is
+            if current != format:
+                raise ValueError(f"this is a {current} LoRA: saving it in the {format} format needs the model it was "
+                                 "made for; connect it to the model input (its layout gives the layer names)")
         written = save_lora(lora, folder, filename)
         name = written.relative_to(folder).as_posix()
-        return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name} ({len(lora)} tensors) in {folder}"))
+        return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name} ({format}, {len(lora)} tensors) in {folder}"))
 
 
 class LoadLora(io.ComfyNode):
@@ -50,21 +83,40 @@ class LoadLora(io.ComfyNode):
             node_id="DriftlessLoadLoRA",
             display_name="Driftless Load LoRA",
             category="Driftless/train",
-            description="Reads a LoRA file from models/loras into memory (LORA_MODEL), with its metadata. Safetensors only.",
-            inputs=[io.Combo.Input("lora_name", options=names, tooltip="A .safetensors file in models/loras.")],
+            description=(
+                "Reads a LoRA file from models/loras into memory (LORA_MODEL), with its metadata. Safetensors only. "
+                "ComfyUI-native, diffusers/PEFT (also a PEFT adapter_model.safetensors with its adapter_config.json) "
+                "and kohya files are understood; an unknown layout is refused with the keys it has."
+            ),
+            inputs=[
+                io.Combo.Input("lora_name", options=names, tooltip="A .safetensors file in models/loras."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional: convert the LoRA to ComfyUI-native keys for this model now and check "
+                               "it fits (which architecture it was made for, if not). Without it, Driftless nodes "
+                               "convert when they meet a model; connect it when the LoRA goes to stock nodes."),
+            ],
             outputs=[io.LoraModel.Output(display_name="lora", tooltip="The LoRA in memory, for the guider or training.")],
         )
 
     @classmethod
-    def validate_inputs(cls, lora_name) -> bool | str:
+    def validate_inputs(cls, lora_name, **_) -> bool | str:
         if not str(lora_name).endswith((".safetensors", ".sft")):
             return f"{lora_name}: only safetensors files are loaded"
         return True
 
     @classmethod
-    def execute(cls, lora_name) -> io.NodeOutput:
+    def execute(cls, lora_name, model=None) -> io.NodeOutput:
         import folder_paths
 
         from ..trainers.lora_files import load_lora
+        from ..trainers.lora_formats import FORMAT_KEY, detect_format, to_native
+        from ..trainers.lora_formats.layout import layout_of
 
-        return io.NodeOutput(load_lora(folder_paths.get_full_path_or_raise("loras", lora_name)))
+        lora = load_lora(folder_paths.get_full_path_or_raise("loras", lora_name))
+        try:
+            if model is not None:
+                return io.NodeOutput(to_native(lora, layout_of(model)))
+            lora.metadata[FORMAT_KEY] = detect_format(lora)
+        except ValueError as e:
+            raise ValueError(f"{lora_name}: {e}") from None
+        return io.NodeOutput(lora)

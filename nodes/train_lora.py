@@ -78,6 +78,10 @@ class TrainLora(io.ComfyNode):
                 io.String.Input("resume_from", default="", optional=True,
                                 tooltip="Empty: start fresh. 'latest': the newest state in models/loras/<run_name>/. "
                                 "Or a .train-state path relative to models/loras."),
+                io.LoraModel.Input("initial_lora", optional=True,
+                                   tooltip="Start from this LoRA instead of a fresh one (from Load LoRA: ComfyUI, "
+                                   "diffusers/PEFT or kohya files). Its layers, ranks and alphas replace target_layers, "
+                                   "rank and alpha; a resume must use the same initial LoRA."),
                 REGULARIZER.Input("regularizer", optional=True,
                                   tooltip="Drift regularizer(s) from a Driftless regularizer node; chained terms add."),
                 io.Int.Input("validation_every", default=0, min=0, max=100000, optional=True,
@@ -130,14 +134,22 @@ class TrainLora(io.ComfyNode):
     @classmethod
     def execute(cls, model, training_data, run_name, checkpoint_every, resume_from="", regularizer=None,
                 validation_every=0, validation_prompt="", validation_seed=0, validation_steps=20, validation_cfg=5.0,
-                clip=None, vae=None, **knobs):
+                clip=None, vae=None, initial_lora=None, **knobs):
         from ..trainers.lora_files import LoraWeights, lora_metadata, save_lora
-        from ..trainers.loop import train_lora
+        from ..trainers.lora_formats import to_native
+        from ..trainers.lora_formats.layout import layout_of
+        from ..trainers.loop import train_lora, with_initial_lora
         from ..trainers.report import loss_plot
         from ..trainers.state import ResumeState, checkpoint_paths, latest_state, save_state
         from .host import check_interrupt, lora_folder, progress_reporter, resolve_in_loras
 
         config = _config(checkpoint_every=checkpoint_every, **knobs)
+        if initial_lora is not None:
+            try:
+                initial_lora = to_native(initial_lora, layout_of(model))
+            except ValueError as e:
+                raise ValueError(f"initial_lora {e}") from None
+            config = with_initial_lora(config, initial_lora)
         regularizers = list(regularizer or [])
         run_folder = resolve_in_loras(run_name, kind="run name")
         resume = None
@@ -152,7 +164,8 @@ class TrainLora(io.ComfyNode):
         def on_checkpoint(**state):
             step = state["step"]
             lora_path, state_path = checkpoint_paths(run_folder, step)
-            meta = lora_metadata(config, state["base_fingerprint"], step, training_data.captions, regularizers)
+            meta = lora_metadata(config, state["base_fingerprint"], step, training_data.captions, regularizers,
+                                 state["adapter"])
             save_lora(LoraWeights(state["adapter"].lora_state_dict(), meta), lora_folder(), str(lora_path.relative_to(lora_folder())))
             save_state(state_path, **state)
             logging.info("Driftless: checkpoint at step %d: %s", step, lora_path)
@@ -171,8 +184,10 @@ class TrainLora(io.ComfyNode):
             on_step=on_step,
             on_checkpoint=on_checkpoint,
             check_interrupt=check_interrupt,
+            initial_lora=initial_lora,
         )
-        meta = lora_metadata(config, result.base_fingerprint, result.steps_done, training_data.captions, regularizers)
+        meta = lora_metadata(config, result.base_fingerprint, result.steps_done, training_data.captions, regularizers,
+                             result.adapter)
         lora = LoraWeights(result.adapter.lora_state_dict(), meta)
         return io.NodeOutput(result.model, lora, {"loss": result.losses}, loss_plot(result.losses), validation.images(),
                              result.steps_done)

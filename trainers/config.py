@@ -38,6 +38,9 @@ class TrainConfig:
     timestep_max: float = 1.0
     max_grad_norm: float = 1.0
     checkpoint_every: int = 0
+    # fingerprint of the LoRA training starts from ("" = a fresh LoRA from rank, alpha and targets): a resume
+    # must start from the same one
+    initial_lora: str = ""
 
     def problems(self) -> list[str]:
         """Everything wrong with these settings, as messages a user can act on."""
@@ -84,4 +87,6 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         relevant = {k: v for k, v in sorted(self.as_dict().items()) if k not in _NOT_IN_FINGERPRINT}
+        if not self.initial_lora:
+            del relevant["initial_lora"]  # states saved before this setting existed keep their fingerprint
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

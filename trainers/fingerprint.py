@@ -20,3 +20,13 @@ def model_fingerprint(diffusion_model: torch.nn.Module, samples_per_tensor: int 
             step = max(1, flat.numel() // samples_per_tensor)
             h.update(flat[::step][:samples_per_tensor].to("cpu", torch.float64).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def lora_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every key, shape and value of a LoRA (small enough to read whole)."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{key}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]

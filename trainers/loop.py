@@ -136,18 +136,42 @@ def train_lora(
     on_step: Callable | None = None,  # (step, total, loss, steps/s, the model being trained)
     on_checkpoint: Callable | None = None,
     check_interrupt: Callable | None = None,
+    initial_lora: dict | None = None,
 ) -> TrainResult:
-    """Train a LoRA on a clone of `model_patcher`; the input patcher and its weights are left as they were."""
+    """Train a LoRA on a clone of `model_patcher`; the input patcher and its weights are left as they were.
+
+    `initial_lora` (ComfyUI-native, diffusers/PEFT or kohya keys) is the starting point instead of a fresh
+    LoRA: its layers, ranks and alphas replace the config's targets, rank and alpha.
+    """
     config.check()
     check_latents(model_patcher, data)
     base_fingerprint = model_fingerprint(model_patcher.model.diffusion_model)
+    initial = None
+    if initial_lora is not None:
+        from .lora_formats import to_native
+        from .lora_formats.layout import layout_of
+
+        initial = to_native(initial_lora, layout_of(model_patcher))
+        config = with_initial_lora(config, initial)
     if resume is not None:
         resume.check_compatible(config, base_fingerprint)
         resume.check_regularizers(regularizers)
-    run = TrainingRun(model_patcher, data, config, list(regularizers), resume, base_fingerprint)
+    run = TrainingRun(model_patcher, data, config, list(regularizers), resume, base_fingerprint, initial)
     run.train(on_step, on_checkpoint, check_interrupt)
     run.adapter.strength = 1.0
     return TrainResult(run.clone, run.adapter, run.losses, config.steps, base_fingerprint, run.checkpoints)
+
+
+def with_initial_lora(config: TrainConfig, native_lora: dict) -> TrainConfig:
+    """`config` recording which LoRA training starts from (its fingerprint, checked on resume)."""
+    import dataclasses
+
+    from .fingerprint import lora_fingerprint
+
+    fingerprint = lora_fingerprint(native_lora)
+    if config.initial_lora and config.initial_lora != fingerprint:
+        raise ValueError(f"the settings name initial LoRA {config.initial_lora} but the LoRA given is {fingerprint}")
+    return dataclasses.replace(config, initial_lora=fingerprint)
 
 
 def outside_inference_mode(method):
@@ -168,16 +192,20 @@ class TrainingRun:
     """
 
     @outside_inference_mode
-    def __init__(self, model_patcher, data, config, regularizers=(), resume=None, base_fingerprint=None):
+    def __init__(self, model_patcher, data, config, regularizers=(), resume=None, base_fingerprint=None,
+                 initial_lora: dict | None = None):
         regularizers = list(regularizers)
         base_fingerprint = base_fingerprint or model_fingerprint(model_patcher.model.diffusion_model)
 
         self.config, self.regularizers, self.base_fingerprint = config, regularizers, base_fingerprint
         self.clone = model_patcher.clone()
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.adapter = LoraAdapter.for_model(
-            self.clone.model.diffusion_model, config.targets, config.rank, config.alpha, self.generator
-        )
+        if initial_lora is not None:  # native keys (train_lora converts): its layers, ranks and alphas
+            self.adapter = LoraAdapter.from_state_dict(self.clone.model.diffusion_model, initial_lora)
+        else:
+            self.adapter = LoraAdapter.for_model(
+                self.clone.model.diffusion_model, config.targets, config.rank, config.alpha, self.generator
+            )
         self.adapter.attach_to(self.clone)
         self.activate()
         release_inference_tensors(self.clone.model)

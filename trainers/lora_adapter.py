@@ -127,11 +127,16 @@ def active_rows(strength: torch.Tensor) -> tuple[int, int] | None:
 class LoraAdapter(torch.nn.Module):
     """All LoRA layers of one model, with a strength and the hooks that apply them."""
 
-    def __init__(self, targets: dict[str, torch.nn.Module], rank: int, alpha: float):
+    def __init__(self, targets: dict[str, torch.nn.Module], rank: int | dict[str, int], alpha: float):
+        """One LoraLayer per target; `rank` is one rank for all, or a rank per target name (a LoRA made
+        elsewhere often has one rank for linear layers and another for convolutions)."""
         super().__init__()
         self.names = list(targets)
-        self.layers = torch.nn.ModuleList(LoraLayer(m, rank, alpha) for m in targets.values())
-        self.rank, self.alpha_value = rank, float(alpha)
+        ranks = rank if isinstance(rank, dict) else dict.fromkeys(self.names, rank)
+        self.layers = torch.nn.ModuleList(LoraLayer(m, ranks[n], alpha) for n, m in targets.items())
+        self.rank = max(ranks.values()) if ranks else 0  # the rank of every layer unless `ranks` says otherwise
+        self.ranks = ranks
+        self.alpha_value = float(alpha)
         self.strength: float | torch.Tensor = 1.0
         self._handles: list = []
 
@@ -160,12 +165,10 @@ class LoraAdapter(torch.nn.Module):
             missing = next(k for k in keys if k[len(KEY_PREFIX):] not in names)
             raise ValueError(f"does not fit this model: {len(names)} of {len(keys)} LoRA layers match its modules "
                              f"(first missing: {missing}); a LoRA for another architecture or base model?")
-        ranks = {state[f"{KEY_PREFIX}{n}.lora_down.weight"].shape[0] for n in names}
-        if len(ranks) != 1:
-            raise ValueError(f"mixed LoRA ranks {sorted(ranks)} are not supported")
-        rank = ranks.pop()
-        alphas = {float(state.get(f"{KEY_PREFIX}{n}.alpha", torch.tensor(float(rank)))) for n in names}
-        adapter = cls({n: modules[n] for n in names}, rank, alphas.pop() if len(alphas) == 1 else rank)
+        ranks = {n: state[f"{KEY_PREFIX}{n}.lora_down.weight"].shape[0] for n in names}
+        # a missing alpha means alpha = rank (scale 1), as ComfyUI's loader reads it
+        alphas = {float(state.get(f"{KEY_PREFIX}{n}.alpha", torch.tensor(float(ranks[n])))) for n in names}
+        adapter = cls({n: modules[n] for n in names}, ranks, alphas.pop() if len(alphas) == 1 else max(ranks.values()))
         adapter.load_lora_state_dict(state)
         return adapter
 
@@ -182,8 +185,8 @@ class LoraAdapter(torch.nn.Module):
             for name, layer in zip(self.names, self.layers):
                 layer.down.copy_(state[f"{KEY_PREFIX}{name}.lora_down.weight"].reshape(layer.down.shape))
                 layer.up.copy_(state[f"{KEY_PREFIX}{name}.lora_up.weight"].reshape(layer.up.shape))
-                if f"{KEY_PREFIX}{name}.alpha" in state:
-                    layer.alpha.copy_(state[f"{KEY_PREFIX}{name}.alpha"])
+                # no alpha key: alpha = rank, ComfyUI's convention (not the adapter's default alpha)
+                layer.alpha.copy_(state.get(f"{KEY_PREFIX}{name}.alpha", torch.tensor(float(layer.rank))))
 
     # ---- hooks ----------------------------------------------------------------------------
     def _hook(self, layer: LoraLayer):

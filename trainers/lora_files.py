@@ -8,23 +8,36 @@ import torch
 from .storage import load_safetensors, safe_path, save_safetensors_atomic
 
 FORMAT = "driftless.lora.v1"
+# a PEFT save_pretrained folder: the weights and, beside them, the adapter config
+PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME = "adapter_model.safetensors", "adapter_config.json"
 
 
 class LoraWeights(dict):
-    """A LORA_MODEL (dict of tensors, what stock nodes pass around) that also carries its metadata."""
+    """A LORA_MODEL (dict of tensors, what stock nodes pass around) that also carries its metadata.
 
-    def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
+    `metadata` is stored as JSON values; `raw_metadata` holds entries other tools read as plain strings
+    (diffusers' adapter config, kohya's ss_* fields), written as they are.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict | None = None,
+                 raw_metadata: dict[str, str] | None = None):
         super().__init__(tensors)
         self.metadata = dict(metadata or {})
+        self.raw_metadata = dict(raw_metadata or {})
 
 
-def lora_metadata(config, base_fingerprint: str, steps: int, captions: list[str], regularizers: list) -> dict:
+def lora_metadata(config, base_fingerprint: str, steps: int, captions: list[str], regularizers: list,
+                  adapter=None) -> dict:
+    """What a LoRA file says about itself. Started from another LoRA, rank, alpha and layers are that LoRA's."""
+    initial = bool(getattr(config, "initial_lora", "")) and adapter is not None
+    extra = {"initial_lora": config.initial_lora} if initial else {}
     return {
         "format": FORMAT,
         "base_model_fingerprint": base_fingerprint,
-        "rank": config.rank,
-        "alpha": config.alpha,
-        "target_layers": config.targets,
+        "rank": adapter.rank if initial else config.rank,
+        "alpha": adapter.alpha_value if initial else config.alpha,
+        "target_layers": "those of the initial LoRA" if initial else config.targets,
+        **extra,
         "steps": steps,
         "prompts": sorted(set(captions)),
         "regularizers": [{"name": r.name, **r.settings()} for r in regularizers],
@@ -36,11 +49,17 @@ def save_lora(lora: dict[str, torch.Tensor], folder, name: str, extra_metadata: 
     """Atomically write `lora` to folder/name.safetensors; returns the path written."""
     path = safe_path(folder, name, ".safetensors")
     metadata = {**getattr(lora, "metadata", {}), **(extra_metadata or {})}
-    save_safetensors_atomic(dict(lora), path, metadata)
+    save_safetensors_atomic(dict(lora), path, metadata, getattr(lora, "raw_metadata", None))
     return path
 
 
 def load_lora(path) -> LoraWeights:
+    """Tensors and metadata (JSON values decoded, other strings as they are) of a LoRA file.
+
+    A PEFT `save_pretrained` folder keeps its adapter config beside the weights: for a file named
+    adapter_model.safetensors, an adapter_config.json next to it is read into metadata["adapter_config"].
+    """
+    path = pathlib.Path(path)
     tensors, raw = load_safetensors(path)
     metadata = {}
     for key, value in raw.items():
@@ -48,4 +67,10 @@ def load_lora(path) -> LoraWeights:
             metadata[key] = json.loads(value)
         except (TypeError, ValueError):
             metadata[key] = value
+    sidecar = path.with_name(PEFT_CONFIG_NAME)
+    if path.name == PEFT_WEIGHTS_NAME and sidecar.is_file() and "adapter_config" not in metadata:
+        try:
+            metadata["adapter_config"] = json.loads(sidecar.read_text())
+        except ValueError as e:
+            raise ValueError(f"{sidecar} is not valid JSON ({e}); fix or remove it") from None
     return LoraWeights(tensors, metadata)

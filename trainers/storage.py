@@ -24,12 +24,18 @@ def safe_path(folder: str | os.PathLike, name: str, suffix: str) -> pathlib.Path
     return path
 
 
-def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: pathlib.Path, metadata: dict | None = None) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: pathlib.Path, metadata: dict | None = None,
+                            raw_metadata: dict[str, str] | None = None) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file.
+
+    `metadata` values are stored as JSON (types survive the round trip); `raw_metadata` strings are
+    stored as they are, for entries other tools read as plain text (and win over `metadata`).
+    """
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}  # JSON values: types survive the round trip
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    meta.update({k: str(v) for k, v in (raw_metadata or {}).items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

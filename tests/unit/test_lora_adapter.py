@@ -184,3 +184,30 @@ def test_rebuild_from_a_saved_state_dict():
     with pytest.raises(ValueError, match="does not fit this model: 0 of 1 LoRA layers match"):
         LoraAdapter.from_state_dict(torch.nn.Sequential(torch.nn.Linear(2, 2)), {
             "diffusion_model.missing.lora_down.weight": torch.zeros(1, 2), "diffusion_model.missing.lora_up.weight": torch.zeros(2, 1)})
+
+
+def test_rebuild_with_a_rank_and_an_alpha_per_layer():
+    """LoRAs made elsewhere often have one rank for linear layers and another for convolutions."""
+    torch.manual_seed(5)
+    net, x = Net(), torch.randn(2, 3, 8, 8)
+    g = torch.Generator().manual_seed(6)
+    state = {
+        "diffusion_model.conv.lora_down.weight": torch.randn(3, 3, 3, 3, generator=g),
+        "diffusion_model.conv.lora_up.weight": torch.randn(8, 3, 1, 1, generator=g),
+        "diffusion_model.conv.alpha": torch.tensor(1.5),
+        "diffusion_model.proj.lora_down.weight": torch.randn(2, 8, generator=g),
+        "diffusion_model.proj.lora_up.weight": torch.randn(6, 2, generator=g),  # no alpha: alpha = rank
+    }
+    adapter = LoraAdapter.from_state_dict(net, state)
+    assert adapter.ranks == {"conv": 3, "proj": 2}
+    adapter.install(net)
+    got = net(x)
+    adapter.remove()
+    merged = Net()
+    merged.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        merged.conv.weight += 1.5 / 3 * (state["diffusion_model.conv.lora_up.weight"].flatten(1)
+                                         @ state["diffusion_model.conv.lora_down.weight"].flatten(1)).reshape(8, 3, 3, 3)
+        merged.proj.weight += 2 / 2 * state["diffusion_model.proj.lora_up.weight"] @ state["diffusion_model.proj.lora_down.weight"]
+    torch.testing.assert_close(got, merged(x), rtol=0, atol=1e-5)
+    assert float(adapter.lora_state_dict()["diffusion_model.proj.alpha"]) == 2.0

@@ -92,3 +92,10 @@ def test_loss_plot():
     assert img.shape == (1, 360, 640, 3) and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
     blue = (img[0, :, :, 2] > 0.7) & (img[0, :, :, 0] < 0.3)
     assert blue.sum() > 50  # the moving-average line was drawn
+
+
+def test_an_initial_lora_enters_the_settings_fingerprint_only_when_set():
+    from driftless.trainers.config import TrainConfig
+
+    assert TrainConfig().fingerprint() == "8bed5a3922fa7571"  # as before the setting existed: old states resume
+    assert TrainConfig(initial_lora="0123456789abcdef").fingerprint() != TrainConfig().fingerprint()
