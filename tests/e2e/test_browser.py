@@ -21,7 +21,7 @@ from driftless.headless.demo_photos import write_demo_photos
 
 EXAMPLES = ["personalize_and_guide", "guidance_grid"]
 QUEUED = "tiny/guidance_grid_tiny"  # no other test runs it, so ComfyUI's cache cannot answer for it
-TIMEOUT_S = 300
+TIMEOUT_S = 420  # the browser session; ~40 s on a quiet 2-core machine, minutes when the CPU is shared
 
 # Console errors that are not about the workflows or the pack, each matched on (step, message, URL).
 # "boot" is the app's start-up, before any workflow is loaded.
@@ -77,10 +77,15 @@ def _placeholder_photos(input_dir):
         shutil.copyfile(source, input_dir / f"my_subject_{i}.png")
 
 
+@pytest.fixture(scope="session")  # session scope: set up before the session-scoped server, so a skip starts none
+def browser_tools(repo):
+    return _browser_tools(repo)
+
+
 @pytest.fixture(scope="module")
-def ui_run(comfy_server, repo, artifacts_dir, tmp_path_factory):
-    """Drive the web UI once; every test below reads its report."""
-    modules, chromium = _browser_tools(repo)
+def ui_run(browser_tools, comfy_server, repo, artifacts_dir, tmp_path_factory):
+    """Drive the web UI once; every test below reads its report (asked for first: no server just to skip)."""
+    modules, chromium = browser_tools
     _placeholder_photos(comfy_server.base / "input")
     folder = artifacts_dir("browser")
     plan = {

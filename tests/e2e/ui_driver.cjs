@@ -27,8 +27,11 @@ function log(message) {
 
 async function openApp(page) {
     // Fresh user folder: mark the first-run tutorial done so the Templates dialog does not cover the canvas,
-    // and dismiss the "Nodes 2.0" banner (kept in localStorage), as a returning user would have.
-    await page.request.post(`${plan.url}/settings`, { data: { 'Comfy.TutorialCompleted': true } });
+    // and dismiss the "Nodes 2.0" banner (kept in localStorage), as a returning user would have. Full-detail
+    // rendering at any zoom, so the fitted screenshots keep their text.
+    await page.request.post(`${plan.url}/settings`, {
+        data: { 'Comfy.TutorialCompleted': true, 'LiteGraph.Canvas.MinFontSizeForLOD': 0 },
+    });
     await page.addInitScript(() => localStorage.setItem('vueNodesBannerDismissed', 'true'));
     await page.goto(plan.url);
     await page.waitForFunction(() => window.app?.graph && window.app.vueAppReady && document.querySelector('#graph-canvas'),
@@ -115,7 +118,7 @@ async function queueFromUi(page, name) {
     const t0 = Date.now();
     const browser = await chromium.launch({ executablePath: plan.chromium, args: ['--no-sandbox'], timeout: remaining() });
     try {
-        const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+        const page = await browser.newPage({ viewport: { width: 1920, height: 1200 } });
         page.on('console', m => {
             if (m.type() === 'error') report.console_errors.push({ step, text: m.text(), url: m.location().url });
         });
