@@ -21,7 +21,7 @@ from driftless.headless.demo_photos import write_demo_photos
 
 EXAMPLES = ["personalize_and_guide", "guidance_grid"]
 QUEUED = "tiny/guidance_grid_tiny"  # no other test runs it, so ComfyUI's cache cannot answer for it
-TIMEOUT_S = 420  # the browser session; ~40 s on a quiet 2-core machine, minutes when the CPU is shared
+TIMEOUT_S = 420  # the browser session: ~20 s plus the run, which takes seconds on a free CPU, minutes on a shared one
 
 # Console errors that are not about the workflows or the pack, each matched on (step, message, URL).
 # "boot" is the app's start-up, before any workflow is loaded.
