@@ -1,7 +1,7 @@
 """Build UI-format workflows (what the web UI saves) from a short description and the host's /object_info.
 
 Used to write example_workflows/: widget values are placed in the schema's order (with the UI-only
-"control after generate" value after seeds where the schema asks for one), sockets and links are
+"control after generate" value after seeds, where the web UI adds that widget), sockets and links are
 typed from object_info, and nodes are laid out in columns. The result loads in the web UI and
 converts back to API format with the same inputs.
 """
@@ -32,7 +32,7 @@ class UIWorkflow:
                     self._link(value, node_id, len(sockets) - 1, sockets[-1])
                 continue
             widgets.append(value if name in inputs else options.get("default", (kind[0] if isinstance(kind, list) else None)))
-            if options.get("control_after_generate"):
+            if _has_control_widget(name, kind, options):
                 widgets.append("fixed")
             if options.get("image_upload") or options.get("upload") == "image":
                 widgets.append("image")
@@ -74,7 +74,8 @@ class UIWorkflow:
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "driftless/" + "/".join(n["type"] for n in self.nodes))),
             "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
             "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+            # the view on load: the first column clear of the web UI's side bar and tabs
+            "extra": {"ds": {"scale": 0.8, "offset": [80, 50]}}, "version": 0.4,
         }
 
 
@@ -84,6 +85,17 @@ class NodeRef:
 
     def out(self, slot: int) -> "NodeRef":
         return NodeRef(self.workflow, self.node_id, slot)
+
+
+def _has_control_widget(name: str, kind, options: dict) -> bool:
+    """Whether the web UI gives this input a "control after generate" widget (whose value follows the input's
+    in widgets_values): frontend 1.32 `useIntWidget` adds one to an INT that declares control_after_generate,
+    and, when the schema does not say, to an INT named `seed` or `noise_seed`."""
+    if kind != "INT":
+        return False
+    if "control_after_generate" in options:
+        return bool(options["control_after_generate"])
+    return name in ("seed", "noise_seed")
 
 
 def _provenance(node_type: str) -> dict:

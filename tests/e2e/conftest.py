@@ -8,6 +8,7 @@ outside the test's temp folder.
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -98,6 +99,31 @@ class ComfyServer:
                     return entry
             time.sleep(0.25)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.log_tail()}")
+
+
+_ARTIFACT_FOLDERS: list[pathlib.Path] = []
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(repo):
+    """A folder for files a person looks at after the run (screenshots): test-artifacts/<name>/ in the checkout
+    (git-ignored), or under DRIFTLESS_ARTIFACTS; emptied first, listed in the summary."""
+    root = pathlib.Path(os.environ.get("DRIFTLESS_ARTIFACTS") or repo / "test-artifacts")
+
+    def make(name: str) -> pathlib.Path:
+        folder = root / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        _ARTIFACT_FOLDERS.append(folder)
+        return folder
+
+    return make
+
+
+def pytest_terminal_summary(terminalreporter):
+    for folder in _ARTIFACT_FOLDERS:
+        files = sorted(folder.iterdir())
+        terminalreporter.write_line(f"[e2e] {len(files)} test artifact(s) in {folder}")
 
 
 @pytest.fixture(scope="session")
