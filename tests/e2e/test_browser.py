@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import pathlib
 import subprocess
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from driftless.headless import workflow
 from driftless.headless.demo_photos import write_demo_photos
 
-EXAMPLES = ["personalize_and_guide", "guidance_grid"]
+EXAMPLES = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
 QUEUED = "tiny/guidance_grid_tiny"  # no other test runs it, so ComfyUI's cache cannot answer for it
 TIMEOUT_S = 420  # the browser session: ~20 s plus the run, which takes seconds on a free CPU, minutes on a shared one
 
