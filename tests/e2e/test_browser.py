@@ -10,9 +10,9 @@ the summary. Without Chromium, Node or playwright-core the tests skip, saying wh
 
 import json
 import os
+import pathlib
 import re
 import shutil
-import pathlib
 import subprocess
 
 import pytest
