@@ -74,37 +74,52 @@ class LoraLayer(torch.nn.Module):
         fused = torch.addmm(output.reshape(-1, output.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), up.t())
         return fused.view(output.shape)
 
-    def apply_per_sample(self, x: torch.Tensor, output: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    def apply_per_sample(self, x: torch.Tensor, output: torch.Tensor, strength: torch.Tensor,
+                         plan: "SamplePlan | None" = None) -> torch.Tensor:
         """`apply` with a strength per sample, computed only on the samples whose strength is not 0.
 
         When those form one contiguous run of the batch and no graph is being recorded (sampling), the
         up-projection is accumulated in place into that slice of the output: the other samples cost nothing.
+        A run at one common strength folds that strength and α/r into the accumulation's scalar.
         """
-        rows = active_rows(strength)
-        if rows is None:
+        plan = plan or SamplePlan.of(strength)
+        if plan.rows is None:
             return output
-        start, end = rows
+        start, end = plan.rows
         if (start, end) == (0, output.shape[0]) or torch.is_grad_enabled() or not output.is_contiguous():
             return self.apply(x, output, strength)
-        hidden = self._scaled_hidden(x[start:end], output, strength[start:end])
+        if plan.uniform is None:
+            hidden, factor = self._scaled_hidden(x[start:end], output, strength[start:end]), 1.0
+        else:
+            hidden, factor = self._scaled_hidden(x[start:end], output, 1.0, scale=False), plan.uniform * self.scale_value()
         part = output[start:end]
         up = self.up.to(hidden.device, hidden.dtype)
         if output.dtype != hidden.dtype:
             delta = F.conv2d(hidden, up) if self.kind == "conv" else F.linear(hidden, up)
-            part.add_(delta.to(output.dtype))
+            part.add_(delta.to(output.dtype), alpha=factor)
         elif self.kind == "conv":
             b, c, h, w = part.shape
-            part.view(b, c, h * w).baddbmm_(up.view(c, -1).expand(b, -1, -1), hidden.reshape(b, -1, h * w))
+            part.view(b, c, h * w).baddbmm_(up.view(c, -1).expand(b, -1, -1), hidden.reshape(b, -1, h * w), alpha=factor)
         else:
-            part.view(-1, part.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up.t())
+            part.view(-1, part.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up.t(), alpha=factor)
         return output
 
-    def _scaled_hidden(self, x: torch.Tensor, output: torch.Tensor, strength) -> torch.Tensor:
-        """strength·(α/r)·A(x): the rank-r activation, scaled per sample when `strength` is a tensor."""
+    def scale_value(self) -> float:
+        """α/r as a Python number, read from the buffer again only after it changes (no device sync per call)."""
+        version = self.alpha._version
+        if getattr(self, "_scale_cache", (None,))[0] != version:
+            self._scale_cache = (version, float(self.alpha) / self.rank)
+        return self._scale_cache[1]
+
+    def _scaled_hidden(self, x: torch.Tensor, output: torch.Tensor, strength, scale: bool = True) -> torch.Tensor:
+        """strength·(α/r)·A(x): the rank-r activation, scaled per sample when `strength` is a tensor
+        (unscaled A(x) with scale=False)."""
         down = self.down.to(x.device)
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(down.dtype)
         hidden = F.conv2d(x, down, **self.conv_args) if self.kind == "conv" else F.linear(x, down)
+        if not scale:
+            return hidden
         factor = self.scale.to(hidden.device, hidden.dtype)
         if isinstance(strength, torch.Tensor):
             if strength.shape[0] != x.shape[0]:
@@ -115,13 +130,22 @@ class LoraLayer(torch.nn.Module):
         return hidden * factor
 
 
-def active_rows(strength: torch.Tensor) -> tuple[int, int] | None:
-    """(start, end) spanning the samples with a non-zero strength; None when there are none."""
-    nonzero = torch.nonzero(strength.detach().cpu()).flatten().tolist()
-    if not nonzero:
-        return None
-    start, end = nonzero[0], nonzero[-1] + 1
-    return start, end
+class SamplePlan:
+    """Which samples of a batch a per-sample strength touches: the (start, end) run spanning its non-zero
+    entries (None when all are 0), and their common value when they share one (else None)."""
+
+    def __init__(self, rows: tuple[int, int] | None, uniform: float | None):
+        self.rows, self.uniform = rows, uniform
+
+    @classmethod
+    def of(cls, strength: torch.Tensor) -> "SamplePlan":
+        values = strength.detach().cpu()
+        nonzero = torch.nonzero(values).flatten().tolist()
+        if not nonzero:
+            return cls(None, None)
+        start, end = nonzero[0], nonzero[-1] + 1
+        run = values[start:end]
+        return cls((start, end), float(run[0]) if bool((run == run[0]).all()) else None)
 
 
 class LoraAdapter(torch.nn.Module):
@@ -189,10 +213,16 @@ class LoraAdapter(torch.nn.Module):
                 layer.alpha.copy_(state.get(f"{KEY_PREFIX}{name}.alpha", torch.tensor(float(layer.rank))))
 
     # ---- hooks ----------------------------------------------------------------------------
+    def _plan(self) -> SamplePlan:
+        """The per-sample plan of the current strength tensor, worked out once per forward, not per layer."""
+        if getattr(self, "_plan_for", None) is not self.strength:
+            self._plan_for, self._plan_value = self.strength, SamplePlan.of(self.strength)
+        return self._plan_value
+
     def _hook(self, layer: LoraLayer):
         def hook(module, inputs, output):
             if isinstance(self.strength, torch.Tensor):
-                return layer.apply_per_sample(inputs[0], output, self.strength)
+                return layer.apply_per_sample(inputs[0], output, self.strength, self._plan())
             if self.strength == 0.0:
                 return output  # the frozen base, bit-exact and free
             return layer.apply(inputs[0], output, self.strength)

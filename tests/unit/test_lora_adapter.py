@@ -83,7 +83,8 @@ def test_per_sample_strength_equals_separate_forwards():
         net(x)
 
 
-@pytest.mark.parametrize("strengths", [[0.0, -0.7, 0.0], [0.0, 0.0, 0.0], [-0.5, 0.0, 0.8], [0.3, 0.3, 0.3]])
+@pytest.mark.parametrize("strengths", [[0.0, -0.7, 0.0], [0.5, 0.5, 0.0], [0.0, 0.4, -0.2], [0.0, 0.0, 0.0],
+                                       [-0.5, 0.0, 0.8], [0.3, 0.3, 0.3]])
 def test_per_sample_corrections_touch_only_their_samples(strengths):
     """Sampling path: samples at strength 0 are the base forward bit for bit, the others equal the merged
     weight at their strength; with grad on, the result equals the out-of-place form."""
@@ -102,6 +103,12 @@ def test_per_sample_corrections_touch_only_their_samples(strengths):
         torch.testing.assert_close(got[i], want, rtol=0, atol=1e-5)
     with_grad = net(x)
     torch.testing.assert_close(with_grad, got, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # a changed alpha is seen by the next forward (the cached α/r follows the buffer)
+        for layer in adapter.layers:
+            layer.alpha.mul_(2)
+        doubled = net(x)
+    for i, s in enumerate(strengths):
+        torch.testing.assert_close(doubled[i], _merged(net, adapter, 2 * s)(x[i : i + 1])[0], rtol=0, atol=1e-5)
 
 
 def test_gradients_reach_only_the_lora_and_match_the_merged_form():
