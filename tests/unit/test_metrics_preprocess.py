@@ -38,18 +38,24 @@ def _image(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
 
 
-def _processor(kind: str, backend: str = ""):
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
+def _processor(kind: str, backend: str = "torchvision"):
+    """The processor class of a backend: 5.x names the torchvision one plainly and the PIL one *Pil;
+    4.x names the PIL one plainly and the torchvision one *Fast."""
     name, kwargs = PROCESSORS[kind]
-    cls = getattr(transformers, name + backend, None)
+    suffix = {"torchvision": "" if TRANSFORMERS_5 else "Fast", "pil": "Pil" if TRANSFORMERS_5 else ""}[backend]
+    cls = getattr(transformers, name + suffix, None)
     if cls is None:
-        pytest.skip(f"transformers {transformers.__version__} has no {name + backend}")
+        pytest.skip(f"transformers {transformers.__version__} has no {name + suffix}")
     return cls(**kwargs)
 
 
 @pytest.mark.parametrize("kind", list(PROCESSORS))
 @pytest.mark.parametrize("photo", PHOTOS)
 def test_equals_the_default_processor_on_real_photos(kind, photo):
-    """transformers 5's default (torchvision) backend, on the CPU: identical output."""
+    """The torchvision backend (transformers 5's default, 4.x's *Fast classes), on the CPU: identical output."""
     arr = _photo(photo)
     processor = _processor(kind)
     expected = processor(images=Image.fromarray(arr), return_tensors="pt")["pixel_values"]
@@ -68,7 +74,7 @@ def test_within_one_8bit_level_of_the_pil_processor_and_on_other_devices(kind, p
 
     arr = _photo(photo)
     if path == "PIL processor":
-        processor = _processor(kind, "Pil")
+        processor = _processor(kind, "pil")
         expected = torch.as_tensor(processor(images=Image.fromarray(arr), return_tensors="np")["pixel_values"])
     else:
         processor = _processor(kind)
