@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 import torch
 
-from .preprocess import PreprocessSpec, pixel_values
+from .preprocess import PreprocessSpec, pixel_values, to_8bit
 
 KINDS = {"clip": "clip", "clip_vision_model": "clip_vision", "vit": "dino", "dinov2": "dino",
          "dinov2_with_registers": "dino"}
@@ -110,8 +110,8 @@ def features(output) -> torch.Tensor:
 
 
 def fingerprint(images: torch.Tensor) -> str:
-    """Content hash of an image batch (shape and values), the key of the embedding cache."""
-    data = images.detach().to("cpu", torch.float32).contiguous()
+    """Content hash of an image batch (its 8-bit values and shape), the key of the embedding cache."""
+    data = to_8bit(images).detach().to("cpu").contiguous()
     digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16)
     digest.update(str(tuple(data.shape)).encode())
     return digest.hexdigest()
@@ -145,8 +145,10 @@ class Backbone:
                 "preprocessing": self.spec.describe()}
 
     def embed_images(self, images: torch.Tensor, cache: bool = False) -> torch.Tensor:
-        """IMAGE batch [B, H, W, C] -> [B, D] float32 embeddings on the CPU; preprocessing runs on the model's device.
+        """IMAGE batch [B, H, W, C] (or its preprocess.to_8bit form) -> [B, D] float32 embeddings on the CPU;
+        resizing and normalizing run on the model's device.
         With `cache`, an identical batch seen before is not embedded again (reference sets, base-model samples)."""
+        images = to_8bit(images)
         key = fingerprint(images) if cache else None
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)

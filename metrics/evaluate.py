@@ -1,7 +1,7 @@
 """The metrics over image batches, given loaded backbones (formulas in formulas.py, DreamBench conventions).
 
-Each CLIP image embedding is computed once and serves both CLIP-I and CLIP-T; each distinct prompt is encoded
-once; reference images (and base-model samples) go through the backbones' embedding cache, so scoring
+Each image batch is quantized to 8 bits once for both backbones; each CLIP image embedding is computed once and
+serves both CLIP-I and CLIP-T; each distinct prompt is encoded once; reference images (and base-model samples) go through the backbones' embedding cache, so scoring
 several generated batches against one reference set embeds the references once.
 """
 
@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import formulas, prompts as prompt_rules
+from . import formulas
+from . import prompts as prompt_rules
+from .preprocess import to_8bit
 
 
 @dataclass
@@ -51,6 +53,7 @@ def personalization_metrics(generated: torch.Tensor, reference: torch.Tensor, pr
     if n == 0 or reference.shape[0] == 0:
         raise ValueError(f"need generated and reference images, got {n} and {reference.shape[0]}")
     result = MetricsResult(scores={})
+    generated, reference = to_8bit(generated), to_8bit(reference)  # once, shared by both backbones
     if clip is not None:
         image_embeds = clip.embed_images(generated)
         ref_embeds = clip.embed_images(reference, cache=True)
@@ -83,6 +86,7 @@ def drift_metrics(base: torch.Tensor, personalized: torch.Tensor, clip=None, din
         raise ValueError(f"base and personalized batches must pair up image for image (same seeds), got "
                          f"{base.shape[0]} and {personalized.shape[0]} images")
     result = MetricsResult(scores={})
+    base, personalized = to_8bit(base), to_8bit(personalized)  # once, shared by both backbones
     if prompts:
         result.prompts = prompt_rules.per_image(list(prompts), base.shape[0])
         flagged = sorted({p for p in result.prompts if prompt_rules.contains_identifier(p, list(identifiers))})

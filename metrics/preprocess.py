@@ -3,10 +3,11 @@
 The processors (CLIPImageProcessor, ViTImageProcessor for DINO v1, BitImageProcessor for DINOv2) take 8-bit
 images one at a time: resize (shortest edge or exact size; bicubic or bilinear, antialiased), center crop,
 rescale by 1/255, normalize by mean and std. Here the same steps run on a [B, H, W, C] float IMAGE batch
-(ComfyUI's layout, values in [0, 1]) as one tensor operation each:
+(ComfyUI's layout, values in [0, 1]), batched:
 
 1. quantize to 8 bits, round(255·x) (what saving the image as a PNG and loading it back gives; a no-op for
-   images that came from files),
+   images that came from files), where the images are, once per batch for all backbones (`to_8bit`); the
+   uint8 batch then moves to the model's device for the rest,
 2. resize with `torch.nn.functional.interpolate(antialias=True)`: on the CPU on the 8-bit values (torch's
    native uint8 kernels, as torchvision does); on other devices as two float32 passes (width, then height),
    each rounded to 8 bits, which is how the uint8 kernels and PIL work,
@@ -91,17 +92,24 @@ def resized_size(height: int, width: int, spec: PreprocessSpec) -> tuple[int, in
 
 
 def to_8bit(images: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE [B, H, W, C] in [0, 1] -> uint8 [B, 3, H, W] (alpha dropped, grey repeated)."""
+    """ComfyUI IMAGE [B, H, W, C] in [0, 1] -> uint8 [B, 3, H, W] = round(255·x) (alpha dropped, grey repeated).
+
+    Computed one image at a time where the images are (a cache-sized pass instead of several over the whole
+    batch; 4x faster on a CPU), into a channels-last tensor: the layout torch's uint8 resize kernels prefer.
+    A uint8 [B, 3, H, W] batch (already quantized) is returned as it is.
+    """
+    if images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3:
+        return images
     if images.ndim != 4:
         raise ValueError(f"expected an IMAGE batch [B, H, W, C], got shape {tuple(images.shape)}")
     channels = images.shape[-1]
-    if channels == 1:
-        images = images.expand(*images.shape[:3], 3)
-    elif channels >= 3:
-        images = images[..., :3]
-    else:
+    if channels not in (1, 3, 4):
         raise ValueError(f"an IMAGE needs 1, 3 or 4 channels, got {channels}")
-    return (images.float().clamp(0, 1) * 255).round_().to(torch.uint8).permute(0, 3, 1, 2).contiguous()
+    out = torch.empty((*images.shape[:3], 3), dtype=torch.uint8, device=images.device)
+    for i in range(images.shape[0]):
+        image = images[i, ..., :3] if channels >= 3 else images[i].expand(*images.shape[1:3], 3)
+        out[i] = image.float().clamp(0, 1).mul_(255).round_()
+    return out.permute(0, 3, 1, 2)
 
 
 def resize_8bit(images: torch.Tensor, size: tuple[int, int], mode: str, native: bool | None = None) -> torch.Tensor:
@@ -159,9 +167,12 @@ def normalize(images: torch.Tensor, spec: PreprocessSpec, dtype: torch.dtype = t
 
 def pixel_values(images: torch.Tensor, spec: PreprocessSpec, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """IMAGE batch [B, H, W, C] in [0, 1] -> the model's pixel_values [B, 3, h, w], computed on `device`."""
-    x = to_8bit(images.to(device) if device is not None else images)
+    """IMAGE batch [B, H, W, C] in [0, 1] (or its to_8bit form) -> the model's pixel_values [B, 3, h, w].
+
+    Quantization happens where the images are; resize, crop and normalize on `device` (the model's)."""
+    x = to_8bit(images)
+    x = x.to(device) if device is not None else x
     x = resize_8bit(x, resized_size(*x.shape[-2:], spec), spec.resample)
     if spec.crop is not None:
         x = center_crop(x, spec.crop)
-    return normalize(x, spec, dtype)
+    return normalize(x.contiguous(), spec, dtype)  # the models get contiguous NCHW, as from the processors

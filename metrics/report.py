@@ -76,3 +76,46 @@ def write_json_atomic(data: dict, path: pathlib.Path) -> pathlib.Path:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def table_image(report: dict, scale: int = 2):
+    """The table as an IMAGE [1, H, W, 3] (PIL's built-in font, columns aligned), for the node's preview in the UI."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    lines = table(report).splitlines()
+    title, header, rows, footer = lines[0], lines[1], lines[2:2 + len(report["metrics"])], lines[2 + len(report["metrics"]):]
+    cells = [header.split()] + [_cells(r) for r in rows]
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = lambda text: int(measure.textlength(text, font=font))  # noqa: E731
+    pad, line_h = 8, 16
+    columns = [max(width(row[i]) for row in cells) + 2 * pad for i in range(len(cells[0]))]
+    body_w = sum(columns)
+    total_w = max([body_w] + [width(t) for t in [title, *footer]]) + 2 * pad
+    total_h = line_h * (len(cells) + len(footer) + 1) + 3 * pad
+    img = Image.new("RGB", (total_w, total_h), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
+    y = pad + line_h + pad // 2
+    for r, row in enumerate(cells):
+        if r == 0:
+            draw.rectangle([pad, y - 2, pad + body_w, y + line_h - 2], fill=(230, 236, 245))
+        x = pad
+        for i, text in enumerate(row):
+            right = 0 < i < len(row) - 1  # numbers right-aligned
+            draw.text((x + (columns[i] - pad - width(text) if right else pad), y), text, fill=(0, 0, 0), font=font)
+            x += columns[i]
+        y += line_h
+    for text in footer:
+        draw.text((pad, y + pad // 2), text, fill=(90, 90, 90), font=font)
+        y += line_h
+    img = img.resize((total_w * scale, total_h * scale), Image.NEAREST)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+def _cells(row: str) -> list[str]:
+    """A table row's cells: metric name, five numbers, then the backbone name (which may contain spaces)."""
+    parts = row.split()
+    return [parts[0], *parts[1:6], " ".join(parts[6:])]

@@ -64,12 +64,18 @@ METRICS_FOLDER = "driftless_metrics"
 
 
 def register_metrics_folder() -> None:
-    """Register models/driftless_metrics with folder_paths (kept if extra_model_paths.yaml already added paths)."""
+    """Register models/driftless_metrics with folder_paths (after any paths extra_model_paths.yaml gave it) and
+    create it, so users see where CLIP and DINO folders go."""
     import os
 
     import folder_paths
 
-    folder_paths.add_model_folder_path(METRICS_FOLDER, os.path.join(folder_paths.models_dir, METRICS_FOLDER))
+    path = os.path.join(folder_paths.models_dir, METRICS_FOLDER)
+    folder_paths.add_model_folder_path(METRICS_FOLDER, path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # a read-only models folder: the other registered paths still work
+        pass
 
 
 def metrics_roots() -> dict[str, list[str]]:
@@ -100,7 +106,8 @@ def load_on_compute_device(module):
         patcher = comfy.model_patcher.ModelPatcher(holder, load_device=mm.text_encoder_device(),
                                                    offload_device=mm.text_encoder_offload_device())
         object.__setattr__(module, "_driftless_patcher", patcher)
-    mm.load_models_gpu([patcher])
+    # whole: plain torch layers cannot run partly offloaded the way comfy.ops layers can
+    mm.load_models_gpu([patcher], force_full_load=True)
     return patcher
 
 

@@ -106,9 +106,12 @@ def _validate(cls, values: dict) -> bool | str:
     return validate_combos(cls, others)
 
 
-def _finish(kind: str, result, counts: dict, settings: dict, filename_prefix: str):
-    """Write the JSON report; the UI/console text and the (filename, subfolder) of the report."""
-    from ..metrics.report import build_report, table
+def _finish(node_cls, kind: str, result, counts: dict, settings: dict, filename_prefix: str):
+    """Write the JSON report; returns its path relative to the output folder and the node's UI output: the table
+    as a preview image (shown on the node), as text (printed by the headless runner) and the report file entry."""
+    from comfy_api.latest import ui
+
+    from ..metrics.report import build_report, table, table_image
     from .host import save_json_report
 
     report = build_report(kind, result, counts, settings)
@@ -116,8 +119,9 @@ def _finish(kind: str, result, counts: dict, settings: dict, filename_prefix: st
     relative = f"{subfolder}/{filename}" if subfolder else filename
     text = table(report) + f"\nreport: {relative}"
     logging.info("Driftless %s metrics:\n%s", kind, text)
-    ui = {"text": [text], "reports": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
-    return relative, ui
+    preview = ui.PreviewImage(table_image(report), cls=node_cls).as_dict()
+    return relative, {**preview, "text": [text],
+                      "reports": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
 
 
 def _mean(result, key: str) -> float:
@@ -187,7 +191,7 @@ class PersonalizationMetrics(CheckedNode):
                                          identifiers=identifiers, class_noun=class_noun.strip())
         counts = {"generated": int(generated_images.shape[0]), "reference": int(reference_images.shape[0])}
         settings = {"identifiers": identifiers, "class_noun": class_noun.strip()}
-        relative, ui = _finish("personalization", result, counts, settings, filename_prefix)
+        relative, ui = _finish(cls, "personalization", result, counts, settings, filename_prefix)
         return io.NodeOutput(_mean(result, "clip_t"), _mean(result, "clip_i"), _mean(result, "dino"), relative, ui=ui)
 
 
@@ -247,7 +251,7 @@ class DriftMetrics(CheckedNode):
         lines, identifiers = prompt_rules.split_lines(prompts), prompt_rules.split_identifiers(identifier)
         result = drift_metrics(base_images, personalized_images, clip=clip, dino=dino, prompts=lines,
                                identifiers=identifiers)
-        relative, ui = _finish("drift", result, {"pairs": int(base_images.shape[0])}, {"identifiers": identifiers},
+        relative, ui = _finish(cls, "drift", result, {"pairs": int(base_images.shape[0])}, {"identifiers": identifiers},
                                filename_prefix)
         return io.NodeOutput(_mean(result, "clip_i"), _mean(result, "dino"), relative, ui=ui)
 

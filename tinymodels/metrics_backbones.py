@@ -5,8 +5,9 @@ Each folder holds what the metrics loader expects from a real download: config.j
 preprocessor_config.json (the real repositories' processor settings, scaled to the model's image size),
 and for CLIP a byte-level BPE tokenizer (vocab.json, merges.txt, tokenizer_config.json). No ComfyUI needed.
 
-Sizes: ``tiny`` (32 px images, width 32, 2 layers: milliseconds) and ``bench`` (224 px images like the real
-models; CLIP ViT-B/32 and DINO ViT-S/16 patch grids and widths, 4 layers instead of 12).
+Sizes: ``tiny`` (32 px images, width 32, 2 layers: milliseconds); ``bench`` (224 px images and the patch grids
+of CLIP ViT-B/32 and DINO ViT-S/16, narrow: widths 256 / 192, 4 layers); ``wide`` (the same with the real
+models' widths, 768 / 512 / 384, still 4 layers instead of 12). Heads are 64 wide except in ``tiny``.
 """
 
 import json
@@ -16,9 +17,11 @@ import torch
 
 SIZES = {
     "tiny": dict(image=32, clip_patch=8, dino_patch=8, dinov2_patch=8, clip_width=32, text_width=32, dino_width=32,
-                 layers=2, heads=4, projection=16, dinov2_resize=36),
-    "bench": dict(image=224, clip_patch=32, dino_patch=16, dinov2_patch=14, clip_width=768, text_width=512,
-                  dino_width=384, layers=4, heads=6, projection=512, dinov2_resize=256),
+                 layers=2, head_width=8, projection=16, dinov2_resize=36),
+    "bench": dict(image=224, clip_patch=32, dino_patch=16, dinov2_patch=14, clip_width=256, text_width=256,
+                  dino_width=192, layers=4, head_width=64, projection=256, dinov2_resize=256),
+    "wide": dict(image=224, clip_patch=32, dino_patch=16, dinov2_patch=14, clip_width=768, text_width=512,
+                 dino_width=384, layers=4, head_width=64, projection=512, dinov2_resize=256),
 }
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 WORDS = ("a", "photo", "of", "the", "in", "on", "dog", "cat", "vase", "with", "snow", "beach", "sks")
@@ -63,14 +66,20 @@ def save_tokenizer(folder: pathlib.Path) -> int:
 
 def save_clip(folder, seed: int = 0, size: str = "tiny", vision_only: bool = False) -> pathlib.Path:
     """A random CLIPModel (or CLIPVisionModelWithProjection) folder with CLIP's processor settings."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     s, folder = SIZES[size], pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vision = dict(hidden_size=s["clip_width"], intermediate_size=4 * s["clip_width"], num_hidden_layers=s["layers"],
-                  num_attention_heads=max(1, s["clip_width"] // 64) if size == "bench" else s["heads"],
-                  image_size=s["image"], patch_size=s["clip_patch"], projection_dim=s["projection"])
+                  num_attention_heads=s["clip_width"] // s["head_width"], image_size=s["image"],
+                  patch_size=s["clip_patch"], projection_dim=s["projection"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if vision_only:
@@ -78,8 +87,8 @@ def save_clip(folder, seed: int = 0, size: str = "tiny", vision_only: bool = Fal
         else:
             vocab_size = save_tokenizer(folder)
             text = dict(vocab_size=vocab_size, hidden_size=s["text_width"], intermediate_size=4 * s["text_width"],
-                        num_hidden_layers=s["layers"], num_attention_heads=max(1, s["text_width"] // 64) if size == "bench"
-                        else s["heads"], max_position_embeddings=77, bos_token_id=vocab_size - 2,
+                        num_hidden_layers=s["layers"], num_attention_heads=s["text_width"] // s["head_width"],
+                        max_position_embeddings=77, bos_token_id=vocab_size - 2,
                         eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, projection_dim=s["projection"])
             config = CLIPConfig(text_config=CLIPTextConfig(**text).to_dict(), vision_config=CLIPVisionConfig(**vision).to_dict(),
                                 projection_dim=s["projection"])
@@ -96,7 +105,7 @@ def save_dino(folder, seed: int = 0, size: str = "tiny", version: int = 1) -> pa
 
     s, folder = SIZES[size], pathlib.Path(folder)
     common = dict(hidden_size=s["dino_width"], intermediate_size=4 * s["dino_width"], num_hidden_layers=s["layers"],
-                  num_attention_heads=s["heads"], image_size=s["image"])
+                  num_attention_heads=s["dino_width"] // s["head_width"], image_size=s["image"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if version == 1:

@@ -97,6 +97,8 @@ def test_generate_then_measure_writes_the_report(run_prompt, comfy_host, metrics
     assert reports[0].as_posix().endswith(shown["report_file"])
     table = result.outputs["metrics"]["text"][0]
     assert "CLIP-T" in table and "DINO" in table and "clip-tiny" in table and shown["report_file"] in table
+    preview = result.outputs["metrics"]["images"]  # the table as an image on the node
+    assert len(preview) == 1 and preview[0]["type"] == "temp" and preview[0]["filename"].endswith(".png")
 
 
 def test_node_output_equals_the_metrics_computed_directly(run_prompt, comfy_host, metrics_models):
