@@ -4,11 +4,14 @@
 def all_nodes() -> list:
     """Every node class of the pack, in menu order. Imported lazily by the extension."""
     from .guider import PersonalizationGuider
+    from .host import register_metrics_folder
     from .lora_files import LoadLora, SaveLora
+    from .metrics import DriftMetrics, PersonalizationMetrics
     from .regularizers import APT, DCO, ClassImages, ParameterAnchor, PriorPreservation
     from .tiny_model import TinyModel
     from .train_lora import TrainLora
     from .training_data import TrainingData
 
+    register_metrics_folder()  # models/driftless_metrics, where the metrics nodes find CLIP and DINO
     return [TrainingData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT, PriorPreservation, ClassImages,
-            PersonalizationGuider, TinyModel]
+            PersonalizationGuider, PersonalizationMetrics, DriftMetrics, TinyModel]

@@ -1,4 +1,4 @@
-"""`./driftless bench speed [--quick]`: print the table and write bench/results/speed_training.{md,json}."""
+"""`./driftless bench speed [--quick] [--only PART]`: print the tables and write bench/results/speed_<part>.{md,json}."""
 
 import argparse
 
@@ -11,10 +11,18 @@ def main() -> None:
     parser.add_argument("--architectures", default="sd15-bench,sdxl-bench",
                         help="tiny-model configs to measure on, comma-separated (the SD1.5- and SDXL-shaped bench sizes)")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--only", choices=("training", "regularizers", "guidance"), help="run one part of the benchmark")
+    parser.add_argument("--only", choices=("training", "regularizers", "guidance", "metrics"), help="run one part of the benchmark")
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--metrics-size", choices=("bench", "wide", "tiny"), default="bench",
+                        help="backbones of the metrics part (tinymodels/metrics_backbones.py): bench = 224 px, ViT-B/32 "
+                        "and ViT-S/16 grids, narrow, 4 layers; wide = the same with the real widths")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     host.configure_args(host.find_comfyui(), None, cpu=None)
     from . import training
     from ..common import write_results
@@ -28,6 +36,8 @@ def main() -> None:
         bench_regularizers(args, architectures, repeats, steps, write_results)
     if args.only in (None, "guidance"):
         bench_guidance(args, architectures, repeats, steps + 4, write_results)
+    if args.only in (None, "metrics"):
+        bench_metrics(args, repeats, write_results)
 
 
 def bench_training(args, architectures, repeats, steps, training, write_results) -> None:
@@ -128,6 +138,40 @@ def bench_guidance(args, architectures, repeats, steps, write_results) -> None:
         f"each repeat samples with all three guiders in rotated order; median step interval after {guidance.WARMUP_STEPS} steps",
     ]
     md, js = write_results("speed_guidance", rows, table, notes)
+    print(f"[bench] wrote {md} and {js}")
+
+
+def bench_metrics(args, repeats, write_results) -> None:
+    import torch
+
+    from . import metrics
+
+    print(f"[bench] metrics: CLIP-T, CLIP-I and DINO on 16 generated + 4 reference images, {repeats} rotated repeats")
+    result = metrics.paired_times(repeats, size=args.metrics_size)
+    lines = ["| path | s per evaluation (median, min–max) | speed-up over the loop, one metric at a time | "
+             "speed-up over the loop, CLIP embedding shared |", "|---|---|---|---|"]
+    for name, r in result["sides"].items():
+        sec, a, b = r["seconds"], r["speedup_vs_per_metric_loop"], r["speedup_vs_shared_loop"]
+        lines.append(f"| {name} | {sec['median']:.3f} ({sec['min']:.3f}–{sec['max']:.3f}) | "
+                     f"{a['median']:.2f}× ({a['min']:.2f}–{a['max']:.2f}) | {b['median']:.2f}× ({b['min']:.2f}–{b['max']:.2f}) |")
+    table = "\n".join(lines)
+    print(table)
+    notes = [
+        "backbones: " + result["description"] + f" (size '{args.metrics_size}')",
+        "images: 16 generated and 4 reference photos (skimage.data, 512x512); 4 prompts, each for 4 consecutive images",
+        f"per-image loops: {result['processor_class']} + CLIPModel / ViTImageProcessor + ViTModel on one PIL image at a "
+        "time, reference embeddings once per evaluation; 'one metric at a time' runs CLIP-T (processor(text, images), "
+        "both towers, as torchmetrics' CLIPScore), CLIP-I and DINO as separate loops; 'shared' computes each CLIP image "
+        "embedding once for CLIP-I and CLIP-T",
+        "cold: the references are embedded in the timed call; warm: they come from the embedding cache",
+        f"largest difference between the loops' and our three means: {result['max_abs_difference_of_means']:.1e}",
+        f"torch threads: {torch.get_num_threads()}; {repeats} repeats after a warm-up, the four paths in "
+        "rotated order; speed-up per repeat (loop time / path time)",
+    ]
+    rows = [{"name": k, **v} for k, v in result["sides"].items()]
+    name = "speed_metrics" + ("" if args.metrics_size == "bench" else f"_{args.metrics_size}")
+    name += f"_{args.threads}thread" if args.threads else ""
+    md, js = write_results(name, rows, table, notes)
     print(f"[bench] wrote {md} and {js}")
 
 
