@@ -5,10 +5,11 @@ def all_nodes() -> list:
     """Every node class of the pack, in menu order. Imported lazily by the extension."""
     from .guider import PersonalizationGuider
     from .lora_files import LoadLora, SaveLora
+    from .pretrained_model import PretrainedShapesModel
     from .regularizers import APT, DCO, ClassImages, ParameterAnchor, PriorPreservation
     from .tiny_model import TinyModel
     from .train_lora import TrainLora
     from .training_data import TrainingData
 
     return [TrainingData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT, PriorPreservation, ClassImages,
-            PersonalizationGuider, TinyModel]
+            PersonalizationGuider, TinyModel, PretrainedShapesModel]
