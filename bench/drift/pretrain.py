@@ -49,25 +49,29 @@ class Settings:
     ema_decay: float = 0.995  # the saved UNet is the exponential moving average of the trained one
 
 
-# PRESETS: "full" is sized for <= 20 min on 2 idle CPU cores (~15 min of one core's CPU time by the rates
+# PRESETS: "full" is sized for <= 20 min on 2 idle CPU cores (~11 min of one core's CPU time by the rates
 # below); "quick" is about a quarter of its work, for a first look (rough pictures)
 PRESETS = {
     "full": Settings(),
     "quick": Settings(classifier_steps=200, vae_steps=200, pool=2048, unet_steps=500, unet_warmup=50, unet_lr=8e-4),
 }
-# CPU seconds per unit, measured with one torch thread (time.process_time) on the development machine
-CPU_S = {"classifier_step_64": 0.095, "vae_step_32": 0.375, "encode_picture": 0.004, "unet_sample": 0.0127}
+# CPU seconds per unit, measured with one torch thread (time.process_time) on the development machine,
+# from the quick preset's build (an earlier build under heavier load measured ~35% slower rates)
+CPU_S = {"classifier_step_64": 0.09, "vae_step_32": 0.30, "encode_picture": 0.003, "unet_sample": 0.0094}
 SMOKE = Settings(classifier_steps=3, classifier_batch=8, vae_steps=3, vae_batch=4, pool=16, unet_steps=20, unet_batch=4, unet_warmup=0)
 
 
 def _sources() -> list[pathlib.Path]:
     here = pathlib.Path(__file__).resolve().parent
-    return [here / "dataset.py", here / "classifier.py", here / "pretrain.py", here.parent.parent / "tinymodels" / "configs.py",
-            here.parent.parent / "tinymodels" / "build.py"]
+    return [here / "dataset.py", here / "classifier.py", here / "pretrain.py", here.parent.parent / "tinymodels" / "build.py"]
 
 
 def cache_key(settings: Settings) -> str:
+    """Hash of the settings, the generating code and the drift-bench config (not the other configs)."""
+    from ...tinymodels.configs import CONFIGS
+
     h = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    h.update(repr(CONFIGS[ARCHITECTURE]).encode())
     for path in _sources():
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
