@@ -7,6 +7,7 @@ def all_nodes() -> list:
     from .host import register_metrics_folder
     from .lora_files import LoadLora, SaveLora
     from .metrics import DriftMetrics, PersonalizationMetrics
+    from .pretrained_model import PretrainedShapesModel
     from .regularizers import APT, DCO, ClassImages, ParameterAnchor, PriorPreservation
     from .tiny_model import TinyModel
     from .train_lora import TrainLora
@@ -14,4 +15,4 @@ def all_nodes() -> list:
 
     register_metrics_folder()  # models/driftless_metrics, where the metrics nodes find CLIP and DINO
     return [TrainingData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT, PriorPreservation, ClassImages,
-            PersonalizationGuider, PersonalizationMetrics, DriftMetrics, TinyModel]
+            PersonalizationGuider, PersonalizationMetrics, DriftMetrics, TinyModel, PretrainedShapesModel]

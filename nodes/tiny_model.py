@@ -27,7 +27,9 @@ class TinyModel(CheckedNode):
                     tooltip=(
                         "sd15-tiny: SD1.5-shaped (one text encoder, 3 UNet levels). "
                         "sdxl-tiny: SDXL-shaped (CLIP-L + CLIP-G, pooled embedding and size conditioning). "
-                        "sd15-bench / sdxl-bench: the larger SD1.5- and SDXL-shaped sizes the speed benchmarks use."
+                        "sd15-bench / sdxl-bench: the larger SD1.5- and SDXL-shaped sizes the speed benchmarks use. "
+                        "drift-bench: the drift benchmark's 32x32 model with a 4x VAE, untrained here "
+                        "(Driftless Pretrained Shapes Model loads it pretrained)."
                     ),
                 ),
                 io.Int.Input(

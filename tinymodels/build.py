@@ -76,7 +76,9 @@ def build_vae(cfg: TinyModelConfig, seed: int):
     config = {"params": {"ddconfig": cfg.vae_ddconfig(), "embed_dim": 4}}
     reference = AutoencoderKL(**config["params"])
     init_weights_(reference, torch.Generator().manual_seed(seed + 2))
-    return comfy.sd.VAE(sd=reference.state_dict(), config=config, dtype=torch.float32)
+    vae = comfy.sd.VAE(sd=reference.state_dict(), config=config, dtype=torch.float32)
+    vae.downscale_ratio = vae.upscale_ratio = cfg.vae_downscale  # comfy.sd.VAE assumes 8x when given a config
+    return vae
 
 
 def build_tiny_model(name: str, seed: int = 0):

@@ -45,8 +45,13 @@ class TinyModelConfig:
     head_channels: int
     text_encoders: dict[str, TextEncoderConfig]  # "l" (and "g" for SDXL)
     vae_channels: int = 32
-    default_resolution: int = 64  # pixels; latents are 1/8 of it
+    vae_channel_mult: tuple[int, ...] = (1, 1, 2, 2)  # one downsampling between levels: 4 levels = 8x
+    default_resolution: int = 64  # pixels; latents are 1/(2 ** (len(vae_channel_mult) - 1)) of it
     extra: dict = field(default_factory=dict)
+
+    @property
+    def vae_downscale(self) -> int:
+        return 2 ** (len(self.vae_channel_mult) - 1)
 
     @property
     def context_dim(self) -> int:
@@ -88,7 +93,7 @@ class TinyModelConfig:
         }
 
     def vae_ddconfig(self) -> dict:
-        """comfy.ldm.models.autoencoder.AutoencoderKL ddconfig: 3 downsamplings = the real 8x factor."""
+        """comfy.ldm.models.autoencoder.AutoencoderKL ddconfig (default: 3 downsamplings = the real 8x factor)."""
         return {
             "double_z": True,
             "z_channels": 4,
@@ -96,7 +101,7 @@ class TinyModelConfig:
             "in_channels": 3,
             "out_ch": 3,
             "ch": self.vae_channels,
-            "ch_mult": [1, 1, 2, 2],
+            "ch_mult": list(self.vae_channel_mult),
             "num_res_blocks": 1,
             "attn_resolutions": [],
             "dropout": 0.0,
@@ -138,5 +143,18 @@ CONFIGS: dict[str, TinyModelConfig] = {
         text_encoders={"l": TextEncoderConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4),
                        "g": TextEncoderConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)},
         default_resolution=256,
+    ),
+    # the drift benchmark's pretrained model (bench/drift): 32x32 pictures, a 4x VAE (8x8 latents), a small
+    # text transformer left at its seeded random init (the UNet learns to read it)
+    "drift-bench": TinyModelConfig(
+        family="sd15",
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        transformer_depth=(1, 1, 1),
+        head_channels=16,
+        text_encoders={"l": TextEncoderConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)},
+        vae_channels=32,
+        vae_channel_mult=(1, 2, 2),
+        default_resolution=32,
     ),
 }

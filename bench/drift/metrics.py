@@ -1,0 +1,40 @@
+"""The drift benchmark's scores, pure torch on classifier outputs and pixels.
+
+- subject fidelity: mean cosine similarity of classifier features, every sample against every subject
+  picture (DreamBench's DINO score with our own feature extractor);
+- text alignment: share of "a <colour> sks" samples whose colour the classifier reads as <colour>;
+- prior accuracy: share of prior-prompt samples whose shape and colour both match the prompt;
+- closeness to the base model: per seed, the personalized sample against the base model's sample of the
+  same prompt and noise: feature cosine similarity and pixel RMSE (0 = unchanged).
+"""
+
+import torch
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = torch.nn.functional.normalize(a.float(), dim=-1)
+    b = torch.nn.functional.normalize(b.float(), dim=-1)
+    return a @ b.T
+
+
+def subject_fidelity(sample_features: torch.Tensor, subject_features: torch.Tensor) -> float:
+    return float(cosine_matrix(sample_features, subject_features).mean())
+
+
+def match_rate(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    return float((torch.as_tensor(predicted) == torch.as_tensor(target)).float().mean())
+
+
+def prior_accuracy(shape_pred, colour_pred, shape_true, colour_true) -> float:
+    both = (torch.as_tensor(shape_pred) == torch.as_tensor(shape_true)) & (torch.as_tensor(colour_pred) == torch.as_tensor(colour_true))
+    return float(both.float().mean())
+
+
+def paired_similarity(features: torch.Tensor, base_features: torch.Tensor) -> float:
+    """Mean cosine similarity of each sample with the base model's sample at the same prompt and seed."""
+    return float(torch.nn.functional.cosine_similarity(features.float(), base_features.float(), dim=-1).mean())
+
+
+def paired_rmse(images: torch.Tensor, base_images: torch.Tensor) -> float:
+    """Root mean squared pixel difference to the base model's samples at the same prompt and seed."""
+    return float(((images.float() - base_images.float()) ** 2).mean().sqrt())

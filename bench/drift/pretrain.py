@@ -1,0 +1,330 @@
+"""Pretraining of the drift benchmark's model, and its cache.
+
+Three stages, seeded and deterministic on a CPU:
+1. the classifier (classifier.py) on rendered pictures;
+2. the VAE: ComfyUI's AutoencoderKL at 4x (32x32 pictures -> 4x8x8 latents), trained as an autoencoder
+   with a small KL term on 16x16 crops (a conv net: the crops cost a quarter and it decodes 32x32 alike),
+   then rescaled exactly (1x1 convs) so SD1.5's latent scale 0.18215 maps its latents to unit variance;
+3. the UNet (SD1.5-shaped, ComfyUI's own openaimodel) on the ε objective of SD1.5's discrete schedule,
+   with 10% empty captions for classifier-free guidance. The text transformer (real CLIP tokenizer, two
+   tiny layers) stays at its seeded random init: the UNet learns to read it.
+
+Everything lands in ~/.cache/driftless/drift-<hash>/ (the hash covers this code, the generator, the
+model config and the settings): one checkpoint in the SD1.5 layout (model.diffusion_model.*,
+cond_stage_model.*, first_stage_model.*), the classifier, and a report. Files are written atomically;
+a fresh machine builds them, a warm one reuses them.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+ARCHITECTURE = "drift-bench"
+CHECKPOINT, CLASSIFIER, REPORT = "drift-bench.safetensors", "classifier.safetensors", "pretrain.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    seed: int = 0
+    classifier_steps: int = 300
+    classifier_batch: int = 64
+    vae_steps: int = 600
+    vae_batch: int = 32
+    vae_crop: int = 16
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-5
+    pool: int = 4096  # pictures encoded once for the UNet's training
+    unet_steps: int = 2000
+    unet_batch: int = 24
+    unet_lr: float = 5e-4
+    unet_warmup: int = 100
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0  # Min-SNR-γ weighting (Hang et al. 2023): w = min(SNR, γ)/SNR on the ε loss
+    ema_decay: float = 0.995  # the saved UNet is the exponential moving average of the trained one
+
+
+# PRESETS: "full" is sized for <= 20 min on 2 idle CPU cores (~11 min of one core's CPU time by the rates
+# below); "quick" is about a quarter of its work, for a first look (rough pictures)
+PRESETS = {
+    "full": Settings(),
+    "quick": Settings(classifier_steps=200, vae_steps=200, pool=2048, unet_steps=500, unet_warmup=50, unet_lr=8e-4),
+}
+# CPU seconds per unit, measured with one torch thread (time.process_time) on the development machine,
+# from the quick preset's build (an earlier build under heavier load measured ~35% slower rates)
+CPU_S = {"classifier_step_64": 0.09, "vae_step_32": 0.30, "encode_picture": 0.003, "unet_sample": 0.0094}
+SMOKE = Settings(classifier_steps=3, classifier_batch=8, vae_steps=3, vae_batch=4, pool=16, unet_steps=20, unet_batch=4, unet_warmup=0)
+
+
+def _sources() -> list[pathlib.Path]:
+    here = pathlib.Path(__file__).resolve().parent
+    return [here / "dataset.py", here / "classifier.py", here / "pretrain.py", here.parent.parent / "tinymodels" / "build.py"]
+
+
+def cache_key(settings: Settings) -> str:
+    """Hash of the settings, the generating code and the drift-bench config (not the other configs)."""
+    from ...tinymodels.configs import CONFIGS
+
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    h.update(repr(CONFIGS[ARCHITECTURE]).encode())
+    for path in _sources():
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_root() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("DRIFTLESS_CACHE", pathlib.Path.home() / ".cache" / "driftless"))
+
+
+def cache_dir(settings: Settings = Settings()) -> pathlib.Path:
+    return cache_root() / f"drift-{cache_key(settings)}"
+
+
+def is_built(folder: pathlib.Path) -> bool:
+    return all((folder / name).is_file() for name in (CHECKPOINT, CLASSIFIER, REPORT))
+
+
+def ensure(settings: Settings = Settings(), log=print) -> pathlib.Path:
+    """The cache folder, built first if it is missing (the report is written last: present = complete)."""
+    folder = cache_dir(settings)
+    if is_built(folder):
+        return folder
+    log(f"[drift] pretraining the drift-bench model into {folder} (once per machine; about {estimate_minutes(settings)} CPU-minutes)")
+    build(folder, settings, log)
+    return folder
+
+
+def estimate_minutes(settings: Settings) -> int:
+    """CPU minutes of the whole pretraining at the measured rates (CPU_S): an upper bound for 2 idle cores."""
+    s = CPU_S["classifier_step_64"] * settings.classifier_steps * settings.classifier_batch / 64
+    s += CPU_S["vae_step_32"] * settings.vae_steps * settings.vae_batch / 32 + CPU_S["encode_picture"] * settings.pool
+    s += CPU_S["unet_sample"] * settings.unet_steps * settings.unet_batch
+    return max(1, round(s / 60))
+
+
+def build(folder: pathlib.Path, settings: Settings, log=print) -> dict:
+    from ...trainers.storage import save_safetensors_atomic
+    from . import classifier
+
+    with torch.inference_mode(False), torch.enable_grad():
+        torch.manual_seed(settings.seed)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        timings = {}
+
+        def mark(stage):
+            timings[stage] = {"wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu_started, 1)}
+
+        net = classifier.train(settings.classifier_steps, settings.classifier_batch, settings.seed, log)
+        save_safetensors_atomic(net.state_dict(), folder / CLASSIFIER)
+        mark("classifier")
+        model, clip, vae = _random_model(settings.seed)
+        losses = {"vae": train_vae(vae, settings, log)}
+        mark("vae")
+        latents, conds, null = _training_set(clip, vae, settings, log)
+        mark("encode")
+        losses["unet"] = train_unet(model, latents, conds, null, settings, log)
+        mark("unet")
+        save_checkpoint(folder / CHECKPOINT, model, clip, vae, {"settings": dataclasses.asdict(settings)})
+        report = {"settings": dataclasses.asdict(settings), "timings": timings, "threads": torch.get_num_threads(),
+                  "classifier_accuracy": classifier.accuracy(net), "losses": {k: _curve(v) for k, v in losses.items()}}
+        _write_json(folder / REPORT, report)
+        log(f"[drift] pretraining done in {timings['unet']['wall_s']:.0f} s wall, {timings['unet']['cpu_s']:.0f} s CPU: {folder}")
+        return report
+
+
+def _curve(losses: list[float], points: int = 10) -> list[float]:
+    """The loss curve averaged over `points` equal windows."""
+    n = max(1, len(losses) // points)
+    return [round(sum(losses[i:i + n]) / len(losses[i:i + n]), 5) for i in range(0, len(losses), n)][:points]
+
+
+def _write_json(path: pathlib.Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _random_model(seed: int):
+    from ...tinymodels.build import build_tiny_model
+
+    return build_tiny_model(ARCHITECTURE, seed)
+
+
+# --- VAE -------------------------------------------------------------------------------------------
+
+def train_vae(vae, settings: Settings, log=print) -> list[float]:
+    """Autoencoder training of vae.first_stage_model (AutoencoderKL) in place; returns the losses."""
+    from . import dataset
+
+    ae = vae.first_stage_model.train()
+    for p in ae.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(ae.parameters(), lr=settings.vae_lr)
+    generator = torch.Generator().manual_seed(settings.seed + 10)
+    images, _ = dataset.draw(settings.vae_steps * settings.vae_batch, settings.seed + 10)
+    x_all = images.permute(0, 3, 1, 2) * 2 - 1
+    losses = []
+    for step in range(settings.vae_steps):
+        x = _random_crops(x_all[step * settings.vae_batch:(step + 1) * settings.vae_batch], settings.vae_crop, generator)
+        mean, logvar = ae.quant_conv(ae.encoder(x)).chunk(2, dim=1)
+        logvar = logvar.clamp(-30, 20)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+        rec = ae.decoder(ae.post_quant_conv(z))
+        kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
+        loss = torch.nn.functional.mse_loss(rec, x) + settings.vae_kl_weight * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == settings.vae_steps - 1:
+            log(f"[drift] VAE step {step + 1}/{settings.vae_steps} loss {loss.item():.4f}")
+    ae.eval().requires_grad_(False)
+    rescale_latents(ae, x_all[:256])
+    return losses
+
+
+def _random_crops(x: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    if crop >= x.shape[-1]:
+        return x
+    # one offset per batch, a multiple of the VAE's 4x factor so latent cells stay aligned
+    top, left = (4 * torch.randint(0, (x.shape[-1] - crop) // 4 + 1, (2,), generator=generator)).tolist()
+    return x[..., top:top + crop, left:left + crop]
+
+
+@torch.no_grad()
+def rescale_latents(ae, x: torch.Tensor, scale_factor: float = 0.18215) -> float:
+    """Fold a scale k into quant_conv (mean channels ×k, log-variance +2·ln k) and post_quant_conv (÷k).
+
+    The decoder sees the same z as before, so reconstructions are unchanged; the latents' spread
+    becomes 1/scale_factor, so SD1.5's latent format hands the UNet unit-variance latents.
+    """
+    import math
+
+    mean = ae.quant_conv(ae.encoder(x)).chunk(2, dim=1)[0]
+    k = 1.0 / (scale_factor * float(mean.std()))
+    c = mean.shape[1]
+    ae.quant_conv.weight[:c] *= k
+    ae.quant_conv.bias[:c] *= k
+    ae.quant_conv.bias[c:] += 2 * math.log(k)
+    ae.post_quant_conv.weight /= k
+    return k
+
+
+# --- UNet ------------------------------------------------------------------------------------------
+
+def encode_images(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """IMAGE [N, H, W, 3] -> LATENT samples [N, 4, H/4, W/4] with the VAE's mean (ComfyUI's VAE.encode)."""
+    with torch.no_grad():
+        return torch.cat([vae.encode(images[i:i + batch]) for i in range(0, images.shape[0], batch)]).float()
+
+
+def encode_text(clip, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return clip.encode_from_tokens(clip.tokenize(text)).float()
+
+
+def _training_set(clip, vae, settings: Settings, log=print):
+    from . import dataset
+
+    log(f"[drift] encoding {settings.pool} pictures and {len(dataset.all_captions())} captions")
+    images, pictures = dataset.draw(settings.pool, settings.seed + 20)
+    latents = encode_images(vae, images)
+    captions = dataset.all_captions()
+    table = torch.cat([encode_text(clip, c) for c in captions])
+    index = torch.tensor([captions.index(p.caption) for p in pictures])
+    return latents, table[index], encode_text(clip, "")
+
+
+def train_unet(model_patcher, latents, conds, null, settings: Settings, log=print) -> list[float]:
+    """ε-objective training of the whole UNet in place; returns the losses."""
+    model = model_patcher.model
+    unet = model.diffusion_model.train()
+    for p in unet.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=0.0)
+    warmup = max(1, settings.unet_warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    ms = model.model_sampling
+    ema = [p.detach().clone() for p in unet.parameters()]
+    generator = torch.Generator().manual_seed(settings.seed + 30)
+    x0_all = model.process_latent_in(latents)
+    losses = []
+    for step in range(settings.unet_steps):
+        idx = torch.randint(0, x0_all.shape[0], (settings.unet_batch,), generator=generator)
+        x0 = x0_all[idx]
+        drop = torch.rand(settings.unet_batch, generator=generator) < settings.caption_dropout
+        context = torch.where(drop[:, None, None], null.expand_as(conds[idx]), conds[idx])
+        t = torch.randint(0, ms.sigmas.shape[0], (settings.unet_batch,), generator=generator)
+        sigma = ms.sigmas[t]
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = ms.noise_scaling(sigma, noise, x0)
+        denoised = model.apply_model(x_t, sigma, c_crossattn=context)
+        eps = (x_t - denoised) / sigma.reshape(-1, 1, 1, 1)
+        loss = (min_snr_weight(sigma, settings.min_snr_gamma) * ((eps - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for e, p in zip(ema, unet.parameters()):
+                e.lerp_(p, 1 - settings.ema_decay)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == settings.unet_steps - 1:
+            recent = losses[-100:]
+            log(f"[drift] UNet step {step + 1}/{settings.unet_steps} loss {sum(recent) / len(recent):.4f}")
+    unet.eval().requires_grad_(False)
+    with torch.no_grad():
+        for e, p in zip(ema, unet.parameters()):
+            p.copy_(e)
+    return losses
+
+
+def min_snr_weight(sigma: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ on the ε loss (Hang et al. 2023, eq. 9 in ε units): min(SNR, γ)/SNR with SNR = 1/σ²; 1 = off."""
+    if gamma <= 0:
+        return torch.ones_like(sigma)
+    return torch.clamp(gamma * sigma**2, max=1.0)
+
+
+# --- checkpoint ------------------------------------------------------------------------------------
+
+def checkpoint_state_dict(model, clip, vae) -> dict:
+    """The SD1.5 checkpoint layout, made by ComfyUI's own saving path (as comfy.sd.save_checkpoint does)."""
+    return model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
+
+
+def save_checkpoint(path: pathlib.Path, model, clip, vae, metadata: dict) -> None:
+    from ...trainers.storage import save_safetensors_atomic
+
+    sd = checkpoint_state_dict(model, clip, vae)
+    save_safetensors_atomic({k: v.float() for k, v in sd.items()}, path, {"architecture": ARCHITECTURE, **metadata})
+
+
+def load_checkpoint(path) -> tuple:
+    """(MODEL, CLIP, VAE) from a drift-bench checkpoint: ComfyUI's classes from the config, then the weights.
+
+    CheckpointLoaderSimple cannot detect this file: ComfyUI's SD1.5 detection requires the full-size
+    UNet (model_channels 320, context 768) and CLIP-L, so the modules come from tinymodels' config.
+    """
+    import comfy.utils
+
+    from ...trainers.storage import load_safetensors
+
+    sd, _ = load_safetensors(path)
+    model, clip, vae = _random_model(0)
+    unet_sd = comfy.utils.state_dict_prefix_replace(sd, {"model.diffusion_model.": ""}, filter_keys=True)
+    model.model.diffusion_model.load_state_dict(unet_sd, strict=True)
+    clip_sd = comfy.utils.state_dict_prefix_replace(sd, {"cond_stage_model.": "clip_l."}, filter_keys=True)
+    missing, unexpected = clip.cond_stage_model.load_state_dict(clip_sd, strict=False)
+    unused = {"clip_l.transformer.text_projection.weight", "clip_l.logit_scale"}  # dropped by SD1.5 saving, unused
+    if unexpected or set(missing) - unused:
+        raise ValueError(f"{path}: text encoder keys do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    vae_sd = comfy.utils.state_dict_prefix_replace(sd, {"first_stage_model.": ""}, filter_keys=True)
+    vae.first_stage_model.load_state_dict(vae_sd, strict=True)
+    return model, clip, vae

@@ -1,0 +1,82 @@
+"""The drift benchmark's model: SD1.5-layout checkpoint round trip, latent rescaling, a pretraining smoke run."""
+
+import dataclasses
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def random_model(comfy_host):
+    from driftless.tinymodels.build import build_tiny_model
+
+    return build_tiny_model("drift-bench", 0)
+
+
+def test_checkpoint_round_trips_through_the_node(random_model, tmp_path):
+    from driftless.bench.drift import pretrain
+    from driftless.nodes.pretrained_model import PretrainedShapesModel
+    from driftless.trainers.storage import load_safetensors
+
+    model, clip, vae = random_model
+    with torch.no_grad():  # make the weights differ from the loader's seeded init
+        for p in model.model.diffusion_model.parameters():
+            p.add_(0.01)
+    pretrain.save_checkpoint(tmp_path / pretrain.CHECKPOINT, model, clip, vae, {})
+    sd, meta = load_safetensors(tmp_path / pretrain.CHECKPOINT)
+    assert {k.split(".")[0] for k in sd} == {"model", "cond_stage_model", "first_stage_model"}
+    assert any(k.startswith("model.diffusion_model.input_blocks.") for k in sd)
+    assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in sd)
+    assert meta["architecture"] == '"drift-bench"'
+
+    loaded_model, loaded_clip, loaded_vae = PretrainedShapesModel.load(tmp_path)
+    for a, b in ((model.model.diffusion_model, loaded_model.model.diffusion_model),
+                 (vae.first_stage_model, loaded_vae.first_stage_model)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    tokens = clip.tokenize("a red circle on a black background")
+    assert torch.equal(clip.encode_from_tokens(tokens), loaded_clip.encode_from_tokens(tokens))
+    assert loaded_vae.encode(torch.rand(1, 32, 32, 3)).shape == (1, 4, 8, 8)
+
+
+def test_latent_rescaling_keeps_reconstructions(random_model):
+    from driftless.bench.drift import pretrain
+
+    ae = random_model[2].first_stage_model
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        before = ae.decode(ae.encode(x))
+        pretrain.rescale_latents(ae, x)
+        z = ae.encode(x)
+        after = ae.decode(z)
+    assert float(z.std()) == pytest.approx(1 / 0.18215, rel=1e-4)
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+
+
+def test_pretraining_smoke_run_lowers_the_loss(random_model):
+    from driftless.bench.drift import dataset, pretrain
+
+    model, clip, vae = random_model
+    settings = dataclasses.replace(pretrain.SMOKE, unet_steps=24, unet_batch=4, unet_lr=2e-3, ema_decay=0.0)
+    images, pictures = dataset.draw(16, seed=0)
+    latents = pretrain.encode_images(vae, images)
+    conds = torch.cat([pretrain.encode_text(clip, p.caption) for p in pictures])
+    with torch.inference_mode(False), torch.enable_grad():
+        losses = pretrain.train_unet(model, latents, conds, pretrain.encode_text(clip, ""), settings, log=lambda *_: None)
+    assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
+
+
+def test_min_snr_weight():
+    from driftless.bench.drift import pretrain
+
+    sigma = torch.tensor([0.1, 0.5, 10.0])
+    # SNR = 1/σ²: min(SNR, 5)/SNR = min(1, 5σ²)
+    assert torch.allclose(pretrain.min_snr_weight(sigma, 5.0), torch.tensor([0.05, 1.0, 1.0]))
+    assert torch.equal(pretrain.min_snr_weight(sigma, 0.0), torch.ones(3))
+
+
+def test_cache_key_follows_settings():
+    from driftless.bench.drift import pretrain
+
+    assert pretrain.cache_key(pretrain.PRESETS["full"]) != pretrain.cache_key(pretrain.PRESETS["quick"])
+    assert pretrain.cache_dir(pretrain.PRESETS["full"]).name.startswith("drift-")
