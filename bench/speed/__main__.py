@@ -15,6 +15,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="guidance step time as wall seconds or as this process's CPU seconds (use cpu, with "
+                        "--threads 1, on a machine shared with other work)")
     parser.add_argument("--metrics-size", choices=("bench", "wide", "tiny"), default="bench",
                         help="backbones of the metrics part (tinymodels/metrics_backbones.py): bench = 224 px, ViT-B/32 "
                         "and ViT-S/16 grids, narrow, 4 layers; wide = the same with the real widths")
@@ -123,7 +126,7 @@ def bench_guidance(args, architectures, repeats, steps, write_results) -> None:
     lines = ["| model | guider | s/step | ratio to stock CFG with the LoRA merged (median, min–max) |", "|---|---|---|---|"]
     for architecture in architectures:
         print(f"[bench] {architecture} guidance: {repeats} repeats of {steps} euler steps per guider, rotated order")
-        result = guidance.paired_step_times(architecture, repeats, steps, args.rank)
+        result = guidance.paired_step_times(architecture, repeats, steps, args.rank, args.clock)
         for name, r in result.items():
             ratio = r["ratio_to_stock"]
             lines.append(f"| {architecture} | {name} | {r['s_per_step']['median']:.3f} | "
@@ -135,7 +138,8 @@ def bench_guidance(args, architectures, repeats, steps, write_results) -> None:
         f"models: {', '.join(architectures)}; LoRA rank {args.rank} on attention, cfg 5, s = 0.3, batch 1, fp32, euler",
         "stock CFG with the LoRA merged is plain CFG of the personalized model (the cost floor); the hooks "
         "construction is the same guidance as ours built from CreateHookLora-style conditioning hooks",
-        f"each repeat samples with all three guiders in rotated order; median step interval after {guidance.WARMUP_STEPS} steps",
+        f"each repeat samples with all three guiders in rotated order; median step interval after {guidance.WARMUP_STEPS} steps, "
+        f"in {'CPU' if args.clock == 'cpu' else 'wall'} seconds",
     ]
     md, js = write_results("speed_guidance", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")

@@ -42,7 +42,7 @@ def _guiders(architecture: str, rank: int, s: float = 0.3, cfg: float = 5.0):
     return model, dict(zip(NAMES, (stock, hooks, ours)))
 
 
-def _step_time(guider, model, steps: int, size: int) -> float:
+def _step_time(guider, model, steps: int, size: int, clock=time.perf_counter) -> float:
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
@@ -50,11 +50,13 @@ def _step_time(guider, model, steps: int, size: int) -> float:
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
     stamps = []
     guider.sample(Noise_RandomNoise(0).generate_noise({"samples": latent}), latent, comfy.samplers.sampler_object("euler"),
-                  sigmas, callback=lambda *a: stamps.append(time.perf_counter()), disable_pbar=True, seed=0)
+                  sigmas, callback=lambda *a: stamps.append(clock()), disable_pbar=True, seed=0)
     return statistics.median([b - a for a, b in zip(stamps, stamps[1:])][WARMUP_STEPS - 1 :])
 
 
-def paired_step_times(architecture: str, repeats: int, steps: int, rank: int) -> dict:
+def paired_step_times(architecture: str, repeats: int, steps: int, rank: int, clock: str = "wall") -> dict:
+    """`clock="cpu"` times steps in this process's CPU seconds (time.process_time): on a machine shared with
+    other work, waiting for a core then does not count, which wall time cannot separate from the work."""
     from ...tinymodels.configs import CONFIGS
 
     model, guiders = _guiders(architecture, rank)
@@ -63,7 +65,8 @@ def paired_step_times(architecture: str, repeats: int, steps: int, rank: int) ->
     for repeat in range(repeats):
         order = NAMES[repeat % len(NAMES):] + NAMES[: repeat % len(NAMES)]
         for name in order:
-            times[name].append(_step_time(guiders[name], model, steps, size))
+            times[name].append(_step_time(guiders[name], model, steps, size,
+                                          time.process_time if clock == "cpu" else time.perf_counter))
     base = times[NAMES[0]]
     return {n: {"s_per_step": spread(times[n]), "ratio_to_stock": spread([a / b for a, b in zip(times[n], base)])}
             for n in NAMES}
