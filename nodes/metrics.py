@@ -38,8 +38,8 @@ def _where() -> str:
 
 
 def _check_choice(value: str, role: str) -> str | None:
-    """An actionable message when a chosen backbone is not there; None when it is."""
-    from ..metrics.backbones import expected_files
+    """An actionable message when a chosen backbone is not there or incomplete; None when it is fine."""
+    from ..metrics.backbones import MissingWeights, check_folder, expected_files
 
     if value == NONE:
         return None
@@ -51,6 +51,10 @@ def _check_choice(value: str, role: str) -> str | None:
     allowed = ("clip", "clip_vision") if role == "clip" else ("dino",)
     if kind not in allowed:
         return f"{role}_model {value!r} is a {kind} model, not a {role} model"
+    try:
+        check_folder(models[value][0], kind)
+    except MissingWeights as e:
+        return f"{role}_model: {e}"
     return None
 
 
@@ -60,7 +64,7 @@ def _stamp(folder) -> tuple:
 
 def _backbone(value: str, role: str):
     """The chosen backbone, loaded (or reused while its files are unchanged), on ComfyUI's compute device."""
-    from ..metrics.backbones import MissingWeights, check_folder, load_backbone
+    from ..metrics.backbones import MissingWeights, load_backbone
     from .host import check_interrupt, load_on_compute_device
 
     if value == NONE:
@@ -69,7 +73,6 @@ def _backbone(value: str, role: str):
     if problem:
         raise MissingWeights(problem)
     folder, kind = _models()[value]
-    check_folder(folder, kind)
     stamp = _stamp(folder)
     cached = _LOADED.get(role)
     if cached is None or cached[0] != folder or cached[1] != stamp:

@@ -169,6 +169,16 @@ def test_missing_weights_are_reported_before_anything_runs(run_prompt, comfy_hos
     assert "both are 'none'" in str(problems["metrics"])
     problems = run_prompt(_metrics_graph(False, dino_model="clip-tiny"), expect_valid=False)
     assert "not a dino model" in str(problems["metrics"])
+    incomplete = metrics_models / "dino-incomplete"
+    incomplete.mkdir(exist_ok=True)
+    (incomplete / "config.json").write_text(json.dumps({"model_type": "dinov2"}))
+    try:
+        problems = run_prompt(_metrics_graph(False, dino_model="dino-incomplete"), expect_valid=False)
+    finally:
+        (incomplete / "config.json").unlink()
+        incomplete.rmdir()
+    text = str(problems["metrics"])
+    assert str(incomplete) in text and "model.safetensors" in text and "preprocessor_config.json" in text
 
 
 def test_prompt_count_mismatch_fails_with_a_clear_message(run_prompt, metrics_models):
