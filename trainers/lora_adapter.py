@@ -105,11 +105,18 @@ class LoraLayer(torch.nn.Module):
         return output
 
     def scale_value(self) -> float:
-        """α/r as a Python number, read from the buffer again only after it changes (no device sync per call)."""
-        version = self.alpha._version
-        if getattr(self, "_scale_cache", (None,))[0] != version:
-            self._scale_cache = (version, float(self.alpha) / self.rank)
-        return self._scale_cache[1]
+        """α/r as a Python number, read from the buffer again only after it changes (no device sync per call).
+
+        A buffer made under torch.inference_mode has no version counter; it is keyed by its storage, and
+        `load_lora_state_dict` (the pack's one in-place writer of α) drops the cached value."""
+        try:
+            key = (self.alpha.data_ptr(), self.alpha._version)
+        except RuntimeError:
+            key = (self.alpha.data_ptr(), None)
+        cache = getattr(self, "_scale_cache", None)
+        if cache is None or cache[0] != key:
+            cache = self._scale_cache = (key, float(self.alpha) / self.rank)
+        return cache[1]
 
     def _scaled_hidden(self, x: torch.Tensor, output: torch.Tensor, strength, scale: bool = True) -> torch.Tensor:
         """strength·(α/r)·A(x): the rank-r activation, scaled per sample when `strength` is a tensor
@@ -211,6 +218,7 @@ class LoraAdapter(torch.nn.Module):
                 layer.up.copy_(state[f"{KEY_PREFIX}{name}.lora_up.weight"].reshape(layer.up.shape))
                 # no alpha key: alpha = rank, ComfyUI's convention (not the adapter's default alpha)
                 layer.alpha.copy_(state.get(f"{KEY_PREFIX}{name}.alpha", torch.tensor(float(layer.rank))))
+                layer._scale_cache = None
 
     # ---- hooks ----------------------------------------------------------------------------
     def _plan(self) -> SamplePlan:

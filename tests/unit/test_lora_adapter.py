@@ -218,3 +218,21 @@ def test_rebuild_with_a_rank_and_an_alpha_per_layer():
         merged.proj.weight += 2 / 2 * state["diffusion_model.proj.lora_up.weight"] @ state["diffusion_model.proj.lora_down.weight"]
     torch.testing.assert_close(got, merged(x), rtol=0, atol=1e-5)
     assert float(adapter.lora_state_dict()["diffusion_model.proj.alpha"]) == 2.0
+
+
+def test_corrections_work_on_an_adapter_made_under_inference_mode():
+    """ComfyUI runs nodes under torch.inference_mode: an adapter built there has inference-tensor buffers
+    (no version counter), and a reloaded alpha is still seen by the next forward."""
+    torch.manual_seed(5)
+    net, x = Net(), torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        adapter = _adapter(net)
+        adapter.install(net)
+        adapter.strength = torch.tensor([0.0, -0.5])
+        got = net(x)
+        torch.testing.assert_close(got[1], _merged(net, adapter, -0.5)(x[1:])[0], rtol=0, atol=1e-5)
+        state = adapter.lora_state_dict()
+        for key in [k for k in state if k.endswith(".alpha")]:
+            state[key] = state[key] * 2
+        adapter.load_lora_state_dict(state)
+        torch.testing.assert_close(net(x)[1], _merged(net, adapter, -1.0)(x[1:])[0], rtol=0, atol=1e-5)
