@@ -98,17 +98,6 @@ def _backbone_inputs():
     ]
 
 
-def _validate(cls, values: dict) -> bool | str:
-    problems = [p for p in (_check_choice(values.get("clip_model", NONE), "clip"),
-                            _check_choice(values.get("dino_model", NONE), "dino")) if p]
-    if problems:
-        return "; ".join(problems)
-    if values.get("clip_model", NONE) == NONE and values.get("dino_model", NONE) == NONE:
-        return "choose a clip_model, a dino_model or both (both are 'none')"
-    others = {k: v for k, v in values.items() if k not in ("clip_model", "dino_model")}
-    return validate_combos(cls, others)
-
-
 def _finish(node_cls, kind: str, result, counts: dict, settings: dict, filename_prefix: str):
     """Write the JSON report; returns its path relative to the output folder and the node's UI output: the table
     as a preview image (shown on the node), as text (printed by the headless runner) and the report file entry."""
@@ -132,7 +121,27 @@ def _mean(result, key: str) -> float:
     return scores.mean if scores is not None else math.nan
 
 
-class PersonalizationMetrics(CheckedNode):
+class MetricsNode(CheckedNode):
+    """What both metrics nodes share: backbone choices checked before running, and a re-run when the chosen
+    backbones' files change."""
+
+    @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        problems = [p for p in (_check_choice(values.get("clip_model", NONE), "clip"),
+                                _check_choice(values.get("dino_model", NONE), "dino")) if p]
+        if problems:
+            return "; ".join(problems)
+        if values.get("clip_model", NONE) == NONE and values.get("dino_model", NONE) == NONE:
+            return "choose a clip_model, a dino_model or both (both are 'none')"
+        others = {k: v for k, v in values.items() if k not in ("clip_model", "dino_model")}
+        return validate_combos(cls, others)
+
+    @classmethod
+    def fingerprint_inputs(cls, clip_model=NONE, dino_model=NONE, **_):
+        return str([_fingerprint(clip_model), _fingerprint(dino_model)])
+
+
+class PersonalizationMetrics(MetricsNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -173,14 +182,6 @@ class PersonalizationMetrics(CheckedNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return _validate(cls, values)
-
-    @classmethod
-    def fingerprint_inputs(cls, clip_model=NONE, dino_model=NONE, **_):
-        return str([_fingerprint(clip_model), _fingerprint(dino_model)])
-
-    @classmethod
     def execute(cls, generated_images, reference_images, prompts, identifier, class_noun, clip_model, dino_model,
                 filename_prefix) -> io.NodeOutput:
         from ..metrics import prompts as prompt_rules
@@ -198,7 +199,7 @@ class PersonalizationMetrics(CheckedNode):
         return io.NodeOutput(_mean(result, "clip_t"), _mean(result, "clip_i"), _mean(result, "dino"), relative, ui=ui)
 
 
-class DriftMetrics(CheckedNode):
+class DriftMetrics(MetricsNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -232,14 +233,6 @@ class DriftMetrics(CheckedNode):
             ],
             is_output_node=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        return _validate(cls, values)
-
-    @classmethod
-    def fingerprint_inputs(cls, clip_model=NONE, dino_model=NONE, **_):
-        return str([_fingerprint(clip_model), _fingerprint(dino_model)])
 
     @classmethod
     def execute(cls, base_images, personalized_images, clip_model, dino_model, filename_prefix, prompts="",

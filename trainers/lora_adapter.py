@@ -62,17 +62,7 @@ class LoraLayer(torch.nn.Module):
         and the residual add is fused into the up-projection (addmm / baddbmm) when dtypes agree.
         `strength` is a float or a per-sample tensor [B].
         """
-        hidden = self._scaled_hidden(x, output, strength)
-        up = self.up.to(hidden.device, hidden.dtype)
-        if output.dtype != hidden.dtype:  # autocast or a half-precision model: plain add in the output's dtype
-            delta = F.conv2d(hidden, up) if self.kind == "conv" else F.linear(hidden, up)
-            return output + delta.to(output.dtype)
-        if self.kind == "conv":
-            b, c, h, w = output.shape
-            fused = torch.baddbmm(output.reshape(b, c, h * w), up.view(c, -1).expand(b, -1, -1), hidden.reshape(b, -1, h * w))
-            return fused.view(b, c, h, w)
-        fused = torch.addmm(output.reshape(-1, output.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), up.t())
-        return fused.view(output.shape)
+        return self._add_up(output, self._scaled_hidden(x, strength))
 
     def apply_per_sample(self, x: torch.Tensor, output: torch.Tensor, strength: torch.Tensor,
                          plan: "SamplePlan | None" = None) -> torch.Tensor:
@@ -89,20 +79,28 @@ class LoraLayer(torch.nn.Module):
         if (start, end) == (0, output.shape[0]) or torch.is_grad_enabled() or not output.is_contiguous():
             return self.apply(x, output, strength)
         if plan.uniform is None:
-            hidden, factor = self._scaled_hidden(x[start:end], output, strength[start:end]), 1.0
+            hidden, factor = self._scaled_hidden(x[start:end], strength[start:end]), 1.0
         else:
-            hidden, factor = self._scaled_hidden(x[start:end], output, 1.0, scale=False), plan.uniform * self.scale_value()
-        part = output[start:end]
+            hidden, factor = self._scaled_hidden(x[start:end], 1.0, scale=False), plan.uniform * self.scale_value()
+        self._add_up(output[start:end], hidden, factor, in_place=True)
+        return output
+
+    def _add_up(self, output: torch.Tensor, hidden: torch.Tensor, factor: float = 1.0, in_place: bool = False):
+        """output + factor·B(hidden), fused into addmm / baddbmm when dtypes agree (a plain add in the output's
+        dtype under autocast or a half-precision model); written into `output` (contiguous) when in_place."""
         up = self.up.to(hidden.device, hidden.dtype)
         if output.dtype != hidden.dtype:
-            delta = F.conv2d(hidden, up) if self.kind == "conv" else F.linear(hidden, up)
-            part.add_(delta.to(output.dtype), alpha=factor)
-        elif self.kind == "conv":
-            b, c, h, w = part.shape
-            part.view(b, c, h * w).baddbmm_(up.view(c, -1).expand(b, -1, -1), hidden.reshape(b, -1, h * w), alpha=factor)
+            delta = (F.conv2d(hidden, up) if self.kind == "conv" else F.linear(hidden, up)).to(output.dtype)
+            return output.add_(delta, alpha=factor) if in_place else output.add(delta, alpha=factor)
+        if self.kind == "conv":
+            b, c, h, w = output.shape
+            flat = output.reshape(b, c, h * w)
+            fused = (flat.baddbmm_ if in_place else flat.baddbmm)(up.view(c, -1).expand(b, -1, -1),
+                                                                   hidden.reshape(b, -1, h * w), alpha=factor)
         else:
-            part.view(-1, part.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up.t(), alpha=factor)
-        return output
+            flat = output.reshape(-1, output.shape[-1])
+            fused = (flat.addmm_ if in_place else flat.addmm)(hidden.reshape(-1, hidden.shape[-1]), up.t(), alpha=factor)
+        return output if in_place else fused.view(output.shape)
 
     def scale_value(self) -> float:
         """α/r as a Python number, read from the buffer again only after it changes (no device sync per call).
@@ -118,7 +116,7 @@ class LoraLayer(torch.nn.Module):
             cache = self._scale_cache = (key, float(self.alpha) / self.rank)
         return cache[1]
 
-    def _scaled_hidden(self, x: torch.Tensor, output: torch.Tensor, strength, scale: bool = True) -> torch.Tensor:
+    def _scaled_hidden(self, x: torch.Tensor, strength, scale: bool = True) -> torch.Tensor:
         """strength·(α/r)·A(x): the rank-r activation, scaled per sample when `strength` is a tensor
         (unscaled A(x) with scale=False)."""
         down = self.down.to(x.device)

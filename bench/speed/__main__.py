@@ -4,6 +4,9 @@ import argparse
 
 from ...headless import host
 
+MEMORY_NOTE = (" in a fresh subprocess; CPU figures are the peak of live tensor bytes during training (torch.profiler "
+               "allocation records), the CPU analogue of torch.cuda.max_memory_allocated")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="driftless bench speed", description=__doc__)
@@ -81,7 +84,7 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
         *[f"{r['architecture']} (no checkpointing) {roofline.describe(r)}" for r in rooflines],
         f"time: median step interval (first {training.WARMUP_STEPS} steps skipped), {repeats} repeats alternating "
         "Driftless / TrainLoraNode in one process",
-        "memory: each trainer in a fresh subprocess; CPU figures are the peak of live tensor bytes during training (torch.profiler allocation records), the CPU analogue of torch.cuda.max_memory_allocated",
+        f"memory: each trainer{MEMORY_NOTE}",
     ]
     md, js = write_results("speed_training", rows + [{"roofline": r} for r in rooflines], table, notes)
     print(f"[bench] wrote {md} and {js}")
@@ -113,7 +116,7 @@ def bench_regularizers(args, architectures, repeats, steps, write_results) -> No
         "class micro-batch per step (class-image generation excluded)",
         f"{repeats * steps} rounds; in each round every method takes one optimizer step, in an order rotated every "
         "round; ratios are per round against plain LoRA (median, min–max)",
-        "memory: each regularizer in a fresh subprocess; CPU figures are the peak of live tensor bytes during training (torch.profiler allocation records), the CPU analogue of torch.cuda.max_memory_allocated",
+        f"memory: each regularizer{MEMORY_NOTE}",
     ]
     md, js = write_results("speed_regularizers", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")

@@ -9,7 +9,7 @@
 
 import re
 
-from .layers import LayerWeights, group_keys, layer_from_parts
+from .layers import LayerWeights, down_up_alpha_tensors, read_down_up_alpha
 
 NAME = "comfyui"
 DESCRIPTION = "ComfyUI-native 'diffusion_model.<module>.lora_down.weight' / '.lora_up.weight' / '.alpha' (the default)"
@@ -30,8 +30,7 @@ def classify(key: str) -> str | None:
 
 def read(tensors: dict, metadata: dict) -> dict[str, LayerWeights]:
     """{ComfyUI module name: weights}."""
-    grouped, _ = group_keys(tensors, KEY)
-    return {name: layer_from_parts(name, parts, "lora_down.weight", "lora_up.weight") for name, parts in grouped.items()}
+    return read_down_up_alpha(tensors, KEY)
 
 
 def module_names(layout) -> dict[str, str]:
@@ -39,11 +38,7 @@ def module_names(layout) -> dict[str, str]:
 
 
 def write(layers: dict[str, LayerWeights], layout) -> tuple[dict, dict[str, str]]:
-    import torch
-
     tensors = {}
     for module, w in layers.items():
-        tensors[f"{PREFIX}{module}.lora_down.weight"] = w.down
-        tensors[f"{PREFIX}{module}.lora_up.weight"] = w.up
-        tensors[f"{PREFIX}{module}.alpha"] = torch.tensor(float(w.alpha))
+        tensors.update(down_up_alpha_tensors(f"{PREFIX}{module}", w))
     return tensors, {}

@@ -16,7 +16,7 @@ adapter: they are reported and left out. Metadata follows sd-scripts (`ss_networ
 import json
 import re
 
-from .layers import LayerWeights, common_value, group_keys, layer_from_parts
+from .layers import LayerWeights, common_value, down_up_alpha_tensors, read_down_up_alpha
 
 NAME = "kohya"
 DESCRIPTION = "kohya/sd-scripts 'lora_unet_<module>.lora_down.weight' / '.lora_up.weight' / '.alpha'"
@@ -37,8 +37,7 @@ def classify(key: str) -> str | None:
 
 def read(tensors: dict, metadata: dict) -> dict[str, LayerWeights]:
     """{`lora_unet_…` stem: weights}."""
-    grouped, _ = group_keys(tensors, KEY)
-    return {name: layer_from_parts(name, parts, "lora_down.weight", "lora_up.weight") for name, parts in grouped.items()}
+    return read_down_up_alpha(tensors, KEY)
 
 
 def module_names(layout) -> dict[str, str]:
@@ -46,14 +45,9 @@ def module_names(layout) -> dict[str, str]:
 
 
 def write(layers: dict[str, LayerWeights], layout) -> tuple[dict, dict[str, str]]:
-    import torch
-
     tensors, linear, conv = {}, {}, {}
     for module, w in layers.items():
-        stem = layout.kohya_name(module)
-        tensors[f"{stem}.lora_down.weight"] = w.down
-        tensors[f"{stem}.lora_up.weight"] = w.up
-        tensors[f"{stem}.alpha"] = torch.tensor(float(w.alpha))
+        tensors.update(down_up_alpha_tensors(layout.kohya_name(module), w))
         # sd-scripts' network_dim covers linear and 1x1 layers, conv_dim the kxk convolutions
         (conv if w.down.ndim == 4 and w.down.shape[2:] != (1, 1) else linear)[module] = w
     metadata = {"ss_network_module": "networks.lora"}

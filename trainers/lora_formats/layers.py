@@ -47,6 +47,19 @@ def layer_from_parts(name: str, parts: dict, down: str, up: str, alpha: float | 
     return LayerWeights(a, b, float(alpha))
 
 
+def read_down_up_alpha(tensors: dict, pattern: re.Pattern) -> dict[str, LayerWeights]:
+    """{layer name: weights} for the `.lora_down.weight` / `.lora_up.weight` / `.alpha` parts that ComfyUI's
+    native keys and kohya's share (`pattern` names the layer and the part)."""
+    grouped, _ = group_keys(tensors, pattern)
+    return {name: layer_from_parts(name, parts, "lora_down.weight", "lora_up.weight") for name, parts in grouped.items()}
+
+
+def down_up_alpha_tensors(stem: str, weights: LayerWeights) -> dict[str, torch.Tensor]:
+    """The same three parts of one layer, written under `stem`."""
+    return {f"{stem}.lora_down.weight": weights.down, f"{stem}.lora_up.weight": weights.up,
+            f"{stem}.alpha": torch.tensor(float(weights.alpha))}
+
+
 def fits(weights: LayerWeights, shape: tuple[int, ...]) -> bool:
     """Whether the LoRA pair can patch a weight of `shape` ([out, in] or [out, in, kh, kw])."""
     return (weights.up.shape[0] == shape[0] and math.prod(weights.up.shape[2:]) == 1
