@@ -3,6 +3,8 @@
 
 def all_nodes() -> list:
     """Every node class of the pack, in menu order. Imported lazily by the extension."""
+    from .continual import (AddConcept, ConceptPool, ConceptPoolLoRA, ContinualRegularizer, LoadConceptPool, RetentionReport,
+                            SaveConceptPool)
     from .guider import PersonalizationGuider
     from .lora_files import LoadLora, SaveLora
     from .regularizers import APT, DCO, ClassImages, ParameterAnchor, PriorPreservation
@@ -11,4 +13,5 @@ def all_nodes() -> list:
     from .training_data import TrainingData
 
     return [TrainingData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT, PriorPreservation, ClassImages,
+            ConceptPool, LoadConceptPool, ContinualRegularizer, AddConcept, SaveConceptPool, ConceptPoolLoRA, RetentionReport,
             PersonalizationGuider, TinyModel]

@@ -10,7 +10,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (same ratios, wider spread)")
     parser.add_argument("--architecture", default="sd15-bench", help="tiny-model config to measure on")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--only", choices=("training", "regularizers", "guidance"), help="run one part of the benchmark")
+    parser.add_argument("--only", choices=("training", "regularizers", "guidance", "continual"), help="run one part of the benchmark")
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     args = parser.parse_args()
@@ -26,6 +26,8 @@ def main() -> None:
         bench_regularizers(args, repeats, steps, write_results)
     if args.only in (None, "guidance"):
         bench_guidance(args, repeats, steps + 4, write_results)
+    if args.only in (None, "continual"):
+        bench_continual(args, repeats, steps, write_results)
 
 
 def bench_training(args, repeats, steps, training, write_results) -> None:
@@ -107,6 +109,30 @@ def bench_guidance(args, repeats, steps, write_results) -> None:
         f"each repeat samples with all three guiders in rotated order; median step interval after {guidance.WARMUP_STEPS} steps",
     ]
     md, js = write_results("speed_guidance", [{"name": k, **v} for k, v in result.items()], table, notes)
+    print(f"[bench] wrote {md} and {js}")
+
+
+def bench_continual(args, repeats, steps, write_results) -> None:
+    from . import continual
+
+    print(f"[bench] continual: {repeats * steps} rounds of one step of every method, interleaved")
+    result = continual.paired_ratios(args.architecture, repeats, steps, args.rank)
+    lines = ["| method | s/step | time ratio to plain LoRA (median, min–max) |", "|---|---|---|"]
+    for name, r in result.items():
+        ratio = r.get("ratio")
+        ratio_text = f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1"
+        lines.append(f"| {name} | {r['s_per_step']['median']:.3f} | {ratio_text} |")
+    table = "\n".join(lines)
+    print(table)
+    notes = [
+        f"model: {args.architecture}, LoRA rank {args.rank} on attention, batch 1, fp32; a pool of {continual.PAST} past "
+        "concepts (random LoRAs and Fisher)",
+        f"{repeats * steps} rounds; in each round every method takes one optimizer step, in an order rotated every "
+        "round; ratios are per round against plain LoRA (median, min–max)",
+        "EWC-DC: the penalty (λ/2)·Σ F·(θ − θ*)²; DSC k: the consolidation run with k past concepts per DC score "
+        "(+ the EWC penalty); the Fisher pass runs once per concept, its time per draw is given against one plain step",
+    ]
+    md, js = write_results("speed_continual", [{"name": k, **v} for k, v in result.items()], table, notes)
     print(f"[bench] wrote {md} and {js}")
 
 
