@@ -23,6 +23,7 @@ def synthetic_pool(model, config, past: int = PAST, seed: int = 0):
     from ...trainers.continual.pool import Concept, ConceptPool
     from ...trainers.fingerprint import model_fingerprint
     from ...trainers.lora_adapter import LoraAdapter
+    from ...trainers.lora_files import LoraWeights
 
     g = torch.Generator().manual_seed(seed)
     template = LoraAdapter.for_model(model.model.diffusion_model, config.targets, config.rank, config.alpha, g).lora_state_dict()
@@ -36,7 +37,9 @@ def synthetic_pool(model, config, past: int = PAST, seed: int = 0):
         fisher = {k: torch.rand(v.shape, generator=g) for k, v in lora.items() if not k.endswith(".alpha")}
         total = sum(float(f.sum()) for f in fisher.values())
         pool = pool.with_concept(Concept(f"concept {i}", f"a photo of sks{i} dog", lora, {k: f / total for k, f in fisher.items()}))
-    return pool, random_lora()
+    record = {"base_model_fingerprint": pool.base_fingerprint,
+              "regularizers": [{"name": "continual", "method": pool.method, "pool_concepts": pool.triggers}]}
+    return pool, LoraWeights(random_lora(), record)  # as Train LoRA's output: trained against this pool
 
 
 def make_regularizers(name: str, pool, teacher, clip):

@@ -292,6 +292,18 @@ def _two_concepts_graph(architecture="sd15-tiny", pool_file="graph/pool", model_
            evaluation_data=evaluation.out(0), draws=2, seed=0, all_stages=True)
     first = g.node("DriftlessConceptPoolLoRA", id="first_lora", pool=add2.out(0), concept="zwx cat")
     g.node("DriftlessSaveLoRA", id="save_lora", lora=first.out(0), filename=f"{pool_file}_zwx", overwrite=True)
+    # the pool's LoRA now, sampled through the Personalization Guider
+    pos = g.node("CLIPTextEncode", id="pos", clip=clip, text="a photo of zwx cat")
+    guider = g.node("DriftlessPersonalizationGuider", id="guider", model=model.out(0), lora=add2.out(1), positive=pos.out(0),
+                    clip=clip, cfg=4.0, weak_strength=0.3, schedule="constant", weak_strength_end=0.3, start=0.0, end=1.0,
+                    mode="personalization")
+    sampled = g.node("SamplerCustomAdvanced", id="sample", noise=g.node("RandomNoise", id="noise", noise_seed=1).out(0),
+                     guider=guider.out(0), sampler=g.node("KSamplerSelect", id="sampler", sampler_name="euler").out(0),
+                     sigmas=g.node("BasicScheduler", id="sigmas", model=model.out(0), scheduler="normal", steps=3,
+                                   denoise=1.0).out(0),
+                     latent_image=g.node("EmptyLatentImage", id="latent", width=64, height=64, batch_size=1).out(0))
+    decoded = g.node("VAEDecode", id="decode", samples=sampled.out(0), vae=vae)
+    g.node("SaveImage", id="samples", images=decoded.out(0), filename_prefix="continual")
     return g.finalize()
 
 
@@ -314,6 +326,7 @@ def test_two_concepts_with_dsc_through_the_nodes(run_prompt, comfy_host, caplog,
     assert [r["name"] for r in second.record["training"]["regularizers"]] == ["continual"]
     assert second.record["training"]["regularizers"][0]["distill"] is True
     assert sum(float(f.sum()) for f in second.fisher.values()) == pytest.approx(1 + 0.9 * 1, rel=1e-5)  # F_new sums to 1
+    assert len(result.files) == 1  # the guided sample
     report = result.outputs["report"]["text"][0]
     assert "| zwx cat | 2 |" in report and "| qly cup | 2 |" in report
     # a snapshot from the pool is a LoRA the stock loader applies with every key
