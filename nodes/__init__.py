@@ -3,6 +3,8 @@
 
 def all_nodes() -> list:
     """Every node class of the pack, in menu order. Imported lazily by the extension."""
+    from .continual import (AddConcept, ConceptPool, ConceptPoolLoRA, ContinualRegularizer, LoadConceptPool, RetentionReport,
+                            SaveConceptPool)
     from .guider import PersonalizationGuider
     from .host import register_metrics_folder
     from .lora_files import LoadLora, SaveLora
@@ -15,4 +17,5 @@ def all_nodes() -> list:
 
     register_metrics_folder()  # models/driftless_metrics, where the metrics nodes find CLIP and DINO
     return [TrainingData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT, PriorPreservation, ClassImages,
+            ConceptPool, LoadConceptPool, ContinualRegularizer, AddConcept, SaveConceptPool, ConceptPoolLoRA, RetentionReport,
             PersonalizationGuider, PersonalizationMetrics, DriftMetrics, TinyModel, PretrainedShapesModel]

@@ -18,7 +18,7 @@ from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
 from .data import IndexStream, TrainingData
 from .fingerprint import model_fingerprint
-from .lora_adapter import LoraAdapter
+from .lora_adapter import LoraAdapter, attach
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
 from .regularizers import Regularizer, StepContext, TrainingSetup
 from .regularizers.apt import PASS_KEY
@@ -159,6 +159,10 @@ def train_lora(
     run = TrainingRun(model_patcher, data, config, list(regularizers), resume, base_fingerprint, initial)
     run.train(on_step, on_checkpoint, check_interrupt)
     run.adapter.strength = 1.0
+    if run.extra_adapters:  # the MODEL handed on carries the trained LoRA only
+        for adapter in run.extra_adapters:
+            adapter.remove()
+        attach(run.clone, [run.adapter])
     return TrainResult(run.clone, run.adapter, run.losses, config.steps, base_fingerprint, run.checkpoints)
 
 
@@ -202,11 +206,14 @@ class TrainingRun:
         self.generator = torch.Generator().manual_seed(config.seed)
         if initial_lora is not None:  # native keys (train_lora converts): its layers, ranks and alphas
             self.adapter = LoraAdapter.from_state_dict(self.clone.model.diffusion_model, initial_lora)
+            check_no_regularizer_start(regularizers, config, base_fingerprint)
         else:
             self.adapter = LoraAdapter.for_model(
                 self.clone.model.diffusion_model, config.targets, config.rank, config.alpha, self.generator
             )
-        self.adapter.attach_to(self.clone)
+            start_from_initial_lora(self.adapter, regularizers, config, base_fingerprint)
+        self.extra_adapters = [a for r in regularizers for a in r.extra_adapters(self.clone.model.diffusion_model)]
+        attach(self.clone, [self.adapter, *self.extra_adapters])
         self.activate()
         release_inference_tensors(self.clone.model)
         self.device = self.clone.load_device
@@ -226,10 +233,12 @@ class TrainingRun:
         self.null_inputs = model_inputs(self.model, data.null, self.x0_all[:1])
         self.autocast_dtype = AUTOCAST.get(config.dtype)
         setup = TrainingSetup(
-            predict=lambda x_t, sigma, inputs, coefficients: coefficients.prediction(self.forward(x_t, sigma, inputs), x_t),
+            predict=lambda x_t, sigma, inputs, coefficients, pass_name="train": coefficients.prediction(
+                self.forward(x_t, sigma, inputs, pass_name), x_t),
             encode=lambda conditioning, latent: model_inputs(self.model, conditioning, latent),
             prepare_latents=lambda latents: self.model.process_latent_in(latents.detach().to(self.device, torch.float32).clone()),
             model_sampling=self.model_sampling, generator=self.generator, device=self.device, config=config,
+            adapter=self.adapter, base_fingerprint=base_fingerprint,
         )
         self.setup = setup
         for regularizer in regularizers:
@@ -329,6 +338,38 @@ class TrainingRun:
         )
 
 
+def check_no_regularizer_start(regularizers: list[Regularizer], config, base_fingerprint: str) -> None:
+    """An `initial_lora` input and a regularizer that gives the LoRA to start from cannot both be obeyed."""
+    given = [r.name for r in regularizers if r.initial_lora(config, base_fingerprint) is not None]
+    if given:
+        raise ValueError(
+            f"both the initial_lora input and {given} give a LoRA to start from: disconnect initial_lora "
+            "(continual training starts from the pool's last concept) or remove that regularizer"
+        )
+
+
+def start_from_initial_lora(adapter: LoraAdapter, regularizers: list[Regularizer], config, base_fingerprint: str) -> None:
+    """Load the LoRA a regularizer asks the run to start from (continual learning: the previous concept's)."""
+    given = [(r, state) for r in regularizers if (state := r.initial_lora(config, base_fingerprint)) is not None]
+    if len(given) > 1:
+        raise ValueError(f"regularizers {[r.name for r, _ in given]} each give a LoRA to start from; chain at most one of them")
+    if not given:
+        return
+    regularizer, state = given[0]
+    ours = adapter.lora_state_dict()
+    mismatch = sorted(set(ours) ^ set(state)) or [k for k in ours if tuple(ours[k].shape) != tuple(state[k].shape)]
+    if not mismatch:
+        mismatch = [k for k in ours if k.endswith(".alpha") and float(ours[k]) != float(state[k])]
+    if mismatch:
+        rank = next((int(v.shape[0]) for k, v in state.items() if k.endswith(".lora_down.weight")), "?")
+        raise ValueError(
+            f"{regularizer.name}: the LoRA to start from (rank {rank}, {sum(k.endswith('.lora_down.weight') for k in state)} "
+            f"layers) does not fit this run's LoRA (rank {config.rank}, alpha {config.alpha:g}, target layers "
+            f"{config.targets!r}; first difference: {mismatch[0]}): train with the same rank, alpha and target layers"
+        )
+    adapter.load_lora_state_dict(state)
+
+
 def with_patches(transformer_options: dict, extra: list[dict]) -> dict:
     """A copy of transformer_options with the regularizers' patches appended (the model's own stay first)."""
     options = dict(transformer_options)
@@ -356,7 +397,9 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
     for regularizer in run.regularizers:
         x0 = regularizer.augment(x0, u, generator)
     inputs = batch_inputs([run.null_inputs if drop[i] else run.cond_inputs[int(index[i])] for i in range(b)])
+    captions = batch_inputs([run.cond_inputs[int(index[i])] for i in range(b)]) if drop.any() else inputs
     extras = [e for e in (r.extra_examples(b, tuple(x0.shape[1:])) for r in run.regularizers) if e is not None]
+    extras += [e for e in (r.examples_on_batch(x0, noise, u, captions) for r in run.regularizers) if e is not None]
     # one forward for the micro-batch and any examples the regularizers add (prior preservation)
     all_x0 = torch.cat([x0, *(e.x0 for e in extras)])
     all_noise = torch.cat([noise, *(e.noise for e in extras)])
@@ -386,7 +429,7 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
     total = denoise.new_zeros(()) if replaced else denoise
     if run.regularizers:
         ctx = StepContext(x0, u, noise, sigma, x_t, inputs, prediction, target, weight, denoise, run.adapter, step,
-                          run.setup, _frozen_value=frozen)
+                          run.setup, _frozen_value=frozen, caption_inputs=captions)
         for regularizer in run.regularizers:
             total = total + regularizer.loss(ctx)
     return total

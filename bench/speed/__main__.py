@@ -14,7 +14,8 @@ def main() -> None:
     parser.add_argument("--architectures", default="sd15-bench,sdxl-bench",
                         help="tiny-model configs to measure on, comma-separated (the SD1.5- and SDXL-shaped bench sizes)")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--only", choices=("training", "regularizers", "guidance", "metrics"), help="run one part of the benchmark")
+    parser.add_argument("--only", choices=("training", "regularizers", "guidance", "metrics", "continual"),
+                        help="run one part of the benchmark")
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -44,6 +45,8 @@ def main() -> None:
         bench_guidance(args, architectures, repeats, steps + 4, write_results)
     if args.only in (None, "metrics"):
         bench_metrics(args, repeats, write_results)
+    if args.only in (None, "continual"):
+        bench_continual(args, architectures[0], repeats, steps, write_results)
 
 
 def bench_training(args, architectures, repeats, steps, training, write_results) -> None:
@@ -179,6 +182,30 @@ def bench_metrics(args, repeats, write_results) -> None:
     name = "speed_metrics" + ("" if args.metrics_size == "bench" else f"_{args.metrics_size}")
     name += f"_{args.threads}thread" if args.threads else ""
     md, js = write_results(name, rows, table, notes)
+    print(f"[bench] wrote {md} and {js}")
+
+
+def bench_continual(args, architectures[0], repeats, steps, write_results) -> None:
+    from . import continual
+
+    print(f"[bench] continual: {repeats * steps} rounds of one step of every method, interleaved")
+    result = continual.paired_ratios(architecture, repeats, steps, args.rank)
+    lines = ["| method | s/step | time ratio to plain LoRA (median, min–max) |", "|---|---|---|"]
+    for name, r in result.items():
+        ratio = r.get("ratio")
+        ratio_text = f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1"
+        lines.append(f"| {name} | {r['s_per_step']['median']:.3f} | {ratio_text} |")
+    table = "\n".join(lines)
+    print(table)
+    notes = [
+        f"model: {architecture}, LoRA rank {args.rank} on attention, batch 1, fp32; a pool of {continual.PAST} past "
+        "concepts (random LoRAs and Fisher)",
+        f"{repeats * steps} rounds; in each round every method takes one optimizer step, in an order rotated every "
+        "round; ratios are per round against plain LoRA (median, min–max)",
+        "EWC-DC: the penalty (λ/2)·Σ F·(θ − θ*)²; DSC k: the consolidation run with k past concepts per DC score "
+        "(+ the EWC penalty); the Fisher pass runs once per concept, its time per draw is given against one plain step",
+    ]
+    md, js = write_results("speed_continual", [{"name": k, **v} for k, v in result.items()], table, notes)
     print(f"[bench] wrote {md} and {js}")
 
 

@@ -21,13 +21,15 @@ import torch
 class TrainingSetup:
     """What a regularizer may use beyond one micro-batch: the run's model seam and its randomness."""
 
-    predict: Callable  # (x_t, sigma, inputs, coefficients) -> raw output F, with grad through the LoRA
+    predict: Callable  # (x_t, sigma, inputs, coefficients, pass_name="train") -> raw output F, with grad through the LoRA
     encode: Callable  # (CONDITIONING, latent [1,C,h,w]) -> apply_model inputs
     prepare_latents: Callable  # LATENT samples -> model-space latents on the training device
     model_sampling: object
     generator: torch.Generator
     device: torch.device
     config: object  # TrainConfig
+    adapter: object = None  # the LoraAdapter being trained
+    base_fingerprint: str = ""  # trainers/fingerprint.py of the base model
 
 
 @dataclass
@@ -49,6 +51,7 @@ class StepContext:
     setup: TrainingSetup | None = None
     _frozen: Callable[[], torch.Tensor] | None = None
     _frozen_value: torch.Tensor | None = field(default=None, repr=False)
+    caption_inputs: dict | None = None  # the micro-batch's own captions, before null-prompt dropout
 
     @property
     def frozen_prediction(self) -> torch.Tensor:
@@ -107,6 +110,22 @@ class Regularizer(ABC):
         """Examples to train in the same forward as the micro-batch (same latent shape), or None."""
         return None
 
+    def examples_on_batch(self, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor, caption_inputs: dict) -> ExtraExamples | None:
+        """Like `extra_examples`, built from the micro-batch itself (its latents after augmentation, noise,
+        noise levels and captions): other prompts on the same x_t, in the same batched forward (DSC)."""
+        return None
+
+    # optional hooks into the run's set-up, for methods that continue from or compare with other LoRAs
+    def initial_lora(self, config, base_fingerprint: str) -> dict[str, torch.Tensor] | None:
+        """LoRA weights (ComfyUI-native keys) the run starts from instead of the fresh init, or None.
+        At most one regularizer of a chain may give them; a resume state overrides them."""
+        return None
+
+    def extra_adapters(self, diffusion_model) -> list:
+        """LoRA adapters to install beside the trained one, at strength 0 unless the regularizer sets a
+        strength for its own forwards (past LoRAs evaluated on the same loaded weights)."""
+        return []
+
     def transformer_patches(self, diffusion_model) -> dict:
         """ComfyUI transformer patches to add to the training forwards ({"patches": ..., "patches_replace": ...})."""
         return {}
@@ -133,4 +152,4 @@ def chain(previous, regularizer: Regularizer) -> list[Regularizer]:
 
 
 # importing the method modules fills the registry (they import the names defined above)
-from . import apt, dco, parameter_anchor, prior_preservation  # noqa: E402,F401
+from . import apt, continual, dco, parameter_anchor, prior_preservation  # noqa: E402,F401

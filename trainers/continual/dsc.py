@@ -1,0 +1,36 @@
+"""Diffusion-score consolidation, DSC (Jha et al., ICLR 2025, §3.3; after Deep Model Consolidation,
+Zhang et al., WACV 2020).
+
+A student (initialized from teacher 1) is distilled on the current concept's images only, from
+teacher 1 = the LoRA just trained on concept n and teacher 2 = a LoRA drawn at random from the pool of
+past concepts (concept j). On one shared x_t and concepts C_sub = {c_0, past subset ∋ c_j, c_n}:
+
+    L_DSC = w_s·[ H(p_T1, p_S) + H(p_T2, p_S) ]                                  (DC-score distillation)
+          + w_ε·[ ‖F_T1(x_t, c_n) − F_S(x_t, c_n)‖² + ‖F_T2(x_t, c_j) − F_S(x_t, c_j)‖² ]   (noise-prediction distillation)
+
+p = softmax over C_sub of the DC logits (scores.py) and H the cross-entropy with soft (teacher) targets.
+The squared errors are per-element means, as the denoising loss. Teachers carry no gradient.
+"""
+
+import torch
+
+from .scores import dc_logits, soft_cross_entropy
+
+
+def dsc_loss(student: torch.Tensor, teacher_current: torch.Tensor, teacher_past: torch.Tensor, target: torch.Tensor, *,
+             current: int, past: int, temperature: float = 1.0, score_weight: float = 1.0,
+             noise_weight: float = 1.0) -> torch.Tensor:
+    """student / teacher predictions [K, B, ...] over C_sub (same order), target [B, ...];
+    `current` and `past` index c_n and c_j in C_sub."""
+    teacher_current, teacher_past = teacher_current.detach(), teacher_past.detach()
+    total = student.new_zeros((), dtype=torch.float32)
+    if score_weight:
+        s = dc_logits(student, target, temperature)
+        scores = soft_cross_entropy(dc_logits(teacher_current, target, temperature), s) \
+            + soft_cross_entropy(dc_logits(teacher_past, target, temperature), s)
+        total = total + score_weight * scores
+    if noise_weight:
+        noise = (student[current].float() - teacher_current[current].float()).square().mean() \
+            + (student[past].float() - teacher_past[past].float()).square().mean()
+        total = total + noise_weight * noise
+    return total
