@@ -81,9 +81,9 @@ class ConceptPool(CheckedNode):
     @classmethod
     def execute(cls, model, method, pretrained_prompt, score_temperature) -> io.NodeOutput:
         from ..trainers.continual.pool import ConceptPool as Pool
-        from ..trainers.fingerprint import model_fingerprint
+        from ..trainers.fingerprint import patcher_fingerprint
 
-        return io.NodeOutput(Pool(model_fingerprint(model.model.diffusion_model), method, pretrained_prompt, score_temperature))
+        return io.NodeOutput(Pool(patcher_fingerprint(model), method, pretrained_prompt, score_temperature))
 
 
 class LoadConceptPool(io.ComfyNode):
@@ -116,11 +116,11 @@ class LoadConceptPool(io.ComfyNode):
     @classmethod
     def execute(cls, pool_name, model) -> io.NodeOutput:
         from ..trainers.continual.pool import load_pool
-        from ..trainers.fingerprint import model_fingerprint
+        from ..trainers.fingerprint import patcher_fingerprint
         from ..trainers.storage import safe_path
 
         pool = load_pool(safe_path(pool_folder(), pool_name, ".safetensors"))
-        pool.check_base(model_fingerprint(model.model.diffusion_model))
+        pool.check_base(patcher_fingerprint(model))
         return io.NodeOutput(pool, pool.describe())
 
 
@@ -340,10 +340,10 @@ class RetentionReport(io.ComfyNode):
     @classmethod
     def execute(cls, pool, model, clip, evaluation_data, draws, seed, all_stages) -> io.NodeOutput:
         from ..trainers.continual.retention import as_json, assign_concepts, evaluate, markdown
-        from ..trainers.fingerprint import model_fingerprint
+        from ..trainers.fingerprint import patcher_fingerprint
         from ..trainers.loop import outside_inference_mode
 
-        pool.check_base(model_fingerprint(model.model.diffusion_model))
+        pool.check_base(patcher_fingerprint(model))
         labels = assign_concepts(pool, evaluation_data.captions)
         report = outside_inference_mode(evaluate)(pool, model, _encoder(clip), evaluation_data.latents, labels,
                                                   draws=draws, seed=seed, all_stages=all_stages)

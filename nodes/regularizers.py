@@ -218,13 +218,13 @@ class ClassImages(CheckedNode):
         import folder_paths
 
         from ..trainers.class_images import generate_class_latents
-        from ..trainers.fingerprint import model_fingerprint
+        from ..trainers.fingerprint import patcher_fingerprint
 
         encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
         cache = pathlib.Path(folder_paths.models_dir) / "driftless" / "class_images"
         latents, cached = generate_class_latents(
             model, encode(class_prompt), encode(""), count=count, seed=seed, width=width, height=height, steps=steps,
             cfg=cfg, sampler=sampler_name, scheduler=scheduler, cache_folder=cache,
-            base_fingerprint=model_fingerprint(model.model.diffusion_model), prompt=class_prompt,
+            base_fingerprint=patcher_fingerprint(model), prompt=class_prompt,
         )
         return io.NodeOutput(vae.decode(latents), {"samples": latents})

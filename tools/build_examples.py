@@ -201,10 +201,96 @@ def regularizer_comparison(info: dict, profile: str = "tiny") -> dict:
     return w.to_json()
 
 
+CONTINUAL_NOTE = """## Continual personalization: two concepts in sequence{suffix}
+
+One LoRA learns **{first}** and then **{second}**, keeping no images of the first concept while learning
+the second (Jha et al., ICLR 2025):
+1. **Driftless Concept Pool** starts an empty EWC-DC pool for the base MODEL
+2. concept 1: **Continual Regularizer** (empty pool: a fresh LoRA, no penalty) -> **Train LoRA** ->
+   **Add Concept** (stores the LoRA and its diffusion-classifier Fisher)
+3. concept 2: the same against the pool from step 2: the run starts from concept 1's LoRA and the EWC
+   penalty holds the parameters concept 1 relies on
+4. **Save Concept Pool** writes `models/driftless/concept_pools/{folder}_concepts.safetensors`
+5. **Retention Report** scores both concepts on held-out photos (the third of each, never trained on or stored):
+   diffusion-classifier accuracy and denoising loss with the base model, right after each concept, and now
+6. samples of concept 1 after concept 1, concept 1 after concept 2 (did it survive?) and concept 2
+
+To compare with the baselines, set the pool's `method` to `sequential LoRA` or `LoRA-EWC` and run again.
+
+Headless: `{headless}`."""
+
+CONTINUAL = {
+    "real": dict(first=("sks dog", "a photo of sks dog", [f"my_subject_{i}.png" for i in (1, 2, 3)]),
+                 second=("zwx backpack", "a photo of zwx backpack", [f"my_second_subject_{i}.png" for i in (1, 2, 3)]),
+                 fisher_draws=50, draws=8),
+    "tiny": dict(first=("sks cat", "a photo of sks cat", [f"driftless_demo/sks_cat_{i}.png" for i in (1, 2, 3)]),
+                 second=("zwx cup", "a photo of zwx cup", [f"driftless_demo/zwx_cup_{i}.png" for i in (1, 2, 3)]),
+                 fisher_draws=4, draws=2, train_steps=15, sample_steps=6),
+}
+
+
+def continual(info: dict, profile: str = "tiny") -> dict:
+    c = CONTINUAL[profile]
+    (first, first_prompt, first_photos), (second, second_prompt, second_photos) = c["first"], c["second"]
+    note = CONTINUAL_NOTE.replace("{first}", first).replace("{second}", second)
+    if profile == "real":
+        note += ("\n\n**Second subject**: put 3 photos of it in `input/` as `my_second_subject_1.png` … `_3.png`. "
+                 "The third photo of each subject is held out for the retention report, not trained on.")
+    p, w, model = start(info, profile, "continual", note, height=560, photos=3)
+    p = {**p, **{k: c[k] for k in ("train_steps", "sample_steps") if k in c}}
+
+    def photos(column, names, caption):
+        loads = [w.node("LoadImage", column, image=name) for name in names]
+        images = w.node("ImageBatch", column, image1=loads[0], image2=loads[1])
+        return w.node("DriftlessTrainingData", column, clip=model.out(1), captions=caption, images=images, vae=model.out(2))
+
+    pool = w.node("DriftlessConceptPool", 1, model=model, method="EWC-DC", pretrained_prompt="a photo", score_temperature=1.0)
+    trained = []
+    for i, (trigger, prompt, names) in enumerate(((first, first_prompt, first_photos), (second, second_prompt, second_photos))):
+        column = 1 + 2 * i
+        data = photos(column, names[:2], prompt)
+        regularizer = w.node("DriftlessContinualRegularizer", column + 1, title=f"Continual Regularizer ({trigger})", pool=pool,
+                             clip=model.out(1))
+        train = w.node("DriftlessTrainLoRA", column + 1, title=f"Train LoRA ({trigger})", model=model, training_data=data,
+                       steps=p["train_steps"], learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]),
+                       run_name=f"{p['folder']}_continual/{trigger.replace(' ', '_')}", checkpoint_every=0, resume_from="",
+                       regularizer=regularizer)
+        pool = w.node("DriftlessAddConcept", column + 1, title=f"Add Concept ({trigger})", pool=pool, model=model,
+                      lora=train.out(1), training_data=data, clip=model.out(1), trigger=trigger, prompt=prompt,
+                      fisher_draws=c["fisher_draws"], fisher_decay=0.9, seed=0)
+        trained.append(train)
+    w.node("DriftlessSaveConceptPool", 5, pool=pool, filename=f"{p['folder']}_concepts", overwrite=True)
+    held_out = [w.node("LoadImage", 5, image=names[2]) for names in (first_photos, second_photos)]
+    held_out = w.node("ImageBatch", 5, image1=held_out[0], image2=held_out[1])
+    evaluation = w.node("DriftlessTrainingData", 5, title="Held-out photos (evaluation only)", clip=model.out(1),
+                        captions=f"{first_prompt}\n{second_prompt}", images=held_out, vae=model.out(2))
+    w.node("DriftlessRetentionReport", 6, pool=pool, model=model, clip=model.out(1), evaluation_data=evaluation,
+           draws=c["draws"], seed=0, all_stages=True)
+    null = w.node("CLIPTextEncode", 6, title="Null prompt", clip=model.out(1), text="")
+    latent = w.node("EmptyLatentImage", 6, width=p["size"], height=p["size"], batch_size=1)
+    images = []
+    for source, prompt, title in ((trained[0], first_prompt, f"{first} after concept 1"),
+                                  (trained[1], first_prompt, f"{first} after concept 2"),
+                                  (trained[1], second_prompt, f"{second} after concept 2")):
+        text = w.node("CLIPTextEncode", 7, title=f"Prompt ({title})", clip=model.out(1), text=f"{prompt} on a beach")
+        latents = w.node("KSampler", 7, title=f"Sample ({title})", model=source.out(0), positive=text, negative=null,
+                         latent_image=latent, seed=42, steps=p["sample_steps"], cfg=5.0, sampler_name="euler",
+                         scheduler="normal", denoise=1.0)
+        images.append(w.node("VAEDecode", 8, samples=latents, vae=model.out(2)))
+    row = images[0]
+    for image in images[1:]:
+        row = w.node("ImageStitch", 8, image1=row, image2=image, direction="right", match_image_size=True,
+                     spacing_width=4, spacing_color="white")
+    w.node("SaveImage", 9, title=f"{first} after 1, {first} after 2, {second} after 2", images=row,
+           filename_prefix=f"{p['folder']}_continual/samples")
+    return w.to_json()
+
+
 EXAMPLE_BUILDERS = {
     "personalize_and_guide": demo,
     "guidance_grid": guidance_grid,
     "regularizer_comparison": regularizer_comparison,
+    "continual": continual,
 }
 
 

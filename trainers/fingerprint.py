@@ -22,6 +22,19 @@ def model_fingerprint(diffusion_model: torch.nn.Module, samples_per_tensor: int 
     return h.hexdigest()[:16]
 
 
+def patcher_fingerprint(model_patcher) -> str:
+    """The fingerprint of the weights a ComfyUI MODEL runs with.
+
+    ComfyUI's clones of one model share its modules, whose weights carry the patches of whichever clone was
+    loaded last (a guider's merged LoRA, say) until another clone is loaded. So the MODEL is made the loaded
+    one first, as sampling or training it would: its own patches applied, any other clone's taken off.
+    """
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model_patcher])
+    return model_fingerprint(model_patcher.model.diffusion_model)
+
+
 def lora_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over every key, shape and value of a LoRA (small enough to read whole)."""
     h = hashlib.sha256()

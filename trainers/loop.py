@@ -17,7 +17,7 @@ import torch
 from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
 from .data import IndexStream, TrainingData
-from .fingerprint import model_fingerprint
+from .fingerprint import patcher_fingerprint
 from .lora_adapter import LoraAdapter, attach
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
 from .regularizers import Regularizer, StepContext, TrainingSetup
@@ -145,7 +145,7 @@ def train_lora(
     """
     config.check()
     check_latents(model_patcher, data)
-    base_fingerprint = model_fingerprint(model_patcher.model.diffusion_model)
+    base_fingerprint = patcher_fingerprint(model_patcher)
     initial = None
     if initial_lora is not None:
         from .lora_formats import to_native
@@ -199,7 +199,7 @@ class TrainingRun:
     def __init__(self, model_patcher, data, config, regularizers=(), resume=None, base_fingerprint=None,
                  initial_lora: dict | None = None):
         regularizers = list(regularizers)
-        base_fingerprint = base_fingerprint or model_fingerprint(model_patcher.model.diffusion_model)
+        base_fingerprint = base_fingerprint or patcher_fingerprint(model_patcher)
 
         self.config, self.regularizers, self.base_fingerprint = config, regularizers, base_fingerprint
         self.clone = model_patcher.clone()

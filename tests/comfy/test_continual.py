@@ -114,6 +114,9 @@ def test_a_pool_lora_of_another_shape_or_base_is_refused(tiny_data):
     other, _, _ = build_tiny_model("sd15-tiny", 1)
     with pytest.raises(ValueError, match="another base model"):
         train_lora(other, data, TrainConfig(steps=1, **FAST), reg())
+    # Train LoRA's initial_lora and a pool that gives the starting LoRA cannot both be obeyed
+    with pytest.raises(ValueError, match="both the initial_lora input and"):
+        train_lora(model, data, TrainConfig(steps=1, **FAST), reg(), initial_lora=pool.latest.lora)
 
 
 def test_dsc_teachers_run_on_the_same_weights(tiny_data):

@@ -2,13 +2,14 @@
 checkpoint or photo is named); every tiny twin has the same graph with the tiny model swapped in."""
 
 import json
+import pathlib
 
 import pytest
 from PIL import Image
 
 from driftless.headless import runner, workflow
 
-EXAMPLES = ["personalize_and_guide", "guidance_grid", "regularizer_comparison"]
+EXAMPLES = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
 
 
 def _placeholders(prompt: dict, base):

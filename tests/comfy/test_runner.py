@@ -166,3 +166,4 @@ def test_regularizer_comparison_example_runs(run_prompt, comfy_host, repo):
     assert not np.array_equal(tiles["prior"][0], tiles["prior"][1])  # plain LoRA drifted from the base model
     for i in (2, 3, 4):  # DCO, APT and prior preservation train differently from plain LoRA
         assert not np.array_equal(tiles["subject"][0], tiles["subject"][i])
+

@@ -214,3 +214,24 @@ def test_bf16_training_runs_and_keeps_fp32_lora_weights(tiny_data):
     result = train_lora(model, data, TrainConfig(steps=3, dtype="bf16", **FAST))
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert all(v.dtype == torch.float32 for v in result.adapter.lora_state_dict().values())
+
+
+def test_base_fingerprint_ignores_another_clone_left_loaded(tiny_data):
+    """ComfyUI clones share one module whose weights carry the last loaded clone's patches (a merged LoRA).
+    The base MODEL's fingerprint, and so its resume states, pools and LoRA metadata, must not depend on that."""
+    import comfy.model_management
+    import comfy.sd
+
+    from driftless.trainers.fingerprint import model_fingerprint, patcher_fingerprint
+    from driftless.trainers.loop import train_lora
+
+    model, _, _, data = tiny_data()
+    comfy.model_management.load_models_gpu([model])
+    clean = model_fingerprint(model.model.diffusion_model)
+    lora = train_lora(model, data, TrainConfig(steps=2, **FAST)).adapter.lora_state_dict()
+    merged, _ = comfy.sd.load_lora_for_models(model, None, {k: v * 100 for k, v in lora.items()}, 1.0, 0.0)
+    comfy.model_management.load_models_gpu([merged])  # as a guider or LoraLoader sampling leaves it
+    assert model_fingerprint(model.model.diffusion_model) != clean  # the shared weights carry the merge
+    assert patcher_fingerprint(model) == clean
+    assert train_lora(model, data, TrainConfig(steps=1, **FAST)).base_fingerprint == clean
+    assert patcher_fingerprint(merged) != clean  # a MODEL with a LoRA loaded is another base

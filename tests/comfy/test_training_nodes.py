@@ -1,6 +1,7 @@
 """The training nodes in real graphs: data -> train -> save -> sample, checkpoints, resume, cancel."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -81,11 +82,18 @@ def test_cancel_stops_training_and_keeps_the_last_checkpoint(run_prompt, comfy_h
 
     from driftless.trainers.state import ResumeState, latest_state
 
-    timer = threading.Timer(4.0, comfy.model_management.interrupt_current_processing, args=(True,))
-    timer.start()
+    folder = comfy_host.base_directory / "models" / "loras" / "cancelled"
+
+    def cancel_after_the_first_checkpoint():  # however slow the machine, the run has a checkpoint to keep
+        deadline = time.monotonic() + 300
+        while latest_state(folder) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        comfy.model_management.interrupt_current_processing(True)
+
+    threading.Thread(target=cancel_after_the_first_checkpoint, daemon=True).start()
     result = run_prompt(_graph(run_name="cancelled", steps=100000, checkpoint_every=5, filename="graph/never"))
     assert result.interrupted and result.error is None
-    last = latest_state(comfy_host.base_directory / "models" / "loras" / "cancelled")
+    last = latest_state(folder)
     assert last is not None and ResumeState(last).step % 5 == 0
     assert not (comfy_host.base_directory / "models" / "loras" / "graph" / "never.safetensors").exists()
 

@@ -45,6 +45,42 @@ def test_demo_workflow_runs_to_success_through_prompt(comfy_server, repo):
     assert (comfy_server.base / "models" / "loras" / "driftless_demo" / "lora.safetensors").stat().st_size > 0
 
 
+def test_continual_twin_learns_two_concepts_into_one_pool_through_prompt(comfy_server, repo):
+    """The continual example's tiny twin via POST /prompt: two concepts in sequence against one pool, the pool
+    saved with both (the second trained from the first's LoRA), a retention report over both, and the sample row."""
+    import numpy as np
+    from PIL import Image
+
+    from driftless.headless.demo_photos import write_demo_photos
+    from driftless.trainers.continual.pool import load_pool
+
+    write_demo_photos(comfy_server.base / "input")
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "continual_tiny.json")
+    prompt = workflow.to_api_format(ui, comfy_server.get("/object_info"))
+    by_type = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append(node_id)
+    assert len(by_type["DriftlessTrainLoRA"]) == 2 and len(by_type["DriftlessAddConcept"]) == 2
+    first, second = sorted(by_type["DriftlessAddConcept"], key=int)
+    assert prompt[second]["inputs"]["pool"] == [first, 0]  # concept 2 is added to the pool that holds concept 1
+    entry = comfy_server.wait(comfy_server.queue(prompt), timeout=600)
+    assert entry["status"]["status_str"] == "success", entry["status"]["messages"][-1][1].get("exception_message")
+    pool = load_pool(comfy_server.base / "models" / "driftless" / "concept_pools" / "driftless_demo_concepts.safetensors")
+    assert pool.triggers == ["sks cat", "zwx cup"] and pool.method == "EWC-DC"
+    assert all(float(v.abs().sum()) > 0 for v in pool.concepts[-1].fisher.values()) and pool.concepts[-1].fisher
+    # concept 2 started from concept 1's LoRA and moved on from it
+    moved = [float((pool.concepts[1].lora[k] - pool.concepts[0].lora[k]).abs().max()) for k in pool.concepts[0].lora]
+    assert max(moved) > 0
+    report = "".join(entry["outputs"][by_type["DriftlessRetentionReport"][0]]["text"])
+    assert "| sks cat | 1 |" in report and "| zwx cup | 1 |" in report
+    (image,) = [i for output in entry["outputs"].values() for i in output.get("images", [])]
+    row = np.asarray(Image.open(comfy_server.base / "output" / image["subfolder"] / image["filename"])).astype(int)
+    size, gap = 64, 4
+    assert row.shape[1] == 3 * size + 2 * gap
+    tiles = [row[:, i * (size + gap): i * (size + gap) + size] for i in range(3)]
+    assert not np.array_equal(tiles[0], tiles[1])  # concept 1 sampled before and after concept 2 differ
+
+
 def test_interrupt_ends_a_long_run(comfy_server):
     prompt = {
         "m": {"class_type": "DriftlessTinyModel", "inputs": {"architecture": "sd15-tiny", "seed": 0}},
@@ -81,8 +117,8 @@ def test_examples_are_listed_as_templates_and_convert_as_in_process(comfy_server
         prompt = workflow.to_api_format(ui, live)
         types = {n["class_type"] for n in prompt.values()}
         assert "DriftlessTrainLoRA" in types
-        # each example ends in what it compares: guided samples, or the regularizers' rows
-        assert "DriftlessPersonalizationGuider" in types or "DriftlessPriorPreservation" in types
+        # each example ends in what it compares: guided samples, the regularizers' rows, or the concepts' retention
+        assert types & {"DriftlessPersonalizationGuider", "DriftlessPriorPreservation", "DriftlessRetentionReport"}
     from driftless.nodes import all_nodes
 
     assert {k for k in live if k.startswith("Driftless")} == {n.GET_SCHEMA().node_id for n in all_nodes()}

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..data import IndexStream, TrainingData
-from ..fingerprint import model_fingerprint
+from ..fingerprint import patcher_fingerprint
 from ..lora_adapter import LoraAdapter
 from ..loop import frozen_base
 from .ewc import parameter_keys
@@ -61,7 +61,7 @@ def add_concept(pool: ConceptPool, model_patcher, lora: dict, data: TrainingData
                 prompt: str = "", draws: int = 50, decay: float = 0.9, k: int = 5, seed: int = 0,
                 metadata: dict | None = None) -> ConceptPool:
     """The pool with the new concept: its LoRA snapshot and, for EWC methods, the folded Fisher."""
-    pool.check_base(model_fingerprint(model_patcher.model.diffusion_model))
+    pool.check_base(patcher_fingerprint(model_patcher))
     trigger = pool.check_new_trigger(trigger)
     pool.check_lora(lora, f"the LoRA of {trigger!r}")
     check_trained_against(pool, metadata)
