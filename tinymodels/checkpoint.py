@@ -29,14 +29,14 @@ def save_tiny_checkpoint(path, name: str, model, clip, vae, metadata: dict | Non
 
 def tiny_architecture(path) -> str | None:
     """The tiny architecture a checkpoint file names in its metadata, or None (a regular checkpoint)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from .configs import CONFIGS
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             raw = (f.metadata() or {}).get(ARCHITECTURE_KEY)
-    except Exception:  # not a safetensors file: the caller's loader reports that
+    except (SafetensorError, OSError):  # not a safetensors file: the caller's loader reports that
         return None
     try:
         name = json.loads(raw) if raw else None

@@ -182,21 +182,21 @@ def run(options: Options, argv: list[str] | None = None, log=print) -> dict:
     prompts_per_subject = min(o.prompts_limit or protocol.PROMPTS_PER_SUBJECT, protocol.PROMPTS_PER_SUBJECT)
     c = bench.train_config
     notes = [
-        f"checkpoint: {bench.checkpoint} (UNet fingerprint {bench.checkpoint_identity['unet_fingerprint']}); "
-        f"resolution {bench.resolution}",
-        f"protocol: {len(bench.subjects)} subjects ({sum(s.live for s in bench.subjects)} live), {prompts_per_subject} "
-        f"prompts each (prompts from {bench.prompts.source}), {o.images_per_prompt} images per prompt; "
-        f"identifier '{o.identifier}', caption '{o.caption}'",
-        f"training: LoRA rank {c.rank}, alpha {c.alpha}, {c.targets} layers, lr {c.learning_rate}, {c.steps} steps, "
-        f"batch {c.batch_size}, {c.optimizer}, {c.dtype}, seed {c.seed}; regularizers at their nodes' defaults",
-        f"sampling: {o.sampler} / {o.scheduler}, {o.sample_steps} steps, cfg {o.cfg}"
-        + (f"; personalization guidance weak strength s = {o.weak_strength}" if "personalization" in o.guidance else ""),
-        f"metrics: CLIP {bench.clip.folder}, DINO {bench.dino.folder}; raw cosines; DINO and CLIP-I are the mean over "
-        "generated x reference pairs, CLIP-T uses each prompt with the identifier removed (class noun kept); "
-        "references are the subject photos centre-cropped to a square at the training resolution; each subject's "
-        "mean, then the mean over subjects",
-        f"per-subject files: {bench.out}/<regularizer>/<subject>/<guidance>/result.json; run took "
-        f"{time.perf_counter() - started:.0f} s (completed subjects are skipped on a rerun)",
+        (f"checkpoint: {bench.checkpoint} (UNet fingerprint {bench.checkpoint_identity['unet_fingerprint']}); "
+         f"resolution {bench.resolution}"),
+        (f"protocol: {len(bench.subjects)} subjects ({sum(s.live for s in bench.subjects)} live), {prompts_per_subject} "
+         f"prompts each (prompts from {bench.prompts.source}), {o.images_per_prompt} images per prompt; "
+         f"identifier '{o.identifier}', caption '{o.caption}'"),
+        (f"training: LoRA rank {c.rank}, alpha {c.alpha}, {c.targets} layers, lr {c.learning_rate}, {c.steps} steps, "
+         f"batch {c.batch_size}, {c.optimizer}, {c.dtype}, seed {c.seed}; regularizers at their nodes' defaults"),
+        (f"sampling: {o.sampler} / {o.scheduler}, {o.sample_steps} steps, cfg {o.cfg}"
+         + (f"; personalization guidance weak strength s = {o.weak_strength}" if "personalization" in o.guidance else "")),
+        (f"metrics: CLIP {bench.clip.folder}, DINO {bench.dino.folder}; raw cosines; DINO and CLIP-I are the mean over "
+         "generated x reference pairs, CLIP-T uses each prompt with the identifier removed (class noun kept); "
+         "references are the subject photos centre-cropped to a square at the training resolution; each subject's "
+         "mean, then the mean over subjects"),
+        (f"per-subject files: {bench.out}/<regularizer>/<subject>/<guidance>/result.json; run took "
+         f"{time.perf_counter() - started:.0f} s (completed subjects are skipped on a rerun)"),
     ]
     markdown = text + "\n\nPer subject:\n\n" + report.subject_table(results)
     md, js = write_results("dreambench", rows, markdown, notes, folder=bench.out, argv=argv,

@@ -29,12 +29,11 @@ def one_thread():
 @pytest.fixture(scope="module")
 def inputs(comfy_host, tmp_path_factory):
     """(dataset root, checkpoint, clip folder, dino folder)."""
-    from skimage import data
-
     from driftless.bench.dreambench import protocol
     from driftless.tinymodels.build import build_tiny_model
     from driftless.tinymodels.checkpoint import save_tiny_checkpoint
     from driftless.tinymodels.metrics_backbones import save_clip, save_dino
+    from skimage import data
 
     root = tmp_path_factory.mktemp("dreambench")
     folder = root / "dreambooth" / "dataset"
@@ -180,6 +179,24 @@ def test_half_finished_subject_redoes_only_what_is_missing(first_run, tmp_path, 
     assert {k: v for k, v in snapshot(out).items() if not k.startswith("plain/cat/cfg/")} == untouched
 
 
+def test_images_of_another_lora_are_sampled_again(first_run, tmp_path, monkeypatch, inputs):
+    from driftless.bench.dreambench.sampling import Sampler
+
+    out = tmp_path / "out"
+    shutil.copytree(first_run, out)
+    folder = out / "plain" / "coffee" / "personalization"
+    record = json.loads((folder / "sampling.json").read_text())
+    (folder / "sampling.json").write_text(json.dumps({**record, "lora": "0123456789abcdef"}))  # as if made by another LoRA
+    (folder / "result.json").unlink()
+    (folder / "images" / "stale.png").write_bytes(b"")
+    sampled, original = [], Sampler.images
+    monkeypatch.setattr(Sampler, "images", lambda self, *a: sampled.append(a[1]) or original(self, *a))
+    assert bench(argv(inputs, out, "--guidance", "cfg", "personalization")) == 0
+    assert sampled == ["a sks cup in the jungle", "a sks cup in the snow"]  # every prompt, the old images deleted
+    assert not (folder / "images" / "stale.png").exists()
+    assert json.loads((folder / "sampling.json").read_text()) == record
+
+
 def test_other_settings_in_the_same_folder_stop_the_run(first_run, tmp_path, inputs, capsys):
     out = tmp_path / "out"
     shutil.copytree(first_run, out)
@@ -234,7 +251,7 @@ def test_checkpoint_loading(inputs, tmp_path):
     from driftless.bench.dreambench.model import load_checkpoint
     from driftless.trainers.storage import save_safetensors_atomic
 
-    model, clip, vae = load_checkpoint(inputs[1])  # tiny: built from its config, weights from the file
+    model, _, _ = load_checkpoint(inputs[1])  # tiny: built from its config, weights from the file
     assert model.model.diffusion_model.input_blocks[0][0].weight.shape[0] == 32
     junk = tmp_path / "junk.safetensors"
     save_safetensors_atomic({"some.tensor": torch.zeros(3)}, junk)

@@ -5,10 +5,9 @@ import statistics
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from driftless.bench.dreambench import dataset, methods, protocol, report
 from driftless.bench.dreambench.dataset import DreamBenchError
+from PIL import Image
 
 # the head and tail of google/dreambooth's dataset/prompts_and_classes.txt, in its own format (two prompts per list)
 EXCERPT = """Classes
