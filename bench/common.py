@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import platform
+import shlex
 import statistics
 import sys
 
@@ -35,14 +36,17 @@ def machine() -> dict:
     return info
 
 
-def write_results(name: str, rows: list[dict], markdown_table: str, notes: list[str]) -> tuple[pathlib.Path, pathlib.Path]:
-    """bench/results/<name>.{md,json} with the date, the machine and the command that produced them."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, rows: list[dict], markdown_table: str, notes: list[str], folder: pathlib.Path = RESULTS,
+                  argv: list[str] | None = None, extra: dict | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+    """<folder>/<name>.{md,json} (default bench/results) with the date, the machine and the command that produced
+    them (`argv`: the benchmark's arguments, default sys.argv[1:]); `extra` goes into the JSON as it is."""
+    folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "./driftless bench " + " ".join([name.split("_")[0], *sys.argv[1:]])
+    args = sys.argv[1:] if argv is None else argv
+    command = "./driftless bench " + " ".join([name.split("_")[0], *(shlex.quote(a) for a in args)])
     meta = {"date": now, "command": command, "machine": machine()}
-    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
-    json_path.write_text(json.dumps({**meta, "rows": rows, "notes": notes}, indent=2) + "\n")
+    json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
+    json_path.write_text(json.dumps({**meta, "rows": rows, "notes": notes, **(extra or {})}, indent=2) + "\n")
     lines = [f"# {name}", "", f"- date: {now}", f"- command: `{command}`", f"- machine: {json.dumps(meta['machine'])}", ""]
     lines += [markdown_table, ""] + [f"- {n}" for n in notes]
     md_path.write_text("\n".join(lines) + "\n")

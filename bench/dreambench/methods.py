@@ -1,0 +1,52 @@
+"""The training methods a run compares: a drift regularizer (or a chain of them, `anchor+dco`) at its node's defaults."""
+
+from .dataset import DreamBenchError
+
+METHODS = {
+    "plain": "no regularizer (DreamBooth-LoRA)",
+    "anchor": "parameter anchor, λ = 0.01, paper form (Preserve & Personalize)",
+    "dco": "DCO, β = 1000, replacing the denoising loss (Lee et al. 2024)",
+    "apt": "APT with adaptive adjustment, representation weight 1, attention weight 1000 (Chae et al. 2025)",
+    "prior": "DreamBooth prior preservation, weight 1, --class-images images sampled by the base model",
+}
+GUIDANCE = {
+    "cfg": "classifier-free guidance of the personalized model (LoRA at 1 in both branches)",
+    "personalization": "personalization guidance: the unconditional branch is base + s·LoRA (Park et al. 2025)",
+}
+
+
+def parse_method(spec: str) -> tuple[str, ...]:
+    """'anchor+dco' -> ('anchor', 'dco'); 'plain' alone means no regularizer."""
+    parts = tuple(p.strip() for p in spec.split("+") if p.strip())
+    unknown = [p for p in parts if p not in METHODS]
+    if not parts or unknown:
+        raise DreamBenchError(f"--regularizer {spec!r}: choose from {', '.join(METHODS)} (chain with '+', e.g. anchor+dco)")
+    if "plain" in parts and len(parts) > 1:
+        raise DreamBenchError(f"--regularizer {spec!r}: 'plain' means no regularizer and does not chain")
+    if len(set(parts)) != len(parts):
+        raise DreamBenchError(f"--regularizer {spec!r} names a regularizer twice")
+    return parts
+
+
+def build_regularizers(parts: tuple[str, ...], prior=None) -> list:
+    """The regularizer objects, as the regularizer nodes build them with their default inputs.
+
+    `prior` is a callable returning (class latents, class conditioning, class prompt); called only for 'prior'.
+    """
+    from ...trainers.regularizers.apt import APT
+    from ...trainers.regularizers.dco import DCO
+    from ...trainers.regularizers.parameter_anchor import ParameterAnchor
+    from ...trainers.regularizers.prior_preservation import PriorPreservation
+
+    out = []
+    for part in parts:
+        if part == "anchor":
+            out.append(ParameterAnchor(0.01, "paper"))
+        elif part == "dco":
+            out.append(DCO(1000.0, 1.0, "replace"))
+        elif part == "apt":
+            out.append(APT(True, representation_weight=1.0, attention_weight=1000.0))
+        elif part == "prior":
+            latents, conditioning, class_prompt = prior()
+            out.append(PriorPreservation(latents, conditioning, class_prompt, 1.0))
+    return out
