@@ -15,7 +15,10 @@ class UIWorkflow:
         self.nodes, self.links = [], []
         self.columns: dict[int, float] = {}
 
-    def node(self, node_type: str, column: int, title: str | None = None, **inputs) -> "NodeRef":
+    def node(self, node_type: str, column: int, title: str | None = None, preview_height: int = 0,
+             **inputs) -> "NodeRef":
+        """A node below the last one in `column`; `preview_height` leaves room under its widgets for an image the
+        node shows after a run (a preview, a metrics table), so it does not grow over the node below."""
         spec = self.info[node_type]
         node_id = len(self.nodes) + 1
         y = self.columns.get(column, 40.0)
@@ -40,7 +43,7 @@ class UIWorkflow:
             {"name": n, "type": t, "links": [], "slot_index": i}
             for i, (n, t) in enumerate(zip(spec["output_name"], spec["output"]))
         ]
-        height = 60 + 26 * (len(sockets) + len(widgets) + len(outputs))
+        height = 60 + 26 * (len(sockets) + len(widgets) + len(outputs)) + preview_height
         entry = {
             "id": node_id, "type": node_type, "pos": [40 + 360 * column, y], "size": [320, height], "flags": {},
             "order": node_id - 1, "mode": 0, "inputs": sockets, "outputs": outputs,
