@@ -190,7 +190,7 @@ Every trained MODEL is sampled at the same seed twice:
 - with the prior prompt, the class without the trigger word (bottom row, the base model first: how far did
   it drift from what the base model drew?).
 
-The metrics table, one row of nodes per method (right): **Driftless Personalization Metrics** scores the
+The metrics table on the right, one row per method: **Driftless Personalization Metrics** scores the
 subject samples against the photos (CLIP-T, CLIP-I, DINO: higher = closer), **Driftless Drift Metrics** the
 prior samples against the base model's at the same seed (CLIP-I, DINO: 1 = no drift). Each shows its table
 on the node and writes `output/{folder}_compare/metrics/<method>_*.json` or `.../drift/<method>_*.json`.
@@ -258,6 +258,7 @@ def regularizer_comparison(info: dict, profile: str = "tiny") -> dict:
     # the metrics table: a personalization and a drift node per method, side by side in two columns
     for label in trained:
         slug = label.replace(" ", "_")
+        w.align(9, 10)
         w.node("DriftlessPersonalizationMetrics", 9, title=f"Metrics ({label})", generated_images=subject_images[label],
                reference_images=batch, prompts=p["prompt"], identifier="sks", class_noun=p["class_noun"], **backbones(p),
                filename_prefix=f"{p['folder']}_compare/metrics/{slug}")

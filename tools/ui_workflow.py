@@ -55,6 +55,12 @@ class UIWorkflow:
         self.columns[column] = y + height + 40
         return NodeRef(self, node_id)
 
+    def align(self, *columns: int) -> None:
+        """Start the next node of each of these columns at the same height (a row across them)."""
+        y = max(self.columns.get(c, 40.0) for c in columns)
+        for c in columns:
+            self.columns[c] = y
+
     def note(self, column: int, text: str, height: int = 220):
         node_id = len(self.nodes) + 1
         y = self.columns.get(column, 40.0)
