@@ -73,12 +73,10 @@ def start(info: dict, profile: str, name: str, note: str, height: int, photos: i
     return p, w, model
 
 
-TABLE_HEIGHT = 240  # room for the table a metrics node shows after a run
-
-
 def backbones(p: dict) -> dict:
-    """The metrics nodes' backbone widgets of a profile, and room for the table they show."""
-    return dict(clip_model=p["clip_model"], dino_model=p["dino_model"], preview_height=TABLE_HEIGHT)
+    """The metrics nodes' backbone widgets of a profile, and the room for the table they show after a run (an image
+    about 900 x 240: at 680 wide it is legible); the node spans two columns."""
+    return dict(clip_model=p["clip_model"], dino_model=p["dino_model"], preview_height=200, node_width=680)
 
 DEMO_NOTE = """## Driftless: photos -> LoRA -> guided samples -> metrics{suffix}
 
@@ -255,14 +253,14 @@ def regularizer_comparison(info: dict, profile: str = "tiny") -> dict:
     labels = ", ".join(trained)
     w.node("SaveImage", 8, title=f"Subject: {labels}", images=subject_row, filename_prefix=f"{p['folder']}_compare/subject")
     w.node("SaveImage", 8, title=f"Prior: base, {labels}", images=prior_row, filename_prefix=f"{p['folder']}_compare/prior")
-    # the metrics table: a personalization and a drift node per method, side by side in two columns
+    # the metrics table: a personalization and a drift node per method, side by side
     for label in trained:
         slug = label.replace(" ", "_")
-        w.align(9, 10)
+        w.align(9, 11)
         w.node("DriftlessPersonalizationMetrics", 9, title=f"Metrics ({label})", generated_images=subject_images[label],
                reference_images=batch, prompts=p["prompt"], identifier="sks", class_noun=p["class_noun"], **backbones(p),
                filename_prefix=f"{p['folder']}_compare/metrics/{slug}")
-        w.node("DriftlessDriftMetrics", 10, title=f"Drift ({label})", base_images=prior_base,
+        w.node("DriftlessDriftMetrics", 11, title=f"Drift ({label})", base_images=prior_base,
                personalized_images=prior_images[label], **backbones(p),
                filename_prefix=f"{p['folder']}_compare/drift/{slug}", prompts=p["prior_prompt"], identifier="sks")
     return w.to_json()

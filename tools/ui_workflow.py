@@ -16,9 +16,10 @@ class UIWorkflow:
         self.columns: dict[int, float] = {}
 
     def node(self, node_type: str, column: int, title: str | None = None, preview_height: int = 0,
-             **inputs) -> "NodeRef":
+             node_width: int = 320, **inputs) -> "NodeRef":
         """A node below the last one in `column`; `preview_height` leaves room under its widgets for an image the
-        node shows after a run (a preview, a metrics table), so it does not grow over the node below."""
+        node shows after a run (a preview, a metrics table), so it does not grow over the node below. Columns are
+        360 apart: a node wider than 320 needs the next column(s) free."""
         spec = self.info[node_type]
         node_id = len(self.nodes) + 1
         y = self.columns.get(column, 40.0)
@@ -45,7 +46,7 @@ class UIWorkflow:
         ]
         height = 60 + 26 * (len(sockets) + len(widgets) + len(outputs)) + preview_height
         entry = {
-            "id": node_id, "type": node_type, "pos": [40 + 360 * column, y], "size": [320, height], "flags": {},
+            "id": node_id, "type": node_type, "pos": [40 + 360 * column, y], "size": [node_width, height], "flags": {},
             "order": node_id - 1, "mode": 0, "inputs": sockets, "outputs": outputs,
             "properties": {"Node name for S&R": node_type, **_provenance(node_type)}, "widgets_values": widgets,
         }
