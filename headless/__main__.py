@@ -66,13 +66,13 @@ def main(argv=None) -> int:
         folder_paths.set_output_directory(str(args.output_directory.resolve()))
     for config in args.extra_model_paths_config:
         load_extra_path_config(str(config))
-    text = json.dumps(data)
-    if args.command == "demo" or DEMO_PHOTOS_FOLDER + "/" in text:
+    named = json.dumps(data)  # the demo's photos and backbones are written when a workflow names them
+    if args.command == "demo" or DEMO_PHOTOS_FOLDER + "/" in named:
         from .demo_photos import write_demo_photos
 
         photos = write_demo_photos(pathlib.Path(folder_paths.get_input_directory()))
         print(f"[runner] demo photos in {photos[0].parent}")
-    if args.command == "demo" or any(name in text for name in demo_backbones.NAMES):
+    if args.command == "demo" or any(name in named for name in demo_backbones.NAMES):
         folders = demo_backbones.write_demo_backbones(pathlib.Path(folder_paths.models_dir))
         print(f"[runner] demo metric backbones (random CLIP and DINO: their scores mean nothing) in {folders[0].parent}")
     print(f"[runner] ComfyUI {comfy.version} at {comfy.root} (device: {_device()})")

@@ -3,6 +3,7 @@ in models/driftless_metrics/driftless_demo/, so the tiny example workflows end i
 weights at all. Their scores mean nothing; the loading, preprocessing, embedding and report are the real ones."""
 
 import contextlib
+import functools
 import os
 import pathlib
 import shutil
@@ -29,16 +30,14 @@ def write_demo_backbones(models_directory: pathlib.Path) -> list[pathlib.Path]:
     returns their paths. Each is written beside its place and renamed into it, so none is ever half there."""
     from ..tinymodels.metrics_backbones import save_clip, save_dino
 
-    savers = {CLIP: save_clip, DINO: lambda folder, seed: save_dino(folder, seed=seed, version=1)}
+    savers = {CLIP: functools.partial(save_clip, seed=SEEDS[CLIP]),
+              DINO: functools.partial(save_dino, seed=SEEDS[DINO], version=1)}  # DINO v1, as the real examples use
     root = metrics_folder(models_directory)
-    paths = []
     for name in NAMES:
-        target = root / name
-        if not target.exists():
+        if not (root / name).exists():
             with _quiet_transformers():
-                _write(target, lambda folder: savers[name](folder, seed=SEEDS[name]))
-        paths.append(target)
-    return paths
+                _write(root / name, savers[name])
+    return [root / name for name in NAMES]
 
 
 def _write(target: pathlib.Path, save) -> None:
