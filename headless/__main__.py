@@ -10,7 +10,7 @@ import logging
 import pathlib
 import sys
 
-from . import host, runner, workflow
+from . import demo_backbones, host, runner, workflow
 from .demo_photos import DEMO_FOLDER as DEMO_PHOTOS_FOLDER
 
 DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json"
@@ -66,11 +66,15 @@ def main(argv=None) -> int:
         folder_paths.set_output_directory(str(args.output_directory.resolve()))
     for config in args.extra_model_paths_config:
         load_extra_path_config(str(config))
-    if args.command == "demo" or DEMO_PHOTOS_FOLDER + "/" in json.dumps(data):
+    named = json.dumps(data)  # the demo's photos and backbones are written when a workflow names them
+    if args.command == "demo" or DEMO_PHOTOS_FOLDER + "/" in named:
         from .demo_photos import write_demo_photos
 
         photos = write_demo_photos(pathlib.Path(folder_paths.get_input_directory()))
         print(f"[runner] demo photos in {photos[0].parent}")
+    if args.command == "demo" or any(name in named for name in demo_backbones.NAMES):
+        folders = demo_backbones.write_demo_backbones(pathlib.Path(folder_paths.models_dir))
+        print(f"[runner] demo metric backbones (random CLIP and DINO: their scores mean nothing) in {folders[0].parent}")
     print(f"[runner] ComfyUI {comfy.version} at {comfy.root} (device: {_device()})")
     print(f"[runner] workflow {path} ({'UI' if workflow.is_ui_format(data) else 'API'} format)")
     try:
@@ -101,11 +105,11 @@ def main(argv=None) -> int:
         )
         return 1
     print(f"[runner] success in {result.seconds:.1f} s; outputs in {folder_paths.get_output_directory()}")
-    for f in result.files:
+    for f in runner.output_files(result.outputs, kinds=("output",)):  # previews (temp) are shown as text below
         print(f"[runner]   wrote {f}")
     for node_id, ui in result.outputs.items():
         for text in ui.get("text", []) if isinstance(ui.get("text"), list) else []:
-            print(f"[runner]   #{node_id} {prompt[node_id]['class_type']}: {text}")
+            print(f"[runner]   {runner.node_label(prompt, node_id)}: {text}")
     return 0
 
 

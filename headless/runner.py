@@ -45,10 +45,7 @@ class ConsoleServer:
         print(text, file=self.stream, flush=True)
 
     def _label(self, node_id) -> str:
-        node = self.prompt.get(str(node_id), {})
-        title = node.get("_meta", {}).get("title")
-        class_type = node.get("class_type", "?")
-        return f"#{node_id} {class_type}" + (f" ({title})" if title and title != class_type else "")
+        return node_label(self.prompt, node_id)
 
     def send_sync(self, event, data, sid=None):
         self.messages.append((event, data))
@@ -76,15 +73,24 @@ class ConsoleServer:
         pass
 
 
-def output_files(outputs: dict) -> list[pathlib.Path]:
-    """Paths of the files named in the nodes' ui outputs ({filename, subfolder, type} entries)."""
+def node_label(prompt: dict, node_id) -> str:
+    """'#12 KSampler (Sample (base))': the id, the class and the title the workflow gave the node."""
+    node = prompt.get(str(node_id), {})
+    title = node.get("_meta", {}).get("title")
+    class_type = node.get("class_type", "?")
+    return f"#{node_id} {class_type}" + (f" ({title})" if title and title != class_type else "")
+
+
+def output_files(outputs: dict, kinds: tuple[str, ...] = ("output", "temp", "input")) -> list[pathlib.Path]:
+    """Paths of the files named in the nodes' ui outputs ({filename, subfolder, type} entries) of those types:
+    'output' (saved files, reports), 'temp' (previews)."""
     import folder_paths
 
     files = []
     for ui in outputs.values():
         for entries in ui.values():
             for entry in entries if isinstance(entries, list) else []:
-                if isinstance(entry, dict) and "filename" in entry:
+                if isinstance(entry, dict) and "filename" in entry and entry.get("type", "output") in kinds:
                     base = folder_paths.get_directory_by_type(entry.get("type", "output"))
                     if base is not None:
                         files.append(pathlib.Path(base, entry.get("subfolder", ""), entry["filename"]))

@@ -8,7 +8,7 @@ import tempfile
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from ui_workflow import UIWorkflow  # noqa: E402
 
-from driftless.headless import host  # noqa: E402
+from driftless.headless import demo_backbones, host  # noqa: E402
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "example_workflows"
 
@@ -17,11 +17,13 @@ PROFILES = {
     "real": dict(photos=[f"my_subject_{i}.png" for i in (1, 2, 3)], caption="a photo of sks dog",
                  prompt="a photo of sks dog on a beach", grid_prompt="a photo of sks dog in the snow", size=512,
                  train_steps=500, learning_rate=1e-4, rank=16, sample_steps=30, folder="my_subject",
-                 class_prompt="a photo of a dog", prior_prompt="a photo of a dog on a beach", class_images=50),
+                 class_prompt="a photo of a dog", prior_prompt="a photo of a dog on a beach", class_images=50,
+                 class_noun="dog", clip_model="clip-vit-base-patch32", dino_model="dino-vits16", compare_batch=4),
     "tiny": dict(photos=[f"driftless_demo/sks_cat_{i}.png" for i in (1, 2, 3)], caption="a photo of sks cat",
                  prompt="a photo of sks cat on a beach", grid_prompt="a photo of sks cat in the snow", size=64,
                  train_steps=30, learning_rate=1e-3, rank=8, sample_steps=12, folder="driftless_demo",
-                 class_prompt="a photo of a cat", prior_prompt="a photo of a cat on a beach", class_images=4),
+                 class_prompt="a photo of a cat", prior_prompt="a photo of a cat on a beach", class_images=4,
+                 class_noun="cat", clip_model=demo_backbones.CLIP, dino_model=demo_backbones.DINO, compare_batch=1),
 }
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 REAL_NOTE = """
@@ -36,35 +38,63 @@ TINY_NOTE = """
 **Tiny twin**: runs in a minute on a CPU with no weights. For a real model, use the workflow of the same
 name in `example_workflows/` (Load Checkpoint instead of the tiny model)."""
 
+REAL_METRICS_NOTE = """
 
-def start(info: dict, profile: str, name: str, note: str, height: int, photos: int):
+**Metrics** (weights on your disk, never downloaded): put CLIP ViT-B/32 in
+`models/driftless_metrics/clip-vit-base-patch32/` and DINO ViT-S/16 in `models/driftless_metrics/dino-vits16/`,
+each folder as its Hugging Face repository holds it (`config.json`, `model.safetensors`,
+`preprocessor_config.json`, and CLIP's tokenizer files), e.g. on a machine with internet
+`hf download openai/clip-vit-base-patch32 --local-dir models/driftless_metrics/clip-vit-base-patch32` and
+`hf download facebook/dino-vits16 --local-dir models/driftless_metrics/dino-vits16`. Only safetensors are
+read (convert a `pytorch_model.bin`-only folder first; the README's Measure section says how). Any other CLIP
+or DINO folder there is listed too; `none` skips a backbone."""
+
+TINY_METRICS_NOTE = """
+
+**Metrics** use random tiny CLIP and DINO folders (their scores mean nothing) in
+`models/driftless_metrics/driftless_demo/`; the headless runner writes them. For the web UI, write them once with
+`./driftless python -m driftless.headless.demo_backbones PATH/TO/ComfyUI/models`."""
+
+
+def start(info: dict, profile: str, name: str, note: str, height: int, photos: int, metrics: bool = False):
     """(profile settings, workflow, model loader node) with the explanatory note in the first column."""
     p = PROFILES[profile]
     w = UIWorkflow(info)
     if profile == "tiny":
         model = w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
         headless = "./driftless demo" if name == "personalize_and_guide" else f"./driftless run example_workflows/tiny/{name}_tiny.json"
-        w.note(0, note.format(suffix=" (tiny model)", folder=p["folder"], headless=headless) + TINY_NOTE, height=height)
+        text = note.format(suffix=" (tiny model)", folder=p["folder"], headless=headless) + TINY_NOTE
+        w.note(0, text + (TINY_METRICS_NOTE if metrics else ""), height=height + (90 if metrics else 0))
     else:
         model = w.node("CheckpointLoaderSimple", 0, ckpt_name=CHECKPOINT)
         headless = f"./driftless run example_workflows/{name}.json --extra-model-paths-config your_paths.yaml"
         text = note.format(suffix="", folder=p["folder"], headless=headless) + REAL_NOTE.format(ckpt=CHECKPOINT, count=photos)
-        w.note(0, text, height=height + 90)
+        w.note(0, text + (REAL_METRICS_NOTE if metrics else ""), height=height + (290 if metrics else 90))
     return p, w, model
 
-DEMO_NOTE = """## Driftless: photos -> LoRA -> guided samples{suffix}
+
+def backbones(p: dict) -> dict:
+    """The metrics nodes' backbone widgets of a profile, and the room for the table they show after a run (an image
+    about 900 x 240: at 680 wide it is legible); the node spans two columns."""
+    return dict(clip_model=p["clip_model"], dino_model=p["dino_model"], preview_height=200, node_width=680)
+
+DEMO_NOTE = """## Driftless: photos -> LoRA -> guided samples -> metrics{suffix}
 
 1. three photos of the subject -> **Driftless Training Data** (VAE + CLIP encode them with the caption)
 2. **Driftless Train LoRA** trains on a clone of the MODEL (the input MODEL stays as it was)
 3. **Driftless Save LoRA** writes `models/loras/{folder}/lora.safetensors`
 4. the same seed sampled with personalization guidance (the LoRA at strength 0.3 as CFG's unconditional
    branch) and with the base MODEL, side by side
+5. **Driftless Personalization Metrics**: CLIP-T, CLIP-I and DINO of the guided samples against the photos;
+   **Driftless Drift Metrics**: the base and the personalized MODEL on the prior prompt (no trigger word) at
+   the same seed, compared pair by pair (1 = unchanged). Each writes a JSON report into `output/{folder}/`
+   and shows its table on the node.
 
 Headless: `{headless}`."""
 
 
 def demo(info: dict, profile: str = "tiny") -> dict:
-    p, w, model = start(info, profile, "personalize_and_guide", DEMO_NOTE, height=380, photos=3)
+    p, w, model = start(info, profile, "personalize_and_guide", DEMO_NOTE, height=500, photos=3, metrics=True)
     photos = [w.node("LoadImage", 1, image=name) for name in p["photos"]]
     pair = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
     batch = w.node("ImageBatch", 1, image1=pair, image2=photos[2])
@@ -87,9 +117,27 @@ def demo(info: dict, profile: str = "tiny") -> dict:
                     sampler=sampler, sigmas=sigmas, latent_image=latent)
     base = w.node("KSampler", 5, title="Sample (base)", model=model.out(0), positive=pos, negative=neg, latent_image=latent,
                   seed=42, steps=p["sample_steps"], cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+    decoded = {}
     for label, samples in (("personalized", guided.out(0)), ("base", base)):
-        image = w.node("VAEDecode", 6, samples=samples, vae=model.out(2))
-        w.node("SaveImage", 7, title=f"Save ({label})", images=image, filename_prefix=f"{p['folder']}/{label}")
+        decoded[label] = w.node("VAEDecode", 6, samples=samples, vae=model.out(2))
+        w.node("SaveImage", 7, title=f"Save ({label})", images=decoded[label], filename_prefix=f"{p['folder']}/{label}")
+    # drift: the base and the personalized MODEL (no guidance) on the prior prompt at the same seed
+    prior = w.node("CLIPTextEncode", 3, title="Prior prompt (no trigger word)", clip=model.out(1), text=p["prior_prompt"])
+    prior_images = {}
+    for label, source in (("base", model.out(0)), ("personalized", train.out(0))):
+        latents = w.node("KSampler", 5, title=f"Prior ({label})", model=source, positive=prior, negative=neg,
+                         latent_image=latent, seed=42, steps=p["sample_steps"], cfg=5.0, sampler_name="euler",
+                         scheduler="normal", denoise=1.0)
+        prior_images[label] = w.node("VAEDecode", 6, samples=latents, vae=model.out(2))
+    pair = w.node("ImageStitch", 7, image1=prior_images["base"], image2=prior_images["personalized"], direction="right",
+                  match_image_size=True, spacing_width=4, spacing_color="white")
+    w.node("SaveImage", 7, title="Prior prompt: base | personalized", images=pair, filename_prefix=f"{p['folder']}/prior")
+    w.node("DriftlessPersonalizationMetrics", 8, title="Metrics (guided samples vs photos)",
+           generated_images=decoded["personalized"], reference_images=batch, prompts=p["prompt"], identifier="sks",
+           class_noun=p["class_noun"], **backbones(p), filename_prefix=f"{p['folder']}/metrics")
+    w.node("DriftlessDriftMetrics", 8, title="Drift (prior prompt: base vs personalized)",
+           base_images=prior_images["base"], personalized_images=prior_images["personalized"], **backbones(p),
+           filename_prefix=f"{p['folder']}/drift", prompts=p["prior_prompt"], identifier="sks")
     return w.to_json()
 
 
@@ -140,6 +188,11 @@ Every trained MODEL is sampled at the same seed twice:
 - with the prior prompt, the class without the trigger word (bottom row, the base model first: how far did
   it drift from what the base model drew?).
 
+The metrics table on the right, one row per method: **Driftless Personalization Metrics** scores the
+subject samples against the photos (CLIP-T, CLIP-I, DINO: higher = closer), **Driftless Drift Metrics** the
+prior samples against the base model's at the same seed (CLIP-I, DINO: 1 = no drift). Each shows its table
+on the node and writes `output/{folder}_compare/metrics/<method>_*.json` or `.../drift/<method>_*.json`.
+
 Headless: `{headless}`."""
 
 REGULARIZERS = {
@@ -152,7 +205,7 @@ REGULARIZERS = {
 
 
 def regularizer_comparison(info: dict, profile: str = "tiny") -> dict:
-    p, w, model = start(info, profile, "regularizer_comparison", COMPARE_NOTE, height=420, photos=3)
+    p, w, model = start(info, profile, "regularizer_comparison", COMPARE_NOTE, height=560, photos=3, metrics=True)
     if profile == "tiny":  # five trainings: keep the twin the tests run short
         p = {**p, "train_steps": 10, "sample_steps": 4, "class_images": 2}
     photos = [w.node("LoadImage", 1, image=name) for name in p["photos"]]
@@ -178,7 +231,7 @@ def regularizer_comparison(info: dict, profile: str = "tiny") -> dict:
     subject = w.node("CLIPTextEncode", 4, title="Subject prompt", clip=model.out(1), text=p["prompt"])
     prior = w.node("CLIPTextEncode", 4, title="Prior prompt (no trigger word)", clip=model.out(1), text=p["prior_prompt"])
     null = w.node("CLIPTextEncode", 4, title="Null prompt", clip=model.out(1), text="")
-    latent = w.node("EmptyLatentImage", 4, width=p["size"], height=p["size"], batch_size=1)
+    latent = w.node("EmptyLatentImage", 4, width=p["size"], height=p["size"], batch_size=p["compare_batch"])
 
     def sample(source, prompt, title):
         latents = w.node("KSampler", 5, title=title, model=source, positive=prompt, negative=null, latent_image=latent,
@@ -192,12 +245,24 @@ def regularizer_comparison(info: dict, profile: str = "tiny") -> dict:
                          spacing_width=4, spacing_color="white")
         return out
 
-    subject_row = row([sample(t.out(0), subject, f"Subject ({label})") for label, t in trained.items()])
-    prior_row = row([sample(model.out(0), prior, "Prior (base model)")]
-                    + [sample(t.out(0), prior, f"Prior ({label})") for label, t in trained.items()])
+    subject_images = {label: sample(t.out(0), subject, f"Subject ({label})") for label, t in trained.items()}
+    subject_row = row(list(subject_images.values()))
+    prior_base = sample(model.out(0), prior, "Prior (base model)")
+    prior_images = {label: sample(t.out(0), prior, f"Prior ({label})") for label, t in trained.items()}
+    prior_row = row([prior_base, *prior_images.values()])
     labels = ", ".join(trained)
     w.node("SaveImage", 8, title=f"Subject: {labels}", images=subject_row, filename_prefix=f"{p['folder']}_compare/subject")
     w.node("SaveImage", 8, title=f"Prior: base, {labels}", images=prior_row, filename_prefix=f"{p['folder']}_compare/prior")
+    # the metrics table: a personalization and a drift node per method, side by side
+    for label in trained:
+        slug = label.replace(" ", "_")
+        w.align(9, 11)
+        w.node("DriftlessPersonalizationMetrics", 9, title=f"Metrics ({label})", generated_images=subject_images[label],
+               reference_images=batch, prompts=p["prompt"], identifier="sks", class_noun=p["class_noun"], **backbones(p),
+               filename_prefix=f"{p['folder']}_compare/metrics/{slug}")
+        w.node("DriftlessDriftMetrics", 11, title=f"Drift ({label})", base_images=prior_base,
+               personalized_images=prior_images[label], **backbones(p),
+               filename_prefix=f"{p['folder']}_compare/drift/{slug}", prompts=p["prior_prompt"], identifier="sks")
     return w.to_json()
 
 

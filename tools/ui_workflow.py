@@ -15,7 +15,11 @@ class UIWorkflow:
         self.nodes, self.links = [], []
         self.columns: dict[int, float] = {}
 
-    def node(self, node_type: str, column: int, title: str | None = None, **inputs) -> "NodeRef":
+    def node(self, node_type: str, column: int, title: str | None = None, preview_height: int = 0,
+             node_width: int = 320, **inputs) -> "NodeRef":
+        """A node below the last one in `column`; `preview_height` leaves room under its widgets for an image the
+        node shows after a run (a preview, a metrics table), so it does not grow over the node below. Columns are
+        360 apart: a node wider than 320 needs the next column(s) free."""
         spec = self.info[node_type]
         node_id = len(self.nodes) + 1
         y = self.columns.get(column, 40.0)
@@ -40,9 +44,9 @@ class UIWorkflow:
             {"name": n, "type": t, "links": [], "slot_index": i}
             for i, (n, t) in enumerate(zip(spec["output_name"], spec["output"]))
         ]
-        height = 60 + 26 * (len(sockets) + len(widgets) + len(outputs))
+        height = 60 + 26 * (len(sockets) + len(widgets) + len(outputs)) + preview_height
         entry = {
-            "id": node_id, "type": node_type, "pos": [40 + 360 * column, y], "size": [320, height], "flags": {},
+            "id": node_id, "type": node_type, "pos": [40 + 360 * column, y], "size": [node_width, height], "flags": {},
             "order": node_id - 1, "mode": 0, "inputs": sockets, "outputs": outputs,
             "properties": {"Node name for S&R": node_type, **_provenance(node_type)}, "widgets_values": widgets,
         }
@@ -51,6 +55,12 @@ class UIWorkflow:
         self.nodes.append(entry)
         self.columns[column] = y + height + 40
         return NodeRef(self, node_id)
+
+    def align(self, *columns: int) -> None:
+        """Start the next node of each of these columns at the same height (a row across them)."""
+        y = max(self.columns.get(c, 40.0) for c in columns)
+        for c in columns:
+            self.columns[c] = y
 
     def note(self, column: int, text: str, height: int = 220):
         node_id = len(self.nodes) + 1

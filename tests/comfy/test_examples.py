@@ -1,19 +1,29 @@
 """Every example workflow converts to API format and passes ComfyUI's validation (placeholder files where a
-checkpoint or photo is named); every tiny twin has the same graph with the tiny model swapped in."""
+checkpoint, a photo or a metrics backbone is named); every tiny twin has the same graph with the tiny model swapped
+in; the examples that end in metrics name the standard backbones (real) or the demo's random ones (tiny)."""
 
 import json
 import pathlib
+import shutil
 
 import pytest
 from PIL import Image
 
-from driftless.headless import runner, workflow
+from driftless.headless import demo_backbones, runner, workflow
 
 EXAMPLES = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
+WITH_METRICS = ["personalize_and_guide", "regularizer_comparison"]
+METRICS_NODES = ("DriftlessPersonalizationMetrics", "DriftlessDriftMetrics")
+# what a metrics backbone folder must hold to pass validation (its files are checked by name, not read)
+BACKBONE_FILES = {"clip": ("model.safetensors", "preprocessor_config.json", "vocab.json", "merges.txt"),
+                  "dino": ("model.safetensors", "preprocessor_config.json")}
 
 
-def _placeholders(prompt: dict, base):
-    """Empty checkpoint files and blank photos named by the workflow (validation checks only that they exist)."""
+def _placeholders(prompt: dict, base) -> list:
+    """Empty checkpoint files, blank photos and metrics backbone folders (a config.json naming the model type, the
+    other files empty) named by the workflow: validation checks only that they exist. Returns the backbone folders
+    made, for removal: the session's other tests list the backbone folders."""
+    made = []
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":
@@ -24,19 +34,63 @@ def _placeholders(prompt: dict, base):
             path = base / "input" / inputs["image"]
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (8, 8)).save(path)
+        if node["class_type"] in METRICS_NODES:
+            for role, model_type in (("clip", "clip"), ("dino", "vit")):
+                folder = base / "models" / "driftless_metrics" / inputs[f"{role}_model"]
+                if inputs[f"{role}_model"] == "none" or folder.exists():
+                    continue
+                folder.mkdir(parents=True)
+                made.append(folder)
+                (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+                for name in BACKBONE_FILES[role]:
+                    (folder / name).write_bytes(b"")
+    return made
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_validates(comfy_host, repo, name):
     ui = workflow.load_workflow_file(repo / "example_workflows" / f"{name}.json")
     prompt = workflow.to_api_format(ui, comfy_host.object_info())
-    _placeholders(prompt, comfy_host.base_directory)
-    outputs, problems = runner.validate(prompt, "example")
+    made = _placeholders(prompt, comfy_host.base_directory)
+    try:
+        outputs, problems = runner.validate(prompt, "example")
+    finally:
+        for folder in made:
+            shutil.rmtree(folder)
     assert problems == {}, runner.format_validation_errors(problems, prompt)
     assert outputs
     assert any(n["class_type"] == "CheckpointLoaderSimple" for n in prompt.values())
     notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
     assert notes and "models/checkpoints" in notes[0]["widgets_values"][0]
+
+
+def test_metrics_backbones_are_checked_when_an_example_validates(comfy_host, repo):
+    """Without the backbone folders the real example is refused, naming the folder to create."""
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "personalize_and_guide.json")
+    prompt = workflow.to_api_format(ui, comfy_host.object_info())
+    for folder in _placeholders(prompt, comfy_host.base_directory):
+        shutil.rmtree(folder)
+    _, problems = runner.validate(prompt, "example")
+    text = runner.format_validation_errors(problems, prompt)
+    assert "clip_model 'clip-vit-base-patch32' not found" in text and "dino_model 'dino-vits16' not found" in text
+
+
+@pytest.mark.parametrize("name", WITH_METRICS)
+def test_examples_end_in_metrics_with_their_backbones_named_in_the_note(repo, name):
+    for path, clip, dino, where in (
+        (repo / "example_workflows" / f"{name}.json", "clip-vit-base-patch32", "dino-vits16",
+         "models/driftless_metrics/clip-vit-base-patch32/"),
+        (repo / "example_workflows" / "tiny" / f"{name}_tiny.json", demo_backbones.CLIP, demo_backbones.DINO,
+         "models/driftless_metrics/driftless_demo/"),
+    ):
+        ui = json.loads(path.read_text())
+        metrics = [n for n in ui["nodes"] if n["type"] in METRICS_NODES]
+        assert {n["type"] for n in metrics} == set(METRICS_NODES)
+        for node in metrics:
+            assert clip in node["widgets_values"] and dino in node["widgets_values"]
+            assert not node["outputs"] or all(not o["links"] for o in node["outputs"])  # the graph ends there
+        note = next(n for n in ui["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+        assert where in note and "Metrics" in note
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

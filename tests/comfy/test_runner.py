@@ -21,7 +21,7 @@ def test_ui_demo_converts_to_the_api_graph_it_draws(comfy_host, repo):
     for node_id, node in prompt.items():
         by_type.setdefault(node["class_type"], []).append(node_id)
     assert "MarkdownNote" not in by_type  # frontend-only
-    assert len(by_type["LoadImage"]) == 3 and len(by_type["KSampler"]) == 1 and len(by_type["SaveImage"]) == 3
+    assert len(by_type["LoadImage"]) == 3 and len(by_type["KSampler"]) == 3 and len(by_type["SaveImage"]) == 4
     assert sorted(prompt[i]["inputs"]["image"] for i in by_type["LoadImage"]) == [
         f"driftless_demo/sks_cat_{k}.png" for k in (1, 2, 3)
     ]  # the UI-only upload widget value is dropped
@@ -31,10 +31,26 @@ def test_ui_demo_converts_to_the_api_graph_it_draws(comfy_host, repo):
     assert train["model"] == [by_type["DriftlessTinyModel"][0], 0]
     guider = prompt[by_type["DriftlessPersonalizationGuider"][0]]["inputs"]
     assert guider["model"] == [train_id, 0] and guider["lora"] == [train_id, 1] and guider["weak_strength"] == 0.3
-    base = prompt[by_type["KSampler"][0]]["inputs"]
+    samplers = {prompt[i]["_meta"]["title"]: prompt[i]["inputs"] for i in by_type["KSampler"]}
+    base = samplers["Sample (base)"]
     # positional widgets_values with the UI-only "fixed" (control_after_generate) skipped
     assert (base["seed"], base["steps"], base["cfg"], base["sampler_name"]) == (42, 12, 5.0, "euler")
     assert base["model"] == [by_type["DriftlessTinyModel"][0], 0]
+    # it ends in the metrics: the guided samples against the photos, and drift on the prior prompt at one seed
+    from driftless.headless import demo_backbones
+
+    metrics = prompt[by_type["DriftlessPersonalizationMetrics"][0]]["inputs"]
+    guided_decode = prompt[metrics["generated_images"][0]]["inputs"]
+    assert prompt[guided_decode["samples"][0]]["class_type"] == "SamplerCustomAdvanced"
+    assert prompt[metrics["reference_images"][0]]["class_type"] == "ImageBatch"
+    assert (metrics["prompts"], metrics["identifier"], metrics["class_noun"]) == ("a photo of sks cat on a beach", "sks", "cat")
+    assert (metrics["clip_model"], metrics["dino_model"]) == (demo_backbones.CLIP, demo_backbones.DINO)
+    drift = prompt[by_type["DriftlessDriftMetrics"][0]]["inputs"]
+    prior = {side: prompt[prompt[drift[f"{side}_images"][0]]["inputs"]["samples"][0]]["inputs"]
+             for side in ("base", "personalized")}
+    assert prior["base"]["model"] == [by_type["DriftlessTinyModel"][0], 0] and prior["personalized"]["model"] == [train_id, 0]
+    assert prior["base"]["positive"] == prior["personalized"]["positive"] and prior["base"]["seed"] == prior["personalized"]["seed"]
+    assert prompt[prior["base"]["positive"][0]]["inputs"]["text"] == drift["prompts"] == "a photo of a cat on a beach"
 
 
 def test_invalid_widget_value_is_reported_with_the_node(run_prompt, txt2img):
@@ -105,13 +121,30 @@ def test_cli_exit_codes_and_messages(repo, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_cli_demo_runs_and_lists_its_outputs(repo, tmp_path):
+    """The demo writes its photos and metric backbones, trains, samples and ends in two metrics reports, whose
+    tables it prints."""
+    from driftless.headless import demo_backbones
+
     out = _cli(["demo", "--base-directory", str(tmp_path / "base"), "--output-directory", str(tmp_path / "out")], repo)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "DriftlessTrainLoRA" in out.stdout and "step 30/30" in out.stdout and "step 12/12" in out.stdout
-    written = [line.split("wrote ", 1)[1] for line in out.stdout.splitlines() if "wrote " in line]
-    assert len(written) == 5 and all(os.path.getsize(p) > 0 and p.startswith(str(tmp_path / "out")) for p in written)
+    written = [pathlib.Path(line.split("wrote ", 1)[1]) for line in out.stdout.splitlines() if "wrote " in line]
+    assert all(p.stat().st_size > 0 and p.is_relative_to(tmp_path / "out") for p in written)  # no temp previews
+    images = sorted(p.name for p in written if p.suffix == ".png")
+    assert images == ["base_00001_.png", "base_00002_.png", "loss_00001_.png", "personalized_00001_.png",
+                      "personalized_00002_.png", "prior_00001_.png", "prior_00002_.png"]
+    reports = {p.name.split("_")[0]: json.loads(p.read_text()) for p in written if p.suffix == ".json"}
+    assert set(reports) == {"metrics", "drift"}
+    assert set(reports["metrics"]["metrics"]) == {"clip_t", "clip_i", "dino"}
+    assert reports["metrics"]["counts"] == {"generated": 2, "reference": 3}
+    assert reports["drift"]["counts"] == {"pairs": 2} and set(reports["drift"]["metrics"]) == {"clip_i", "dino"}
+    assert reports["metrics"]["backbones"]["clip"]["name"] == demo_backbones.CLIP
+    assert "(Metrics (guided samples vs photos)): Personalization metrics" in out.stdout and "CLIP-T" in out.stdout
+    assert "Drift (base vs personalized, same seeds)" in out.stdout
     assert "saved driftless_demo/lora.safetensors" in out.stdout
     assert (tmp_path / "base" / "models" / "loras" / "driftless_demo" / "lora.safetensors").exists()
+    backbones = tmp_path / "base" / "models" / "driftless_metrics"
+    assert all((backbones / name / "model.safetensors").exists() for name in demo_backbones.NAMES)
 
 
 def test_guidance_grid_example_runs(run_prompt, comfy_host, repo):
@@ -145,20 +178,35 @@ def test_cli_dry_run_saves_the_api_prompt_and_runs_nothing(repo, tmp_path):
 
 def test_regularizer_comparison_example_runs(run_prompt, comfy_host, repo):
     """The tiny twin trains five LoRAs (plain and each regularizer) and writes two stitched rows: the subject
-    prompt per method, and the prior prompt for the base model and per method."""
+    prompt per method, and the prior prompt for the base model and per method; then a metrics and a drift report
+    per method, which tell the methods apart."""
     import numpy as np
     from PIL import Image
 
+    from driftless.headless.demo_backbones import write_demo_backbones
     from driftless.headless.demo_photos import write_demo_photos
 
     write_demo_photos(comfy_host.base_directory / "input")
+    write_demo_backbones(comfy_host.base_directory / "models")
     ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "regularizer_comparison_tiny.json")
     prompt = workflow.to_api_format(ui, comfy_host.object_info())
     trainers = [n for n in prompt.values() if n["class_type"] == "DriftlessTrainLoRA"]
     assert len(trainers) == 5 and sum("regularizer" in n["inputs"] for n in trainers) == 4
     result = run_prompt(prompt)
     assert result.success, result.error
-    rows = {pathlib.Path(f).name.split("_")[0]: np.asarray(Image.open(f)).astype(int) for f in result.files}
+    saved = runner.output_files(result.outputs, kinds=("output",))
+    rows = {f.name.split("_")[0]: np.asarray(Image.open(f)).astype(int) for f in saved if f.suffix == ".png"}
+    assert set(rows) == {"subject", "prior"}
+    methods = ["plain_LoRA", "parameter_anchor", "DCO", "APT", "prior_preservation"]
+    reports = {(f.parent.name, f.name.rsplit("_", 2)[0]): json.loads(f.read_text()) for f in saved if f.suffix == ".json"}
+    assert sorted(reports) == sorted((kind, m) for kind in ("metrics", "drift") for m in methods)
+    for method in methods:
+        assert set(reports["metrics", method]["metrics"]) == {"clip_t", "clip_i", "dino"}
+        assert reports["drift", method]["counts"] == {"pairs": 1}
+    dino = {m: reports["metrics", m]["metrics"]["dino"]["mean"] for m in methods}
+    assert len(set(dino.values())) == len(methods)  # one table row per method, and the rows differ
+    tables = [ui["text"][0] for ui in result.outputs.values() if "text" in ui and "Personalization metrics" in ui["text"][0]]
+    assert len(tables) == 5 and all(f"driftless_demo_compare/metrics/{m}_" in "".join(tables) for m in methods)
     size, gap = 64, 4
     assert rows["subject"].shape[1] == 5 * size + 4 * gap and rows["prior"].shape[1] == 6 * size + 5 * gap
     tiles = {name: [row[:, i * (size + gap): i * (size + gap) + size] for i in range(row.shape[1] // size)]

@@ -18,6 +18,7 @@ import subprocess
 import pytest
 
 from driftless.headless import workflow
+from driftless.headless.demo_backbones import write_demo_backbones
 from driftless.headless.demo_photos import write_demo_photos
 
 EXAMPLES = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
@@ -76,6 +77,7 @@ def _placeholder_photos(input_dir):
     demo = write_demo_photos(input_dir)
     for i, source in enumerate(demo, start=1):
         shutil.copyfile(source, input_dir / f"my_subject_{i}.png")
+    write_demo_backbones(input_dir.parent / "models")  # the tiny twins' metrics nodes list what they name
 
 
 @pytest.fixture(scope="session")  # session scope: set up before the session-scoped server, so a skip starts none

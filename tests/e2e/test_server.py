@@ -1,5 +1,6 @@
 """The pack inside a real ComfyUI server, reached the way the web UI and API clients reach it."""
 
+import json
 import threading
 import time
 
@@ -29,19 +30,34 @@ def test_object_info_lists_every_node_with_its_declared_inputs(comfy_server):
 
 
 def test_demo_workflow_runs_to_success_through_prompt(comfy_server, repo):
-    """The UI-format demo (photos -> LoRA -> samples), converted against the live /object_info, via POST /prompt."""
+    """The UI-format demo (photos -> LoRA -> samples -> metrics), converted against the live /object_info, via
+    POST /prompt; the metrics nodes find the demo backbones written into the server's models folder."""
+    from driftless.headless import demo_backbones
     from driftless.headless.demo_photos import write_demo_photos
 
     write_demo_photos(comfy_server.base / "input")
+    demo_backbones.write_demo_backbones(comfy_server.base / "models")
+    live = comfy_server.get("/object_info")
+    clip_options = live["DriftlessPersonalizationMetrics"]["input"]["required"]["clip_model"][1]["options"]
+    assert demo_backbones.CLIP in clip_options  # listed by the server that did not write them
     ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json")
-    prompt = workflow.to_api_format(ui, comfy_server.get("/object_info"))
+    prompt = workflow.to_api_format(ui, live)
     entry = comfy_server.wait(comfy_server.queue(prompt))
     assert entry["status"]["status_str"] == "success", entry["status"]
-    images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
-    assert len(images) == 5  # loss curve + 2 personalized + 2 base samples
-    for image in images:
+    outputs = entry["outputs"].values()
+    saved = [image for output in outputs for image in output.get("images", []) if image["type"] == "output"]
+    assert len(saved) == 7  # loss curve + 2 personalized + 2 base samples + 2 prior pairs
+    for image in saved:
         path = comfy_server.base / "output" / image["subfolder"] / image["filename"]
         assert path.stat().st_size > 0
+    reports = [report for output in outputs for report in output.get("reports", [])]
+    assert sorted(r["subfolder"] + "/" + r["filename"].split("_")[0] for r in reports) == [
+        "driftless_demo/drift", "driftless_demo/metrics"]
+    for report in reports:
+        data = json.loads((comfy_server.base / "output" / report["subfolder"] / report["filename"]).read_text())
+        assert data["format"] == "driftless.metrics.v1" and data["metrics"]
+    tables = [output for output in outputs if output.get("reports")]
+    assert all(t["images"][0]["type"] == "temp" and "report:" in t["text"][0] for t in tables)  # the table on the node
     assert (comfy_server.base / "models" / "loras" / "driftless_demo" / "lora.safetensors").stat().st_size > 0
 
 
@@ -119,6 +135,8 @@ def test_examples_are_listed_as_templates_and_convert_as_in_process(comfy_server
         assert "DriftlessTrainLoRA" in types
         # each example ends in what it compares: guided samples, the regularizers' rows, or the concepts' retention
         assert types & {"DriftlessPersonalizationGuider", "DriftlessPriorPreservation", "DriftlessRetentionReport"}
+        if name in ("personalize_and_guide", "regularizer_comparison"):  # ... and measures it
+            assert {"DriftlessPersonalizationMetrics", "DriftlessDriftMetrics"} <= types
     from driftless.nodes import all_nodes
 
     assert {k for k in live if k.startswith("Driftless")} == {n.GET_SCHEMA().node_id for n in all_nodes()}
