@@ -97,6 +97,49 @@ def test_continual_twin_learns_two_concepts_into_one_pool_through_prompt(comfy_s
     assert not np.array_equal(tiles[0], tiles[1])  # concept 1 sampled before and after concept 2 differ
 
 
+
+def test_regularizer_comparison_twin_runs_through_prompt(comfy_server, repo):
+    """Via POST /prompt, the tiny twin trains five LoRAs (plain and each regularizer) and writes two stitched rows: the subject
+    prompt per method, and the prior prompt for the base model and per method; then a metrics and a drift report
+    per method, which tell the methods apart."""
+    import numpy as np
+    from PIL import Image
+
+    from driftless.headless.demo_backbones import write_demo_backbones
+    from driftless.headless.demo_photos import write_demo_photos
+
+    write_demo_photos(comfy_server.base / "input")
+    write_demo_backbones(comfy_server.base / "models")
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "regularizer_comparison_tiny.json")
+    prompt = workflow.to_api_format(ui, comfy_server.get("/object_info"))
+    trainers = [n for n in prompt.values() if n["class_type"] == "DriftlessTrainLoRA"]
+    assert len(trainers) == 5 and sum("regularizer" in n["inputs"] for n in trainers) == 4
+    entry = comfy_server.wait(comfy_server.queue(prompt), timeout=900)
+    assert entry["status"]["status_str"] == "success", entry["status"]["messages"][-1][1].get("exception_message")
+    outputs = entry["outputs"]
+    saved = [comfy_server.base / "output" / e.get("subfolder", "") / e["filename"] for ui in outputs.values()
+             for entries in ui.values() for e in (entries if isinstance(entries, list) else [])
+             if isinstance(e, dict) and "filename" in e and e.get("type", "output") == "output"]
+    rows = {f.name.split("_")[0]: np.asarray(Image.open(f)).astype(int) for f in saved if f.suffix == ".png"}
+    assert set(rows) == {"subject", "prior"}
+    methods = ["plain_LoRA", "parameter_anchor", "DCO", "APT", "prior_preservation"]
+    reports = {(f.parent.name, f.name.rsplit("_", 2)[0]): json.loads(f.read_text()) for f in saved if f.suffix == ".json"}
+    assert sorted(reports) == sorted((kind, m) for kind in ("metrics", "drift") for m in methods)
+    for method in methods:
+        assert set(reports["metrics", method]["metrics"]) == {"clip_t", "clip_i", "dino"}
+        assert reports["drift", method]["counts"] == {"pairs": 1}
+    dino = {m: reports["metrics", m]["metrics"]["dino"]["mean"] for m in methods}
+    assert len(set(dino.values())) == len(methods)  # one table row per method, and the rows differ
+    tables = [ui["text"][0] for ui in outputs.values() if "text" in ui and "Personalization metrics" in ui["text"][0]]
+    assert len(tables) == 5 and all(f"driftless_demo_compare/metrics/{m}_" in "".join(tables) for m in methods)
+    size, gap = 64, 4
+    assert rows["subject"].shape[1] == 5 * size + 4 * gap and rows["prior"].shape[1] == 6 * size + 5 * gap
+    tiles = {name: [row[:, i * (size + gap): i * (size + gap) + size] for i in range(row.shape[1] // size)]
+             for name, row in rows.items()}
+    assert not np.array_equal(tiles["prior"][0], tiles["prior"][1])  # plain LoRA drifted from the base model
+    for i in (2, 3, 4):  # DCO, APT and prior preservation train differently from plain LoRA
+        assert not np.array_equal(tiles["subject"][0], tiles["subject"][i])
+
 def test_interrupt_ends_a_long_run(comfy_server):
     prompt = {
         "m": {"class_type": "DriftlessTinyModel", "inputs": {"architecture": "sd15-tiny", "seed": 0}},
