@@ -185,7 +185,8 @@ def bench_metrics(args, repeats, write_results) -> None:
     print(f"[bench] wrote {md} and {js}")
 
 
-def bench_continual(args, architectures[0], repeats, steps, write_results) -> None:
+def bench_continual(args, architecture, repeats, steps, write_results) -> None:
+    """Continual personalization's per-step cost on the first model of --architectures (SD1.5-shaped by default)."""
     from . import continual
 
     print(f"[bench] continual: {repeats * steps} rounds of one step of every method, interleaved")

@@ -52,3 +52,12 @@ def test_ci_runs_exactly_the_readme_test_command(repo):
     assert "./driftless test" in readme and "./driftless demo" in readme
     commands = [ln.strip() for ln in ci.splitlines() if ln.strip().startswith("./driftless")]
     assert commands == ["./driftless test"], commands
+
+
+def test_every_python_file_compiles(repo):
+    """Modules only a command imports (benchmarks, tools) are compiled too, so a syntax error cannot hide there."""
+    skip = {".driftless", ".git", "node_modules", "test-artifacts", "output"}
+    files = [p for p in repo.rglob("*.py") if not skip & set(p.relative_to(repo).parts)]
+    assert len(files) > 50
+    for path in files:
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")  # raises SyntaxError
