@@ -140,6 +140,26 @@ def test_regularizer_comparison_twin_runs_through_prompt(comfy_server, repo):
     for i in (2, 3, 4):  # DCO, APT and prior preservation train differently from plain LoRA
         assert not np.array_equal(tiles["subject"][0], tiles["subject"][i])
 
+def test_guidance_grid_twin_runs_through_prompt(comfy_server, repo):
+    """Via POST /prompt, the guidance grid's tiny twin: train, then the same seed at s = 0, 0.25, 0.5, 1."""
+    import numpy as np
+    from PIL import Image
+
+    from driftless.headless.demo_photos import write_demo_photos
+
+    write_demo_photos(comfy_server.base / "input")
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "guidance_grid_tiny.json")
+    prompt = workflow.to_api_format(ui, comfy_server.get("/object_info"))
+    strengths = sorted(n["inputs"]["weak_strength"] for n in prompt.values() if n["class_type"] == "DriftlessPersonalizationGuider")
+    assert strengths == [0.0, 0.25, 0.5, 1.0]
+    entry = comfy_server.wait(comfy_server.queue(prompt), timeout=600)
+    assert entry["status"]["status_str"] == "success", entry["status"]["messages"][-1][1].get("exception_message")
+    images = [i for output in entry["outputs"].values() for i in output.get("images", [])]
+    assert len(images) == 4
+    pixels = [np.asarray(Image.open(comfy_server.base / "output" / i["subfolder"] / i["filename"])) for i in images]
+    assert not np.array_equal(pixels[0], pixels[3])  # s changes the sample
+
+
 def test_interrupt_ends_a_long_run(comfy_server):
     prompt = {
         "m": {"class_type": "DriftlessTinyModel", "inputs": {"architecture": "sd15-tiny", "seed": 0}},
