@@ -93,17 +93,7 @@ def paired_ratios(architecture, repeats, steps, rank) -> dict:
     config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0)
     pool, teacher = synthetic_pool(model, config)
     runs = {n: TrainingRun(model, data, config, make_regularizers(n, pool, teacher, clip)) for n in NAMES}
-    times = {n: [] for n in NAMES}
-    for r in range(training.WARMUP_STEPS + repeats * steps):
-        order = NAMES[r % len(NAMES):] + NAMES[: r % len(NAMES)]
-        for n in order:
-            runs[n].activate()
-            start = time.perf_counter()
-            runs[n].step()
-            if r >= training.WARMUP_STEPS:
-                times[n].append(time.perf_counter() - start)
-    ratios = {n: [a / b for a, b in zip(times[n], times["plain"])] for n in NAMES[1:]}
-    out = {n: {"s_per_step": spread(times[n]), **({"ratio": spread(ratios[n])} if n in ratios else {})} for n in NAMES}
+    out = training.rotated_step_ratios(runs, repeats * steps)
     plain = out["plain"]["s_per_step"]["median"]
     fisher = fisher_draw_seconds(model, clip, data, pool, teacher)
     out["EWC-DC Fisher pass, per draw (k = 5)"] = {"s_per_step": spread([fisher]), "ratio": spread([fisher / plain])}

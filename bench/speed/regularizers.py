@@ -2,7 +2,6 @@
 
 import torch
 
-from ..common import spread
 from . import training
 
 
@@ -45,8 +44,6 @@ def paired_ratios(architecture, repeats, steps, rank) -> dict:
     Each method's step time is the median over its timed steps; the ratio is taken per round of
     steps (one step of every method) against plain LoRA, and reported as median and min–max.
     """
-    import time
-
     from ...tinymodels.build import build_tiny_model
     from ...trainers.config import TrainConfig
     from ...trainers.loop import TrainingRun
@@ -55,15 +52,4 @@ def paired_ratios(architecture, repeats, steps, rank) -> dict:
     _, clip, _ = build_tiny_model(architecture, 0)
     config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0)
     runs = {n: TrainingRun(model, data, config, make_regularizers(n, clip)) for n in NAMES}
-    times = {n: [] for n in NAMES}
-    rounds = repeats * steps
-    for r in range(training.WARMUP_STEPS + rounds):
-        order = NAMES[r % len(NAMES):] + NAMES[: r % len(NAMES)]
-        for n in order:
-            runs[n].activate()
-            start = time.perf_counter()
-            runs[n].step()
-            if r >= training.WARMUP_STEPS:
-                times[n].append(time.perf_counter() - start)
-    ratios = {n: [a / b for a, b in zip(times[n], times["plain"])] for n in NAMES[1:]}
-    return {n: {"s_per_step": spread(times[n]), **({"ratio": spread(ratios[n])} if n in ratios else {})} for n in NAMES}
+    return training.rotated_step_ratios(runs, repeats * steps)

@@ -75,3 +75,20 @@ def paired_step_times(architecture, repeats, steps, rank, checkpointing) -> dict
         stock.append(b)
         ratios.append(a / b)
     return {"ours_s": spread(ours), "stock_s": spread(stock), "ratio": spread(ratios)}
+
+
+def rotated_step_ratios(runs: dict, rounds: int) -> dict:
+    """Advance every TrainingRun one optimizer step at a time, in an order rotated every round, so machine drift
+    hits all alike; after WARMUP_STEPS rounds, each step is timed. Returns per run its step time (median,
+    min–max) and, for all but the first run (the reference), the per-round ratio to the reference's step."""
+    names = list(runs)
+    times = {n: [] for n in names}
+    for r in range(WARMUP_STEPS + rounds):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            runs[n].activate()
+            start = time.perf_counter()
+            runs[n].step()
+            if r >= WARMUP_STEPS:
+                times[n].append(time.perf_counter() - start)
+    ratios = {n: [a / b for a, b in zip(times[n], times[names[0]])] for n in names[1:]}
+    return {n: {"s_per_step": spread(times[n]), **({"ratio": spread(ratios[n])} if n in ratios else {})} for n in names}
