@@ -40,7 +40,7 @@ class Settings:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-5
     pool: int = 4096  # pictures encoded once for the UNet's training
-    unet_steps: int = 2000
+    unet_steps: int = 4000
     unet_batch: int = 24
     unet_lr: float = 5e-4
     unet_warmup: int = 100
@@ -49,15 +49,15 @@ class Settings:
     ema_decay: float = 0.995  # the saved UNet is the exponential moving average of the trained one
 
 
-# PRESETS: "full" is sized for <= 20 min on 2 idle CPU cores (~11 min of one core's CPU time by the rates
-# below); "quick" is about a quarter of its work, for a first look (rough pictures)
+# PRESETS: "full" is sized for <= 20 min on 2 idle CPU cores (967 CPU-s with one torch thread, measured: 16 min;
+# at 2000 UNet steps it drew colour blobs, at 4000 recognisable shapes); "quick" is a first look (rough pictures)
 PRESETS = {
     "full": Settings(),
     "quick": Settings(classifier_steps=200, vae_steps=200, pool=2048, unet_steps=500, unet_warmup=50, unet_lr=8e-4),
 }
 # CPU seconds per unit, measured with one torch thread (time.process_time) on the development machine,
-# from the quick preset's build (an earlier build under heavier load measured ~35% slower rates)
-CPU_S = {"classifier_step_64": 0.09, "vae_step_32": 0.30, "encode_picture": 0.003, "unet_sample": 0.0094}
+# from the full preset's build on a quiet machine (builds under heavy load measured up to ~35% slower rates)
+CPU_S = {"classifier_step_64": 0.07, "vae_step_32": 0.23, "encode_picture": 0.0025, "unet_sample": 0.0083}
 SMOKE = Settings(classifier_steps=3, classifier_batch=8, vae_steps=3, vae_batch=4, pool=16, unet_steps=20, unet_batch=4, unet_warmup=0)
 
 
