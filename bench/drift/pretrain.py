@@ -294,37 +294,16 @@ def min_snr_weight(sigma: torch.Tensor, gamma: float) -> torch.Tensor:
 
 # --- checkpoint ------------------------------------------------------------------------------------
 
-def checkpoint_state_dict(model, clip, vae) -> dict:
-    """The SD1.5 checkpoint layout, made by ComfyUI's own saving path (as comfy.sd.save_checkpoint does)."""
-    return model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
-
-
 def save_checkpoint(path: pathlib.Path, model, clip, vae, metadata: dict) -> None:
-    from ...trainers.storage import save_safetensors_atomic
+    """The SD1.5 checkpoint layout, named `drift-bench` in its metadata (tinymodels/checkpoint.py)."""
+    from ...tinymodels.checkpoint import save_tiny_checkpoint
 
-    sd = checkpoint_state_dict(model, clip, vae)
-    save_safetensors_atomic({k: v.float() for k, v in sd.items()}, path, {"architecture": ARCHITECTURE, **metadata})
+    save_tiny_checkpoint(path, ARCHITECTURE, model, clip, vae, metadata)
 
 
 def load_checkpoint(path) -> tuple:
     """(MODEL, CLIP, VAE) from a drift-bench checkpoint: ComfyUI's classes from the config, then the weights.
+    CheckpointLoaderSimple cannot detect this file (its SD1.5 detection needs the full-size UNet and CLIP-L)."""
+    from ...tinymodels.checkpoint import load_tiny_checkpoint
 
-    CheckpointLoaderSimple cannot detect this file: ComfyUI's SD1.5 detection requires the full-size
-    UNet (model_channels 320, context 768) and CLIP-L, so the modules come from tinymodels' config.
-    """
-    import comfy.utils
-
-    from ...trainers.storage import load_safetensors
-
-    sd, _ = load_safetensors(path)
-    model, clip, vae = _random_model(0)
-    unet_sd = comfy.utils.state_dict_prefix_replace(sd, {"model.diffusion_model.": ""}, filter_keys=True)
-    model.model.diffusion_model.load_state_dict(unet_sd, strict=True)
-    clip_sd = comfy.utils.state_dict_prefix_replace(sd, {"cond_stage_model.": "clip_l."}, filter_keys=True)
-    missing, unexpected = clip.cond_stage_model.load_state_dict(clip_sd, strict=False)
-    unused = {"clip_l.transformer.text_projection.weight", "clip_l.logit_scale"}  # dropped by SD1.5 saving, unused
-    if unexpected or set(missing) - unused:
-        raise ValueError(f"{path}: text encoder keys do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    vae_sd = comfy.utils.state_dict_prefix_replace(sd, {"first_stage_model.": ""}, filter_keys=True)
-    vae.first_stage_model.load_state_dict(vae_sd, strict=True)
-    return model, clip, vae
+    return load_tiny_checkpoint(path)
