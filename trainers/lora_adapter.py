@@ -246,10 +246,6 @@ class LoraAdapter(torch.nn.Module):
             handle.remove()
         self._handles = []
 
-    def attach_to(self, patcher) -> None:
-        """Install on `patcher` (a clone) through ComfyUI's injection lifecycle."""
-        attach(patcher, [self])
-
 
 def attach(patcher, adapters: list[LoraAdapter]) -> None:
     """Install the adapters' hooks through one injection on `patcher`: present only while that clone is
