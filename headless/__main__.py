@@ -13,7 +13,8 @@ import sys
 from . import demo_backbones, host, runner, workflow
 from .demo_photos import DEMO_FOLDER as DEMO_PHOTOS_FOLDER
 
-DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json"
+DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "personalize_shapes.json"  # the pretrained shapes model
+TINY_DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json"
 DEFAULT_BASE = host.PACK_DIR / ".driftless" / "comfy_base"
 DEFAULT_OUTPUT = host.PACK_DIR / "output"
 
@@ -27,6 +28,10 @@ def parse_args(argv):
             p.add_argument("workflow", type=pathlib.Path, help="API-format or UI-format workflow JSON")
             p.add_argument("--save-api", type=pathlib.Path, help="also write the API-format prompt here (for POST /prompt)")
             p.add_argument("--dry-run", action="store_true", help="convert and validate only; run nothing")
+        else:
+            p.add_argument("--tiny", action="store_true",
+                           help=f"run {TINY_DEMO_WORKFLOW.relative_to(host.PACK_DIR)} on the random tiny model instead "
+                                "(a minute, no pretraining; its pictures are noise)")
         p.add_argument(
             "--base-directory",
             type=pathlib.Path,
@@ -51,7 +56,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    path = DEMO_WORKFLOW if args.command == "demo" else args.workflow
+    path = args.workflow if args.command == "run" else TINY_DEMO_WORKFLOW if args.tiny else DEMO_WORKFLOW
     try:
         data = workflow.load_workflow_file(path)
         comfy = host.boot(args.base_directory, cpu=False if args.gpu else None)
@@ -67,12 +72,12 @@ def main(argv=None) -> int:
     for config in args.extra_model_paths_config:
         load_extra_path_config(str(config))
     named = json.dumps(data)  # the demo's photos and backbones are written when a workflow names them
-    if args.command == "demo" or DEMO_PHOTOS_FOLDER + "/" in named:
+    if DEMO_PHOTOS_FOLDER + "/" in named:
         from .demo_photos import write_demo_photos
 
         photos = write_demo_photos(pathlib.Path(folder_paths.get_input_directory()))
         print(f"[runner] demo photos in {photos[0].parent}")
-    if args.command == "demo" or any(name in named for name in demo_backbones.NAMES):
+    if any(name in named for name in demo_backbones.NAMES):
         folders = demo_backbones.write_demo_backbones(pathlib.Path(folder_paths.models_dir))
         print(f"[runner] demo metric backbones (random CLIP and DINO: their scores mean nothing) in {folders[0].parent}")
     print(f"[runner] ComfyUI {comfy.version} at {comfy.root} (device: {_device()})")

@@ -80,13 +80,18 @@ def write_json_atomic(data: dict, path: pathlib.Path) -> pathlib.Path:
 
 def table_image(report: dict, scale: int = 2):
     """The table as an IMAGE [1, H, W, 3] (PIL's built-in font, columns aligned), for the node's preview in the UI."""
+    lines = table(report).splitlines()
+    title, header, rows, footer = lines[0], lines[1], lines[2:2 + len(report["metrics"])], lines[2 + len(report["metrics"]):]
+    return cells_image(title, [header.split()] + [_cells(r) for r in rows], footer, scale)
+
+
+def cells_image(title: str, cells: list[list[str]], footer: list[str], scale: int = 2):
+    """A table as an IMAGE [1, H, W, 3]: a title, a header row (shaded) and rows whose cells between the first and
+    the last are right-aligned (numbers), then footer lines in gray."""
     import numpy as np
     import torch
     from PIL import Image, ImageDraw, ImageFont
 
-    lines = table(report).splitlines()
-    title, header, rows, footer = lines[0], lines[1], lines[2:2 + len(report["metrics"])], lines[2 + len(report["metrics"]):]
-    cells = [header.split()] + [_cells(r) for r in rows]
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     width = lambda text: int(measure.textlength(text, font=font))  # noqa: E731

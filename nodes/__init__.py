@@ -11,6 +11,7 @@ def all_nodes() -> list:
     from .metrics import DriftMetrics, PersonalizationMetrics
     from .pretrained_model import PretrainedShapesModel
     from .regularizers import APT, DCO, ClassImages, ParameterAnchor, PriorPreservation
+    from .shapes_scores import ShapesScores
     from .tiny_model import TinyModel
     from .train_lora import TrainLora
     from .training_data import TrainingData
@@ -18,4 +19,5 @@ def all_nodes() -> list:
     register_metrics_folder()  # models/driftless_metrics, where the metrics nodes find CLIP and DINO
     return [TrainingData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT, PriorPreservation, ClassImages,
             ConceptPool, LoadConceptPool, ContinualRegularizer, AddConcept, SaveConceptPool, ConceptPoolLoRA, RetentionReport,
-            PersonalizationGuider, PersonalizationMetrics, DriftMetrics, TinyModel, PretrainedShapesModel]
+            PersonalizationGuider, PersonalizationMetrics, DriftMetrics, TinyModel, PretrainedShapesModel,
+            ShapesScores]

@@ -351,6 +351,90 @@ def continual(info: dict, profile: str = "tiny") -> dict:
     return w.to_json()
 
 
+SHAPES_NOTE = """## Driftless demo: personalize a small pretrained model on a CPU
+
+**Driftless Pretrained Shapes Model** is a small text-to-image model the pack pretrains itself (the drift
+benchmark's model: circles, squares and triangles in four colours on three backgrounds, 32x32). The first run
+trains it once (about 16 minutes on 2 CPU cores, cached in `~/.cache/driftless/`); later runs load it in a second.
+
+1. four pictures of a subject it has never seen (an orange cross), captioned `a sks on a white background`
+   -> **Driftless Training Data** -> **Driftless Train LoRA** (300 steps, ~20 s on a CPU) -> **Driftless Save LoRA**
+2. the same seeds sampled with the base and the personalized MODEL: the subject prompt (also with
+   personalization guidance, s = 0.3), a new context (`a blue sks on a black background`) and a prior prompt
+   without the trigger word (`a red circle on a black background`): each saved as base | personalized, 4x enlarged
+3. **Driftless Shapes Scores**: the benchmark's classifier scores each pair: subject fidelity, whether the
+   prompted shape and colour were drawn, and how far the personalized samples moved from the base model's
+   (the drift). Each writes a JSON report into `output/driftless_shapes/` and shows its table.
+
+Headless: `./driftless demo` (this workflow). No weights are downloaded: the pictures come from the
+benchmark's generator (the headless runner writes them to `input/driftless_demo/`; for the web UI run
+`./driftless python -m driftless.headless.demo_photos PATH/TO/ComfyUI/input`)."""
+
+
+def shapes_demo(info: dict) -> dict:
+    """The main demo: personalization of the pretrained shapes model, scored by the drift benchmark's classifier."""
+    from driftless.bench.drift import dataset
+    from driftless.headless.demo_photos import DEMO_FOLDER, SHAPE_NAMES
+
+    w = UIWorkflow(info)
+    w.note(0, SHAPES_NOTE, height=560)
+    model = w.node("DriftlessPretrainedShapesModel", 0, preset="full")
+    loads = [w.node("LoadImage", 1, image=f"{DEMO_FOLDER}/{name}") for name in SHAPE_NAMES]
+    pictures = loads[0]
+    for load in loads[1:]:
+        pictures = w.node("ImageBatch", 1, image1=pictures, image2=load)
+    caption = dataset.subject_caption()
+    data = w.node("DriftlessTrainingData", 2, clip=model.out(1), captions=caption, images=pictures, vae=model.out(2))
+    train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=300, learning_rate=1e-3, rank=8,
+                   alpha=8.0, run_name="driftless_shapes", checkpoint_every=0, resume_from="")
+    w.node("DriftlessSaveLoRA", 2, lora=train.out(1), filename="driftless_shapes/lora", overwrite=True)
+    w.node("SaveImage", 2, title="Loss curve", images=train.out(3), filename_prefix="driftless_shapes/loss")
+    null = w.node("CLIPTextEncode", 3, title="Null prompt", clip=model.out(1), text="")
+    latent = w.node("EmptyLatentImage", 3, title="Empty Latent Image (64x64 -> 32x32 pictures: a 4x VAE)",
+                    width=64, height=64, batch_size=4)
+    sampler = w.node("KSamplerSelect", 3, sampler_name="euler")
+    sigmas = w.node("BasicScheduler", 3, model=model, scheduler="normal", steps=12, denoise=1.0)
+    noise = w.node("RandomNoise", 3, noise_seed=42)
+
+    def sample(source, prompt, title):
+        latents = w.node("KSampler", 4, title=title, model=source, positive=prompt, negative=null, latent_image=latent,
+                         seed=42, steps=12, cfg=4.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+        return w.node("VAEDecode", 4, samples=latents, vae=model.out(2))
+
+    def show(images, title, prefix):
+        row = images[0]
+        for image in images[1:]:
+            row = w.node("ImageStitch", 6, image1=row, image2=image, direction="right", match_image_size=True,
+                         spacing_width=2, spacing_color="black")
+        big = w.node("ImageScaleBy", 6, image=row, upscale_method="nearest-exact", scale_by=4.0)
+        w.node("SaveImage", 6, title=title, images=big, filename_prefix=f"driftless_shapes/{prefix}")
+
+    def scores(base, personalized, text, title):
+        w.node("DriftlessShapesScores", 7, title=title, subject_images=pictures, base_samples=base,
+               personalized_samples=personalized, prompt=text, preset="full", filename_prefix="driftless_shapes/scores",
+               preview_height=130, node_width=680)
+
+    for text, prefix in ((caption, "subject"), (dataset.subject_caption("black", "blue"), "new_context"),
+                         (dataset.caption("circle", "red", "black"), "prior")):
+        prompt = w.node("CLIPTextEncode", 3, title=f"Prompt ({prefix.replace('_', ' ')})", clip=model.out(1), text=text)
+        base = sample(model.out(0), prompt, f"Sample {prefix.replace('_', ' ')} (base)")
+        personalized = sample(train.out(0), prompt, f"Sample {prefix.replace('_', ' ')} (personalized)")
+        row = [base, personalized]
+        if prefix == "subject":
+            guider = w.node("DriftlessPersonalizationGuider", 5, title="Personalization guidance (s = 0.3)",
+                            model=train.out(0), lora=train.out(1), positive=prompt, null=null, cfg=4.0, weak_strength=0.3,
+                            schedule="constant", weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
+            latents = w.node("SamplerCustomAdvanced", 5, title="Sample subject (personalized, guided)", noise=noise,
+                             guider=guider, sampler=sampler, sigmas=sigmas, latent_image=latent)
+            guided = w.node("VAEDecode", 5, samples=latents.out(0), vae=model.out(2))
+            row.append(guided)
+            scores(base, guided, text, "Scores: subject, personalization guidance")
+        show(row, f"{prefix.replace('_', ' ')}: base | personalized" + (" | guided" if prefix == "subject" else ""), prefix)
+        scores(base, personalized, text, f"Scores: {prefix.replace('_', ' ')}")
+    return w.to_json()
+
+
+SHAPES_DEMO = "personalize_shapes"  # the main demo; its model needs no weights, so it has no tiny twin
 EXAMPLE_BUILDERS = {
     "personalize_and_guide": demo,
     "guidance_grid": guidance_grid,
@@ -366,6 +450,9 @@ def main() -> None:
         for profile, out in (("real", EXAMPLES / f"{name}.json"), ("tiny", EXAMPLES / "tiny" / f"{name}_tiny.json")):
             out.write_text(json.dumps(build(info, profile), indent=2) + "\n")
             print(f"wrote {out}")
+    out = EXAMPLES / f"{SHAPES_DEMO}.json"
+    out.write_text(json.dumps(shapes_demo(info), indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

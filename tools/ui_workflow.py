@@ -25,6 +25,9 @@ class UIWorkflow:
         y = self.columns.get(column, 40.0)
         order = [*spec["input_order"].get("required", []), *spec["input_order"].get("optional", [])]
         all_inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+        unknown = set(inputs) - set(all_inputs)
+        if unknown:
+            raise ValueError(f"{node_type} has no input {', '.join(sorted(unknown))}; its inputs: {', '.join(order)}")
         sockets, widgets = [], []
         for name in order:
             kind, options = all_inputs[name][0], (all_inputs[name][1] if len(all_inputs[name]) > 1 else {})

@@ -12,6 +12,8 @@ from PIL import Image
 from driftless.headless import demo_backbones, runner, workflow
 
 EXAMPLES = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
+SHAPES_DEMO = "personalize_shapes"  # runs on the pack's own pretrained model: no checkpoint, no tiny twin
+CHECKPOINT_EXAMPLES = [name for name in EXAMPLES if name != SHAPES_DEMO]
 WITH_METRICS = ["personalize_and_guide", "regularizer_comparison"]
 METRICS_NODES = ("DriftlessPersonalizationMetrics", "DriftlessDriftMetrics")
 # what a metrics backbone folder must hold to pass validation (its files are checked by name, not read)
@@ -59,8 +61,12 @@ def test_example_validates(comfy_host, repo, name):
             shutil.rmtree(folder)
     assert problems == {}, runner.format_validation_errors(problems, prompt)
     assert outputs
-    assert any(n["class_type"] == "CheckpointLoaderSimple" for n in prompt.values())
     notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+    if name == SHAPES_DEMO:
+        assert any(n["class_type"] == "DriftlessPretrainedShapesModel" for n in prompt.values())
+        assert notes and "./driftless demo" in notes[0]["widgets_values"][0]
+        return
+    assert any(n["class_type"] == "CheckpointLoaderSimple" for n in prompt.values())
     assert notes and "models/checkpoints" in notes[0]["widgets_values"][0]
 
 
@@ -93,7 +99,7 @@ def test_examples_end_in_metrics_with_their_backbones_named_in_the_note(repo, na
         assert where in note and "Metrics" in note
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", CHECKPOINT_EXAMPLES)
 def test_tiny_twin_has_the_same_graph(repo, name):
     real = json.loads((repo / "example_workflows" / f"{name}.json").read_text())
     tiny = json.loads((repo / "example_workflows" / "tiny" / f"{name}_tiny.json").read_text())

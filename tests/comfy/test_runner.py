@@ -120,12 +120,12 @@ def test_cli_exit_codes_and_messages(repo, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_cli_demo_runs_and_lists_its_outputs(repo, tmp_path):
-    """The demo writes its photos and metric backbones, trains, samples and ends in two metrics reports, whose
+def test_cli_tiny_demo_runs_and_lists_its_outputs(repo, tmp_path):
+    """`demo --tiny` writes its photos and metric backbones, trains, samples and ends in two metrics reports, whose
     tables it prints."""
     from driftless.headless import demo_backbones
 
-    out = _cli(["demo", "--base-directory", str(tmp_path / "base"), "--output-directory", str(tmp_path / "out")], repo)
+    out = _cli(["demo", "--tiny", "--base-directory", str(tmp_path / "base"), "--output-directory", str(tmp_path / "out")], repo)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "DriftlessTrainLoRA" in out.stdout and "step 30/30" in out.stdout and "step 12/12" in out.stdout
     written = [pathlib.Path(line.split("wrote ", 1)[1]) for line in out.stdout.splitlines() if "wrote " in line]
@@ -145,6 +145,48 @@ def test_cli_demo_runs_and_lists_its_outputs(repo, tmp_path):
     assert (tmp_path / "base" / "models" / "loras" / "driftless_demo" / "lora.safetensors").exists()
     backbones = tmp_path / "base" / "models" / "driftless_metrics"
     assert all((backbones / name / "model.safetensors").exists() for name in demo_backbones.NAMES)
+
+
+@pytest.mark.timeout(300)
+def test_cli_demo_personalizes_the_pretrained_shapes_model(comfy_host, repo, tmp_path):
+    """The default demo: the shapes model (here a smoke-sized build placed where the full preset's cache is looked
+    up, so nothing pretrains for minutes) -> its subject pictures -> 300 LoRA steps -> base | personalized samples
+    of three prompts, each scored by the classifier built with the model."""
+    import dataclasses
+
+    from PIL import Image
+
+    from driftless.bench.drift import dataset, pretrain
+
+    cache = tmp_path / "cache"
+    folder = cache / pretrain.cache_dir(pretrain.PRESETS["full"]).name
+    pretrain.build(folder, dataclasses.replace(pretrain.SMOKE, pool=8, unet_steps=4), log=lambda *_: None)
+    out = _cli(["demo", "--base-directory", str(tmp_path / "base"), "--output-directory", str(tmp_path / "out")], repo,
+               {"DRIFTLESS_CACHE": str(cache)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "pretraining" not in out.stdout + out.stderr and "step 300/300" in out.stdout
+    assert "demo metric backbones" not in out.stdout  # the shapes demo scores with its own classifier
+    pictures = sorted((tmp_path / "base" / "input" / "driftless_demo").glob("sks_shape_*.png"))
+    assert len(pictures) == 4 and Image.open(pictures[0]).size == (dataset.SIZE, dataset.SIZE)
+    written = [pathlib.Path(line.split("wrote ", 1)[1]) for line in out.stdout.splitlines() if "wrote " in line]
+    rows = {p.name for p in written if p.suffix == ".png"}
+    assert rows == {"loss_00001_.png"} | {f"{kind}_0000{i}_.png" for kind in ("subject", "new_context", "prior") for i in range(1, 5)}
+    # one picture per seed: base | personalized (| guided for the subject prompt), 32x32 panels 2 px apart, 4x enlarged
+    assert Image.open(tmp_path / "out" / "driftless_shapes" / "subject_00001_.png").size == (4 * (3 * 32 + 4), 4 * 32)
+    assert Image.open(tmp_path / "out" / "driftless_shapes" / "prior_00001_.png").size == (4 * (2 * 32 + 2), 4 * 32)
+    reports = [json.loads(p.read_text()) for p in written if p.suffix == ".json"]
+    prompts = sorted(r["prompt"] for r in reports)
+    assert prompts == sorted([dataset.subject_caption()] * 2 + ["a blue sks on a black background",
+                                                                "a red circle on a black background"])
+    for report in reports:
+        scores = report["scores"]
+        assert report["seeds"] == 4 and scores["pixel RMSE to base"]["base"] == 0.0
+        assert scores["pixel RMSE to base"]["personalized"] > 0  # the LoRA changed what the model draws
+        assert 0 <= scores["subject fidelity"]["personalized"] <= 1
+    prior = next(r for r in reports if r["prompt"].startswith("a red circle"))
+    assert {"shape is circle", "colour is red"} <= set(prior["scores"])
+    assert "Shapes scores, 'a red circle on a black background' (4 seeds)" in out.stdout
+    assert (tmp_path / "base" / "models" / "loras" / "driftless_shapes" / "lora.safetensors").exists()
 
 
 def test_cli_dry_run_saves_the_api_prompt_and_runs_nothing(repo, tmp_path):

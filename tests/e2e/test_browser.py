@@ -74,11 +74,11 @@ def _browser_tools(repo) -> tuple[str, str]:
 
 def _placeholder_photos(input_dir):
     """The real examples name my_subject_N.png (and the continual one my_second_subject_N.png); the demo's cat
-    and cup photos stand in, so their previews load."""
+    and cup photos stand in, so their previews load (the shapes demo's own pictures are written beside them)."""
     demo = write_demo_photos(input_dir)
     for i, source in enumerate(demo[:3], start=1):
         shutil.copyfile(source, input_dir / f"my_subject_{i}.png")
-    for i, source in enumerate(demo[3:], start=1):
+    for i, source in enumerate(demo[3:6], start=1):
         shutil.copyfile(source, input_dir / f"my_second_subject_{i}.png")
     write_demo_backbones(input_dir.parent / "models")  # the tiny twins' metrics nodes list what they name
 

@@ -82,3 +82,68 @@ def test_rates_and_rmse_on_hand_made_inputs():
     b[0] = 0.5  # half the pixels differ by 0.5: RMSE = sqrt(0.25 / 2)
     assert metrics.paired_rmse(b, a) == pytest.approx(math.sqrt(0.125))
     assert metrics.paired_rmse(a, a) == 0.0
+
+
+@pytest.mark.parametrize("prompt, labels", [
+    ("a red circle on a black background", ("circle", "red")),
+    ("a sks on a white background", (None, None)),
+    ("a blue sks on a black background", (None, "blue")),
+    ("a green square on a red background", ("square", "green")),  # a background colour is not the shape's
+    ("A Yellow Triangle, on gray", ("triangle", "yellow")),
+])
+def test_scorecard_reads_the_prompted_shape_and_colour(prompt, labels):
+    from driftless.bench.drift import scorecard
+
+    assert scorecard.prompt_labels(prompt) == labels
+
+
+class _FixedNet:
+    """A stand-in classifier: features are the mean RGB of a picture; predictions are given per picture."""
+
+    def __init__(self, shapes, colours):
+        self.shapes, self.colours = shapes, colours
+
+    def features(self, images):
+        return images.mean(dim=(1, 2))
+
+    def __call__(self, images):
+        key = images.mean(dim=(1, 2, 3)).tolist()
+        pick = lambda table, n: torch.nn.functional.one_hot(torch.tensor([table[round(k, 4)] for k in key]), n).float()  # noqa: E731
+        return pick(self.shapes, len(dataset.SHAPES)), pick(self.colours, len(dataset.COLOURS))
+
+
+def test_scorecard_on_hand_made_pictures():
+    """Pictures of flat colours, so each feature is that colour: fidelity, prompted-label rates, similarity and RMSE
+    computed by hand."""
+    from driftless.bench.drift import scorecard
+
+    flat = lambda rgb: torch.tensor(rgb, dtype=torch.float32).expand(dataset.SIZE, dataset.SIZE, 3)  # noqa: E731
+    subject = torch.stack([flat([1.0, 0.5, 0.0])] * 2)
+    base = torch.stack([flat([1.0, 0.0, 0.0]), flat([0.0, 0.0, 1.0])])  # means 1/3 and 1/3: the same key
+    personalized = torch.stack([flat([1.0, 0.5, 0.0]), flat([0.6, 0.0, 0.0])])  # means 0.5 and 0.2
+    circle, square, red, blue = 0, 1, 0, 2
+    net = _FixedNet(shapes={0.3333: square, 0.5: circle, 0.2: circle}, colours={0.3333: blue, 0.5: red, 0.2: red})
+    scores = scorecard.scorecard(net, "a red circle on a black background", subject, base, personalized)
+    cos_subject = lambda v: float(np.dot(v, [1, 0.5, 0]) / np.linalg.norm(v) / np.linalg.norm([1, 0.5, 0]))  # noqa: E731
+    assert scores["subject fidelity"]["base"] == pytest.approx((cos_subject([1, 0, 0]) + cos_subject([0, 0, 1])) / 2)
+    assert scores["subject fidelity"]["personalized"] == pytest.approx((1.0 + cos_subject([1, 0, 0])) / 2)
+    assert scores["shape is circle"] == {"base": 0.0, "personalized": 1.0}
+    assert scores["colour is red"] == {"base": 0.0, "personalized": 1.0}
+    # pairs: (red, orange) cos = 1/sqrt(1.25); (blue, dark red) cos = 0
+    assert scores["similarity to base"]["personalized"] == pytest.approx((1 / math.sqrt(1.25) + 0.0) / 2)
+    rmse = math.sqrt((0.5**2 + 0.6**2 + 1.0**2) / 6)  # differences (0, .5, 0) and (.6, 0, 1): 3 channels x 2 pictures
+    assert scores["pixel RMSE to base"] == {"base": 0.0, "personalized": pytest.approx(rmse)}
+    table = scorecard.table("t", scores)
+    assert "shape is circle" in table and "1.000" in table and table.splitlines()[1].split() == ["score", "base", "personalized", "meaning"]
+
+
+def test_scorecard_refuses_unpaired_or_wrongly_sized_samples():
+    from driftless.bench.drift import scorecard
+
+    net = _FixedNet({}, {})
+    pictures = torch.rand(2, dataset.SIZE, dataset.SIZE, 3)
+    with pytest.raises(ValueError, match="must pair up"):
+        scorecard.scorecard(net, "a red circle", pictures, pictures, pictures[:1])
+    big = torch.rand(2, 64, 64, 3)
+    with pytest.raises(ValueError, match="Empty Latent Image of 64x64"):
+        scorecard.scorecard(net, "a red circle", pictures, big, big)
