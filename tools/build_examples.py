@@ -396,41 +396,38 @@ def shapes_demo(info: dict) -> dict:
     sigmas = w.node("BasicScheduler", 3, model=model, scheduler="normal", steps=12, denoise=1.0)
     noise = w.node("RandomNoise", 3, noise_seed=42)
 
-    def sample(source, prompt, title):
-        latents = w.node("KSampler", 4, title=title, model=source, positive=prompt, negative=null, latent_image=latent,
-                         seed=42, steps=12, cfg=4.0, sampler_name="euler", scheduler="normal", denoise=1.0)
-        return w.node("VAEDecode", 4, samples=latents, vae=model.out(2))
+    def sample(column, source, prompt, title):
+        latents = w.node("KSampler", column, title=title, model=source, positive=prompt, negative=null,
+                         latent_image=latent, seed=42, steps=12, cfg=4.0, sampler_name="euler", scheduler="normal",
+                         denoise=1.0)
+        return w.node("VAEDecode", column, samples=latents, vae=model.out(2))
 
-    def show(images, title, prefix):
-        row = images[0]
-        for image in images[1:]:
-            row = w.node("ImageStitch", 6, image1=row, image2=image, direction="right", match_image_size=True,
-                         spacing_width=2, spacing_color="black")
-        big = w.node("ImageScaleBy", 6, image=row, upscale_method="nearest-exact", scale_by=4.0)
-        w.node("SaveImage", 6, title=title, images=big, filename_prefix=f"driftless_shapes/{prefix}")
-
-    def scores(base, personalized, text, title):
-        w.node("DriftlessShapesScores", 7, title=title, subject_images=pictures, base_samples=base,
-               personalized_samples=personalized, prompt=text, preset="full", filename_prefix="driftless_shapes/scores",
-               preview_height=130, node_width=680)
-
+    # one row per prompt: the prompt, base, personalized (and guided) samples, the saved pictures, the scores
     for text, prefix in ((caption, "subject"), (dataset.subject_caption("black", "blue"), "new_context"),
                          (dataset.caption("circle", "red", "black"), "prior")):
-        prompt = w.node("CLIPTextEncode", 3, title=f"Prompt ({prefix.replace('_', ' ')})", clip=model.out(1), text=text)
-        base = sample(model.out(0), prompt, f"Sample {prefix.replace('_', ' ')} (base)")
-        personalized = sample(train.out(0), prompt, f"Sample {prefix.replace('_', ' ')} (personalized)")
-        row = [base, personalized]
+        label = prefix.replace("_", " ")
+        w.align(3, 4, 5, 6, 7, 8)
+        prompt = w.node("CLIPTextEncode", 3, title=f"Prompt ({label})", clip=model.out(1), text=text)
+        base = sample(4, model.out(0), prompt, f"Sample {label} (base)")
+        row = [base, sample(5, train.out(0), prompt, f"Sample {label} (personalized)")]
         if prefix == "subject":
-            guider = w.node("DriftlessPersonalizationGuider", 5, title="Personalization guidance (s = 0.3)",
+            guider = w.node("DriftlessPersonalizationGuider", 6, title="Personalization guidance (s = 0.3)",
                             model=train.out(0), lora=train.out(1), positive=prompt, null=null, cfg=4.0, weak_strength=0.3,
                             schedule="constant", weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
-            latents = w.node("SamplerCustomAdvanced", 5, title="Sample subject (personalized, guided)", noise=noise,
+            latents = w.node("SamplerCustomAdvanced", 6, title="Sample subject (personalized, guided)", noise=noise,
                              guider=guider, sampler=sampler, sigmas=sigmas, latent_image=latent)
-            guided = w.node("VAEDecode", 5, samples=latents.out(0), vae=model.out(2))
-            row.append(guided)
-            scores(base, guided, text, "Scores: subject, personalization guidance")
-        show(row, f"{prefix.replace('_', ' ')}: base | personalized" + (" | guided" if prefix == "subject" else ""), prefix)
-        scores(base, personalized, text, f"Scores: {prefix.replace('_', ' ')}")
+            row.append(w.node("VAEDecode", 6, samples=latents.out(0), vae=model.out(2)))
+        stitched = row[0]
+        for image in row[1:]:
+            stitched = w.node("ImageStitch", 7, image1=stitched, image2=image, direction="right", match_image_size=True,
+                              spacing_width=2, spacing_color="black")
+        big = w.node("ImageScaleBy", 7, image=stitched, upscale_method="nearest-exact", scale_by=4.0)
+        w.node("SaveImage", 7, title=f"{label}: base | personalized" + (" | guided" if len(row) == 3 else ""),
+               images=big, filename_prefix=f"driftless_shapes/{prefix}", preview_height=140)
+        for personalized, title in zip(row[1:], (f"Scores: {label}", "Scores: subject, personalization guidance")):
+            w.node("DriftlessShapesScores", 8, title=title, subject_images=pictures, base_samples=base,
+                   personalized_samples=personalized, prompt=text, preset="full",
+                   filename_prefix="driftless_shapes/scores", preview_height=130, node_width=680)
     return w.to_json()
 
 

@@ -22,6 +22,7 @@ from driftless.headless.demo_backbones import write_demo_backbones
 from driftless.headless.demo_photos import write_demo_photos
 
 EXAMPLES = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
+TWINS = [f"tiny/{p.stem}" for p in (pathlib.Path(__file__).resolve().parents[2] / "example_workflows" / "tiny").glob("*.json")]
 QUEUED = "tiny/guidance_grid_tiny"  # no other test runs it, so ComfyUI's cache cannot answer for it
 TIMEOUT_S = 420  # the browser session: ~20 s plus the run, which takes seconds on a free CPU, minutes on a shared one
 
@@ -96,7 +97,7 @@ def ui_run(browser_tools, comfy_server, repo, artifacts_dir, tmp_path_factory):
     folder = artifacts_dir("browser")
     plan = {
         "url": comfy_server.url, "chromium": chromium, "artifacts": str(folder), "timeout_s": TIMEOUT_S,
-        "examples": [*EXAMPLES, *(f"tiny/{name}_tiny" for name in EXAMPLES)], "queue": QUEUED,
+        "examples": [*EXAMPLES, *sorted(TWINS)], "queue": QUEUED,
         "control": CONTROL_WORKFLOW,
     }
     plan_file = tmp_path_factory.mktemp("browser") / "plan.json"
@@ -122,7 +123,7 @@ def test_missing_node_detection_fires_on_an_unknown_type(ui_run):
     assert any("missing nodes" in text.lower() for text in control["dialogs"]), control["dialogs"]
 
 
-@pytest.mark.parametrize("name", [*EXAMPLES, *(f"tiny/{n}_tiny" for n in EXAMPLES)])
+@pytest.mark.parametrize("name", [*EXAMPLES, *sorted(TWINS)])
 def test_example_loads_with_every_node_type_known(ui_run, repo, name):
     step = next(s for s in ui_run["steps"] if s["name"] == name)
     assert step["missing"] == [], f"{name}: the web UI reports missing node types {step['missing']}"
