@@ -114,7 +114,8 @@ def score(net, samples: dict, base: dict, subject_images: torch.Tensor) -> dict:
         }
 
 
-def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 1e-3, log=print) -> dict:
+def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 1e-3, score_every: int | None = None,
+        log=print) -> dict:
     import comfy.samplers
 
     from ...guidance.guider import make_guider
@@ -147,7 +148,8 @@ def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 
     data = TrainingData(subject_latents.clone(), [sampler.cond(caption)] * 4, sampler.null, [caption] * 4)
     config = TrainConfig(steps=steps, rank=rank, alpha=rank, learning_rate=learning_rate, targets="attention",
                          null_prompt_dropout=0.1, seed=0)
-    checkpoints = sorted({max(1, steps // 2), steps})
+    every = score_every or max(1, steps // 2)
+    checkpoints = sorted({*range(every, steps + 1, every), steps})
     curves = {}
     for name in METHODS:
         t0 = time.perf_counter()
@@ -187,12 +189,42 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def matched_fidelity(out: dict) -> list[dict]:
+    """Each regularizer's CFG points along training against plain LoRA's curve (from the base model on): plain LoRA's
+    drift when it first reached the same fidelity (metrics.matched_drift), and the ratio of the two."""
+    base = out["results"]["base model"]["CFG"]
+    reference = [(base["subject_fidelity"], base["prior_rmse_to_base"])]
+    reference += [(s["subject_fidelity"], s["prior_rmse_to_base"]) for s in out["curves"]["plain LoRA"]]
+    rows = []
+    for name, curve in out["curves"].items():
+        if name == "plain LoRA":
+            continue
+        for s in curve:
+            plain = metrics.matched_drift(reference, s["subject_fidelity"])
+            rows.append({"method": name, "step": s["step"], "subject_fidelity": s["subject_fidelity"],
+                         "prior_rmse_to_base": s["prior_rmse_to_base"], "plain_lora_rmse_at_same_fidelity": plain,
+                         "ratio": None if not plain else s["prior_rmse_to_base"] / plain})
+    return rows
+
+
+def matched_table(rows: list[dict]) -> str:
+    lines = ["| method | step | subject fidelity | prior pixel RMSE to base | plain LoRA's RMSE at that fidelity | ratio (< 1: less drift) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        plain = "not reached" if r["plain_lora_rmse_at_same_fidelity"] is None else f"{r['plain_lora_rmse_at_same_fidelity']:.3f}"
+        ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"| {r['method']} | {r['step']} | {r['subject_fidelity']:.3f} | {r['prior_rmse_to_base']:.3f} | {plain} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main(folder: pathlib.Path, args) -> None:
     from ..common import RESULTS, write_results
     from . import plot
 
-    out = run(folder, args.steps)
-    text = table(out)
+    out = run(folder, args.steps, score_every=args.score_every)
+    matched = matched_fidelity(out)
+    text = table(out) + "\n\nAt matched fidelity (CFG along training, against plain LoRA's curve from the base model):\n\n"
+    text += matched_table(matched)
     print(text)
     report = json.loads((folder / "pretrain.json").read_text())
     s = out["settings"]
@@ -209,7 +241,7 @@ def main(folder: pathlib.Path, args) -> None:
         f"(CFG at steps {s['checkpoints']}); personalization guidance as separate points at the last step",
     ]
     md, js = write_results("drift", [{"method": m, "guidance": g, **v} for m, d in out["results"].items() for g, v in d.items()],
-                           text, notes)
+                           text, notes, extra={"matched_fidelity": matched})
     curves_path = RESULTS / "drift_curves.json"
     curves_path.write_text(json.dumps(out["curves"], indent=2) + "\n")
     png = plot.fidelity_vs_drift(out, RESULTS / "drift.png")

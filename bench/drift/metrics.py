@@ -38,3 +38,13 @@ def paired_similarity(features: torch.Tensor, base_features: torch.Tensor) -> fl
 def paired_rmse(images: torch.Tensor, base_images: torch.Tensor) -> float:
     """Root mean squared pixel difference to the base model's samples at the same prompt and seed."""
     return float(((images.float() - base_images.float()) ** 2).mean().sqrt())
+
+
+def matched_drift(curve: list[tuple[float, float]], fidelity: float) -> float | None:
+    """The drift a reference run had when it first reached `fidelity`: `curve` is its (fidelity, drift) points in
+    training order, starting from the base model (drift 0); linear between consecutive points. None if it never
+    reached that fidelity. Comparing a method's drift with this value compares the two at matched fidelity."""
+    for (f0, d0), (f1, d1) in zip(curve, curve[1:]):
+        if f0 <= fidelity <= f1 or f1 <= fidelity <= f0:
+            return d0 if f1 == f0 else d0 + (d1 - d0) * (fidelity - f0) / (f1 - f0)
+    return None

@@ -1,6 +1,7 @@
 """`./driftless bench speed [--quick] [--only PART]`: print the tables and write bench/results/speed_<part>.{md,json}."""
 
 import argparse
+import time
 
 from ...headless import host
 
@@ -10,7 +11,9 @@ MEMORY_NOTE = (" in a fresh subprocess; CPU figures are the peak of live tensor 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="driftless bench speed", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (same ratios, wider spread)")
+    parser.add_argument("--quick", action="store_true",
+                        help="under 5 minutes: fewer repeats and steps (same ratios, wider spread), peak memory over 2 "
+                        "steps, the regularizers on the first architecture only")
     parser.add_argument("--architectures", default="sd15-bench,sdxl-bench",
                         help="tiny-model configs to measure on, comma-separated (the SD1.5- and SDXL-shaped bench sizes)")
     parser.add_argument("--rank", type=int, default=8)
@@ -19,6 +22,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--memory-steps", type=int,
+                        help="optimizer steps of each peak-memory run (default: --steps; 2 with --quick: the peak is "
+                        "reached by the second step, once the optimizer holds its state)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="guidance step time as wall seconds or as this process's CPU seconds (use cpu, with "
                         "--threads 1, on a machine shared with other work)")
@@ -32,26 +38,43 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     host.configure_args(host.find_comfyui(), None, cpu=None)
     from . import training
-    from ..common import write_results
+    from ..common import write_results as write
+
+    def write_results(name, *rest, **kwargs):  # a quick run writes beside the full results, not over them
+        return write(name + ("_quick" if args.quick else ""), *rest, **kwargs)
 
     repeats, steps = (2, 5) if args.quick else (5, 8)
     repeats, steps = args.repeats or repeats, args.steps or steps
+    args.memory_steps = args.memory_steps or (2 if args.quick else steps)
     architectures = args.architectures.split(",")
-    if args.only in (None, "training"):
-        bench_training(args, architectures, repeats, steps, training, write_results)
-    if args.only in (None, "regularizers"):
-        bench_regularizers(args, architectures, repeats, steps, write_results)
-    if args.only in (None, "guidance"):
-        bench_guidance(args, architectures, repeats, steps + 4, write_results)
-    if args.only in (None, "metrics"):
-        bench_metrics(args, repeats, write_results)
-    if args.only in (None, "continual"):
-        bench_continual(args, architectures[0], repeats, steps, write_results)
+    parts = {
+        "training": lambda: bench_training(args, architectures, repeats, steps, training, write_results),
+        # --quick: the regularizers on the SD1.5-shaped model (where their targets are stated), continual over 6 rounds
+        "regularizers": lambda: bench_regularizers(args, architectures[:1] if args.quick else architectures, repeats, steps,
+                                                   write_results),
+        "guidance": lambda: bench_guidance(args, architectures, repeats, steps + 4, write_results),
+        "metrics": lambda: bench_metrics(args, repeats, write_results),
+        "continual": lambda: bench_continual(args, architectures[0], repeats, 3 if args.quick else steps, write_results),
+    }
+    started = time.perf_counter()
+    for name, part in parts.items():
+        if args.only in (None, name):
+            t0 = time.perf_counter()
+            part()
+            print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s")
+    print(f"[bench] done in {time.perf_counter() - started:.0f} s")
+
+
+def _parallel() -> int:
+    """Peak-memory processes run at once: one per core (each with one torch thread), after the timings."""
+    import os
+
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def bench_training(args, architectures, repeats, steps, training, write_results) -> None:
     from . import roofline
-    from .peak import peak_memory
+    from .peak import peak_memories
 
     rows, rooflines = [], []
     gflops = roofline.matmul_gflops()
@@ -60,9 +83,16 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
             print(f"[bench] {architecture} training step, gradient checkpointing {checkpointing}: "
                   f"{repeats} paired repeats of {steps} steps")
             times = training.paired_step_times(architecture, repeats, steps, args.rank, checkpointing)
-            mem = {w: peak_memory(w, architecture, steps, args.rank, checkpointing) for w in ("ours", "stock")}
-            rows.append({"architecture": architecture, "gradient_checkpointing": checkpointing, **times,
-                         "peak_growth_bytes": mem, "memory_ratio": mem["ours"] / max(mem["stock"], 1)})
+            rows.append({"architecture": architecture, "gradient_checkpointing": checkpointing, **times})
+    jobs = [(w, r["architecture"], args.memory_steps, args.rank, r["gradient_checkpointing"]) for r in rows for w in ("ours", "stock")]
+    print(f"[bench] peak memory: {len(jobs)} fresh processes of {args.memory_steps} steps, {_parallel()} at a time")
+    t0 = time.perf_counter()
+    peaks = iter(peak_memories(jobs, _parallel()))
+    print(f"[bench] peak memory measured in {time.perf_counter() - t0:.0f} s")
+    for r in rows:
+        mem = {w: next(peaks) for w in ("ours", "stock")}
+        r.update(peak_growth_bytes=mem, memory_ratio=mem["ours"] / max(mem["stock"], 1))
+    for architecture in architectures:
         model, data = training._setup(architecture)
         plain = next(r for r in rows if r["architecture"] == architecture and not r["gradient_checkpointing"])
         line = roofline.line(roofline.training_step_flops(model, data, args.rank), gflops, plain["ours_s"]["median"])
@@ -87,7 +117,7 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
         *[f"{r['architecture']} (no checkpointing) {roofline.describe(r)}" for r in rooflines],
         f"time: median step interval (first {training.WARMUP_STEPS} steps skipped), {repeats} repeats alternating "
         "Driftless / TrainLoraNode in one process",
-        f"memory: each trainer{MEMORY_NOTE}",
+        f"memory: each trainer{MEMORY_NOTE}, {args.memory_steps} steps, one torch thread",
     ]
     md, js = write_results("speed_training", rows + [{"roofline": r} for r in rooflines], table, notes)
     print(f"[bench] wrote {md} and {js}")
@@ -95,16 +125,23 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
 
 def bench_regularizers(args, architectures, repeats, steps, write_results) -> None:
     from . import regularizers
-    from .peak import peak_memory
+    from .peak import peak_memories
 
     rows = []
     lines = ["| model | regularizer | s/step | time ratio to plain LoRA (median, min–max) | peak memory growth | memory ratio |",
              "|---|---|---|---|---|---|"]
+    results = {}
     for architecture in architectures:
         print(f"[bench] {architecture} regularizers: {repeats * steps} rounds of one step of every method, interleaved")
-        result = regularizers.paired_ratios(architecture, repeats, steps, args.rank)
+        results[architecture] = regularizers.paired_ratios(architecture, repeats, steps, args.rank)
+    jobs = [(name, architecture, args.memory_steps, args.rank, False) for architecture, result in results.items() for name in result]
+    print(f"[bench] peak memory: {len(jobs)} fresh processes of {args.memory_steps} steps, {_parallel()} at a time")
+    t0 = time.perf_counter()
+    peaks = iter(peak_memories(jobs, _parallel()))
+    print(f"[bench] peak memory measured in {time.perf_counter() - t0:.0f} s")
+    for architecture, result in results.items():
         for name in result:
-            result[name]["peak_growth_bytes"] = peak_memory(name, architecture, steps, args.rank)
+            result[name]["peak_growth_bytes"] = next(peaks)
         plain_peak = max(result["plain"]["peak_growth_bytes"], 1)
         for name, r in result.items():
             ratio = r.get("ratio")
@@ -119,7 +156,7 @@ def bench_regularizers(args, architectures, repeats, steps, write_results) -> No
         "class micro-batch per step (class-image generation excluded)",
         f"{repeats * steps} rounds; in each round every method takes one optimizer step, in an order rotated every "
         "round; ratios are per round against plain LoRA (median, min–max)",
-        f"memory: each regularizer{MEMORY_NOTE}",
+        f"memory: each regularizer{MEMORY_NOTE}, {args.memory_steps} steps, one torch thread",
     ]
     md, js = write_results("speed_regularizers", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")

@@ -41,33 +41,52 @@ def peak_tensor_bytes(run) -> int:
 
 
 def peak_memory(which: str, architecture: str, steps: int, rank: int, checkpointing: bool = False) -> int:
-    args = [which, architecture, str(steps), str(rank), "1" if checkpointing else "0"]
-    out = subprocess.run([sys.executable, "-m", "driftless.bench.speed.peak", *args], capture_output=True, text=True,
-                         timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_bytes"]
+    return peak_memories([(which, architecture, steps, rank, checkpointing)], parallel=1)[0]
+
+
+def peak_memories(jobs: list[tuple], parallel: int = 1) -> list[int]:
+    """Peak memory growth of each (which, architecture, steps, rank, checkpointing), each in a fresh process with one
+    torch thread; `parallel` processes at a time (the quantity is tensor bytes, not time: parallel runs leave it be)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {**os.environ, "DRIFTLESS_PEAK_THREADS": "1"}
+
+    def one(job):
+        which, architecture, steps, rank, checkpointing = job
+        args = [which, architecture, str(steps), str(rank), "1" if checkpointing else "0"]
+        out = subprocess.run([sys.executable, "-m", "driftless.bench.speed.peak", *args], capture_output=True, text=True,
+                             timeout=1800, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"peak memory of {job} failed:\n{out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_bytes"]
+
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        return list(pool.map(one, jobs))
 
 
 def main(argv: list[str]) -> None:
+    import os
+
+    import torch
+
     from ...headless import host
 
+    if os.environ.get("DRIFTLESS_PEAK_THREADS"):
+        torch.set_num_threads(int(os.environ["DRIFTLESS_PEAK_THREADS"]))
     host.configure_args(host.find_comfyui(), None, cpu=None)
     import comfy.model_management
 
     from . import regularizers, training
 
     which, architecture, steps, rank, checkpointing = argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4] == "1"
-    model, data = training._setup(architecture)
+    model, clip, data = training.setup_with_clip(architecture)
     comfy.model_management.load_models_gpu([model])
     if which == "ours":
         run = lambda: training.run_ours(model, data, steps, rank, checkpointing)  # noqa: E731
     elif which == "stock":
         run = lambda: training.run_stock(model, data, steps, rank, checkpointing)  # noqa: E731
     else:
-        from ...tinymodels.build import build_tiny_model
-
-        _, clip, _ = build_tiny_model(architecture, 0)
         run = lambda: regularizers.run(model, clip, data, which, steps, rank)  # noqa: E731
     print(json.dumps({"peak_growth_bytes": measure(run)}))
 

@@ -18,6 +18,13 @@ WARMUP_STEPS = 2
 
 
 def _setup(architecture: str, seed: int = 0):
+    """(MODEL, training data) of a bench model: two random latents captioned 'a photo of sks dog'."""
+    model, _, data = setup_with_clip(architecture, seed)
+    return model, data
+
+
+def setup_with_clip(architecture: str, seed: int = 0):
+    """(MODEL, CLIP, training data), built once."""
     from ...tinymodels.build import build_tiny_model
     from ...tinymodels.configs import CONFIGS
     from ...trainers.data import TrainingData
@@ -27,7 +34,7 @@ def _setup(architecture: str, seed: int = 0):
     latents = torch.randn(2, 4, size, size, generator=torch.Generator().manual_seed(seed))
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of sks dog"))
     null = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    return model, TrainingData(latents, [cond, cond], null, ["a photo of sks dog"] * 2)
+    return model, clip, TrainingData(latents, [cond, cond], null, ["a photo of sks dog"] * 2)
 
 
 def run_ours(model, data, steps: int, rank: int, checkpointing: bool) -> list[float]:

@@ -147,3 +147,12 @@ def test_scorecard_refuses_unpaired_or_wrongly_sized_samples():
     big = torch.rand(2, 64, 64, 3)
     with pytest.raises(ValueError, match="Empty Latent Image of 64x64"):
         scorecard.scorecard(net, "a red circle", pictures, big, big)
+
+
+def test_matched_drift_interpolates_the_first_crossing():
+    curve = [(0.75, 0.0), (0.80, 0.12), (0.86, 0.16), (0.85, 0.18), (0.90, 0.17)]
+    assert metrics.matched_drift(curve, 0.775) == pytest.approx(0.06)  # halfway from the base model to step 1
+    assert metrics.matched_drift(curve, 0.83) == pytest.approx(0.14)  # halfway along the second segment
+    assert metrics.matched_drift(curve, 0.855) == pytest.approx(0.12 + 0.04 * 55 / 60)  # the first crossing wins
+    assert metrics.matched_drift(curve, 0.95) is None and metrics.matched_drift(curve, 0.70) is None
+    assert metrics.matched_drift([(0.8, 0.1), (0.8, 0.2)], 0.8) == 0.1
