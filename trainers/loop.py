@@ -429,7 +429,7 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
     total = denoise.new_zeros(()) if replaced else denoise
     if run.regularizers:
         ctx = StepContext(x0, u, noise, sigma, x_t, inputs, prediction, target, weight, denoise, run.adapter, step,
-                          run.setup, _frozen_value=frozen, caption_inputs=captions)
+                          run.setup, frozen=frozen, caption_inputs=captions)
         for regularizer in run.regularizers:
             total = total + regularizer.loss(ctx)
     return total

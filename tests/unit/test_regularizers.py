@@ -62,17 +62,14 @@ def test_dco_by_hand():
     want = math.log1p(math.exp(2.0 * 0.2))  # −log σ(−β(0.5 − 0.3)) with β = 2
     assert dco_loss(prediction, frozen, target, beta=2.0).item() == pytest.approx(want, rel=1e-6)
     reg = DCO(beta=2.0, weight=3.0, mode="add")
-    ctx = _ctx(prediction=prediction, target=target, _frozen=lambda: frozen)
+    ctx = _ctx(prediction=prediction, target=target, frozen=frozen)
     assert reg.loss(ctx).item() == pytest.approx(3 * want, rel=1e-6)
     assert not reg.replaces_denoising_loss and DCO(mode="replace").replaces_denoising_loss
 
 
-def test_frozen_prediction_is_computed_once_per_step():
-    calls = []
-    ctx = _ctx(_frozen=lambda: calls.append(1) or torch.ones(1))
-    for _ in range(3):
-        ctx.frozen_prediction
-    assert len(calls) == 1
+def test_reading_the_frozen_prediction_without_a_frozen_forward_says_what_to_set():
+    with pytest.raises(RuntimeError, match="needs_frozen_prediction = True"):
+        _ctx().frozen_prediction
 
 
 def test_registry_and_chaining():

@@ -49,18 +49,15 @@ class StepContext:
     adapter: object  # the LoraAdapter being trained
     step: int
     setup: TrainingSetup | None = None
-    _frozen: Callable[[], torch.Tensor] | None = None
-    _frozen_value: torch.Tensor | None = field(default=None, repr=False)
+    frozen: torch.Tensor | None = field(default=None, repr=False)  # the step's one frozen forward, when one ran
     caption_inputs: dict | None = None  # the micro-batch's own captions, before null-prompt dropout
 
     @property
     def frozen_prediction(self) -> torch.Tensor:
-        """The base model's raw output on the same x_t, σ and text (no grad); computed once."""
-        if self._frozen_value is None:
-            if self._frozen is None:
-                raise RuntimeError("no frozen-model forward in this step: a regularizer that reads it sets needs_frozen_prediction = True")
-            self._frozen_value = self._frozen()
-        return self._frozen_value
+        """The base model's raw output on the same x_t, σ and text (no grad), from the step's frozen forward."""
+        if self.frozen is None:
+            raise RuntimeError("no frozen-model forward in this step: a regularizer that reads it sets needs_frozen_prediction = True")
+        return self.frozen
 
 
 @dataclass
