@@ -12,6 +12,9 @@ def main() -> None:
     parser.add_argument("--pretrain-only", action="store_true", help="build (or find) the cached model and stop")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--steps", type=int, default=100, help="personalization steps per method")
+    parser.add_argument("--variants", action="store_true",
+                        help="plain LoRA against weaker regularizer settings and APT without its adaptive adjustment "
+                        "(writes bench/results/drift_variants.*)")
     parser.add_argument("--score-every", type=int,
                         help="score every N steps along training (default: halfway and at the end); denser curves "
                         "make the matched-fidelity comparison finer")

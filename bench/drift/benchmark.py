@@ -24,6 +24,9 @@ CLASS_PROMPT = "a shape on a white background"  # prior preservation's class: th
 PRIOR_SEEDS, SUBJECT_SEEDS, ALIGN_SEEDS = 3, 6, 2
 CFG, WEAK_STRENGTH, SAMPLER_STEPS = 4.0, 0.3, 12
 METHODS = ("plain LoRA", "parameter anchor", "DCO", "APT", "prior preservation")
+# --variants: plain LoRA against weaker settings than the nodes' defaults (does a gentler pull drift less at the
+# same fidelity?) and APT without its adaptive training adjustment (is the loss scaling what stops it learning?)
+VARIANTS = ("plain LoRA", "parameter anchor, weight 0.001", "DCO, beta 250", "APT, adaptive adjustment off")
 
 
 def make_regularizers(name: str, class_latents, class_cond):
@@ -39,6 +42,10 @@ def make_regularizers(name: str, class_latents, class_cond):
         "DCO": lambda: [DCO()],
         "APT": lambda: [APT(representation_weight=1.0, attention_weight=1000.0)],
         "prior preservation": lambda: [PriorPreservation(class_latents, class_cond, CLASS_PROMPT)],
+        "parameter anchor, weight 0.001": lambda: [ParameterAnchor(0.001)],
+        "DCO, beta 250": lambda: [DCO(beta=250.0)],
+        "APT, adaptive adjustment off": lambda: [APT(adaptive_adjustment=False, representation_weight=1.0,
+                                                     attention_weight=1000.0)],
     }[name]()
 
 
@@ -115,7 +122,7 @@ def score(net, samples: dict, base: dict, subject_images: torch.Tensor) -> dict:
 
 
 def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 1e-3, score_every: int | None = None,
-        log=print) -> dict:
+        methods: tuple[str, ...] = METHODS, log=print) -> dict:
     import comfy.samplers
 
     from ...guidance.guider import make_guider
@@ -151,7 +158,7 @@ def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 
     every = score_every or max(1, steps // 2)
     checkpoints = sorted({*range(every, steps + 1, every), steps})
     curves = {}
-    for name in METHODS:
+    for name in methods:
         t0 = time.perf_counter()
         regs = make_regularizers(name, class_latents.clone(), sampler.cond(CLASS_PROMPT))
         training = TrainingRun(model, data, config, regs)
@@ -189,6 +196,9 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+NEAR_BASE = 0.02  # plain LoRA's pixel RMSE below which its point is the base model's, too close for a ratio
+
+
 def matched_fidelity(out: dict) -> list[dict]:
     """Each regularizer's CFG points along training against plain LoRA's curve (from the base model on): plain LoRA's
     drift when it first reached the same fidelity (metrics.matched_drift), and the ratio of the two."""
@@ -203,7 +213,7 @@ def matched_fidelity(out: dict) -> list[dict]:
             plain = metrics.matched_drift(reference, s["subject_fidelity"])
             rows.append({"method": name, "step": s["step"], "subject_fidelity": s["subject_fidelity"],
                          "prior_rmse_to_base": s["prior_rmse_to_base"], "plain_lora_rmse_at_same_fidelity": plain,
-                         "ratio": None if not plain else s["prior_rmse_to_base"] / plain})
+                         "ratio": None if plain is None or plain < NEAR_BASE else s["prior_rmse_to_base"] / plain})
     return rows
 
 
@@ -212,7 +222,7 @@ def matched_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         plain = "not reached" if r["plain_lora_rmse_at_same_fidelity"] is None else f"{r['plain_lora_rmse_at_same_fidelity']:.3f}"
-        ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "–" if r["plain_lora_rmse_at_same_fidelity"] is None else "– (at the base model)"
         lines.append(f"| {r['method']} | {r['step']} | {r['subject_fidelity']:.3f} | {r['prior_rmse_to_base']:.3f} | {plain} | {ratio} |")
     return "\n".join(lines)
 
@@ -221,7 +231,8 @@ def main(folder: pathlib.Path, args) -> None:
     from ..common import RESULTS, write_results
     from . import plot
 
-    out = run(folder, args.steps, score_every=args.score_every)
+    name = "drift_variants" if args.variants else "drift"
+    out = run(folder, args.steps, score_every=args.score_every, methods=VARIANTS if args.variants else METHODS)
     matched = matched_fidelity(out)
     text = table(out) + "\n\nAt matched fidelity (CFG along training, against plain LoRA's curve from the base model):\n\n"
     text += matched_table(matched)
@@ -233,16 +244,17 @@ def main(folder: pathlib.Path, args) -> None:
         f"pretraining {report['timings']['unet']['wall_s']:.0f} s wall, {report['timings']['unet']['cpu_s']:.0f} s CPU, "
         f"{report['threads']} threads; classifier accuracy on renders {report['classifier_accuracy']})",
         f"subject: 4 pictures of an orange cross, caption '{dataset.subject_caption()}'; LoRA rank {s['rank']} on attention, "
-        f"lr {s['learning_rate']}, {s['steps']} steps, batch 1, AdamW, 10% empty captions; regularizers at their node defaults",
+        f"lr {s['learning_rate']}, {s['steps']} steps, batch 1, AdamW, 10% empty captions; regularizers "
+        + ("at the settings their names give, the rest at node defaults" if args.variants else "at their node defaults"),
         f"sampling: euler, {s['sampler_steps']} steps, cfg {s['cfg']}; personalization guidance with weak strength s = {s['weak_strength']}",
         f"prior: {len(PRIOR)} dataset captions x {PRIOR_SEEDS} seeds, scored against the base model at the same seeds; "
         f"alignment: {len(ALIGN)} 'a <colour> sks' prompts x {ALIGN_SEEDS} seeds; fidelity: {SUBJECT_SEEDS} seeds",
-        "plot: bench/results/drift.png, subject fidelity vs prior pixel RMSE to base along training "
+        f"plot: bench/results/{name}.png, subject fidelity vs prior pixel RMSE to base along training "
         f"(CFG at steps {s['checkpoints']}); personalization guidance as separate points at the last step",
     ]
-    md, js = write_results("drift", [{"method": m, "guidance": g, **v} for m, d in out["results"].items() for g, v in d.items()],
+    md, js = write_results(name, [{"method": m, "guidance": g, **v} for m, d in out["results"].items() for g, v in d.items()],
                            text, notes, extra={"matched_fidelity": matched})
-    curves_path = RESULTS / "drift_curves.json"
+    curves_path = RESULTS / f"{name}_curves.json"
     curves_path.write_text(json.dumps(out["curves"], indent=2) + "\n")
-    png = plot.fidelity_vs_drift(out, RESULTS / "drift.png")
+    png = plot.fidelity_vs_drift(out, RESULTS / f"{name}.png")
     print(f"[bench] wrote {md}, {js}, {curves_path} and {png}")

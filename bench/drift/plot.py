@@ -5,11 +5,13 @@ import pathlib
 from PIL import Image, ImageDraw
 
 COLOURS = {"plain LoRA": (0, 0, 0), "parameter anchor": (31, 119, 180), "DCO": (44, 160, 44), "APT": (214, 39, 40),
-           "prior preservation": (148, 103, 189)}
+           "prior preservation": (148, 103, 189), "parameter anchor, weight 0.001": (31, 119, 180),
+           "DCO, beta 250": (44, 160, 44), "APT, adaptive adjustment off": (214, 39, 40)}
 
 
 def fidelity_vs_drift(out: dict, path: pathlib.Path, x_key="subject_fidelity", y_key="prior_rmse_to_base") -> pathlib.Path:
-    W, H, L, R, T, B = 640, 440, 70, 180, 30, 50
+    R = max(180, 45 + 6 * max(len(name) for name in out["curves"]))  # room for the legend's longest name
+    W, H, L, T, B = 460 + R, 440, 70, 30, 50
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     points = [(s[x_key], s[y_key]) for c in out["curves"].values() for s in c]
