@@ -156,3 +156,20 @@ def test_matched_drift_interpolates_the_first_crossing():
     assert metrics.matched_drift(curve, 0.855) == pytest.approx(0.12 + 0.04 * 55 / 60)  # the first crossing wins
     assert metrics.matched_drift(curve, 0.95) is None and metrics.matched_drift(curve, 0.70) is None
     assert metrics.matched_drift([(0.8, 0.1), (0.8, 0.2)], 0.8) == 0.1
+
+
+def test_matched_fidelity_rows_against_plain_loras_curve():
+    from driftless.bench.drift import benchmark
+
+    point = lambda f, d, step=100: {"subject_fidelity": f, "prior_rmse_to_base": d, "step": step}  # noqa: E731
+    out = {"results": {"base model": {"CFG": point(0.75, 0.0, 0)}},
+           "curves": {"plain LoRA": [point(0.80, 0.10), point(0.90, 0.20, 200)],
+                      "DCO": [point(0.85, 0.10), point(0.751, 0.05, 200), point(0.95, 0.2, 300)]}}
+    rows = benchmark.matched_fidelity(out)
+    assert [r["method"] for r in rows] == ["DCO"] * 3
+    assert rows[0]["plain_lora_rmse_at_same_fidelity"] == pytest.approx(0.15) and rows[0]["ratio"] == pytest.approx(2 / 3)
+    assert rows[1]["plain_lora_rmse_at_same_fidelity"] == pytest.approx(0.002) and rows[1]["ratio"] is None  # at the base
+    assert rows[2]["plain_lora_rmse_at_same_fidelity"] is None and rows[2]["ratio"] is None  # beyond plain LoRA's reach
+    table = benchmark.matched_table(rows)
+    assert "| DCO | 100 | 0.850 | 0.100 | 0.150 | 0.67 |" in table
+    assert "– (at the base model)" in table and "not reached" in table
