@@ -40,9 +40,12 @@ class PretrainedShapesModel(CheckedNode):
 
     @classmethod
     def execute(cls, preset: str) -> io.NodeOutput:
+        import comfy.utils
+
         from ..bench.drift import pretrain
 
-        folder = pretrain.ensure(pretrain.PRESETS[preset])
+        bar = comfy.utils.ProgressBar(1)  # the first run's pretraining shows its progress; Cancel stops it there
+        folder = pretrain.ensure(pretrain.PRESETS[preset], progress=lambda done, total: bar.update_absolute(done, total))
         return io.NodeOutput(*cls.load(folder))
 
     @staticmethod

@@ -89,13 +89,14 @@ def is_built(folder: pathlib.Path) -> bool:
     return all((folder / name).is_file() for name in (CHECKPOINT, CLASSIFIER, REPORT))
 
 
-def ensure(settings: Settings = Settings(), log=print) -> pathlib.Path:
-    """The cache folder, built first if it is missing (the report is written last: present = complete)."""
+def ensure(settings: Settings = Settings(), log=print, progress=None) -> pathlib.Path:
+    """The cache folder, built first if it is missing (the report is written last: present = complete).
+    `progress(done, total)` is called as the build advances (see build)."""
     folder = cache_dir(settings)
     if is_built(folder):
         return folder
     log(f"[drift] pretraining the drift-bench model into {folder} (once per machine; about {estimate_minutes(settings)} CPU-minutes)")
-    build(folder, settings, log)
+    build(folder, settings, log, progress)
     return folder
 
 
@@ -107,7 +108,9 @@ def estimate_minutes(settings: Settings) -> int:
     return max(1, round(s / 60))
 
 
-def build(folder: pathlib.Path, settings: Settings, log=print) -> dict:
+def build(folder: pathlib.Path, settings: Settings, log=print, progress=None) -> dict:
+    """Pretrain into `folder`. `progress(done, total)` counts one unit for the classifier, one per VAE step, one
+    for encoding the training set and one per UNet step."""
     from ...trainers.storage import save_safetensors_atomic
     from . import classifier
 
@@ -115,19 +118,28 @@ def build(folder: pathlib.Path, settings: Settings, log=print) -> dict:
         torch.manual_seed(settings.seed)
         started, cpu_started = time.perf_counter(), time.process_time()
         timings = {}
+        total, done = 2 + settings.vae_steps + settings.unet_steps, 0
+
+        def tick():
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
 
         def mark(stage):
             timings[stage] = {"wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu_started, 1)}
 
         net = classifier.train(settings.classifier_steps, settings.classifier_batch, settings.seed, log)
+        tick()
         save_safetensors_atomic(net.state_dict(), folder / CLASSIFIER)
         mark("classifier")
         model, clip, vae = _random_model(settings.seed)
-        losses = {"vae": train_vae(vae, settings, log)}
+        losses = {"vae": train_vae(vae, settings, log, on_step=tick)}
         mark("vae")
         latents, conds, null = _training_set(clip, vae, settings, log)
+        tick()
         mark("encode")
-        losses["unet"] = train_unet(model, latents, conds, null, settings, log)
+        losses["unet"] = train_unet(model, latents, conds, null, settings, log, on_step=tick)
         mark("unet")
         save_checkpoint(folder / CHECKPOINT, model, clip, vae, {"settings": dataclasses.asdict(settings)})
         report = {"settings": dataclasses.asdict(settings), "timings": timings, "threads": torch.get_num_threads(),
@@ -157,7 +169,7 @@ def _random_model(seed: int):
 
 # --- VAE -------------------------------------------------------------------------------------------
 
-def train_vae(vae, settings: Settings, log=print) -> list[float]:
+def train_vae(vae, settings: Settings, log=print, on_step=None) -> list[float]:
     """Autoencoder training of vae.first_stage_model (AutoencoderKL) in place; returns the losses."""
     from . import dataset
 
@@ -183,6 +195,8 @@ def train_vae(vae, settings: Settings, log=print) -> list[float]:
         losses.append(loss.item())
         if step % 50 == 0 or step == settings.vae_steps - 1:
             log(f"[drift] VAE step {step + 1}/{settings.vae_steps} loss {loss.item():.4f}")
+        if on_step is not None:
+            on_step()
     ae.eval().requires_grad_(False)
     rescale_latents(ae, x_all[:256])
     return losses
@@ -240,7 +254,7 @@ def _training_set(clip, vae, settings: Settings, log=print):
     return latents, table[index], encode_text(clip, "")
 
 
-def train_unet(model_patcher, latents, conds, null, settings: Settings, log=print) -> list[float]:
+def train_unet(model_patcher, latents, conds, null, settings: Settings, log=print, on_step=None) -> list[float]:
     """ε-objective training of the whole UNet in place; returns the losses."""
     model = model_patcher.model
     unet = model.diffusion_model.train()
@@ -278,6 +292,8 @@ def train_unet(model_patcher, latents, conds, null, settings: Settings, log=prin
         if step % 100 == 0 or step == settings.unet_steps - 1:
             recent = losses[-100:]
             log(f"[drift] UNet step {step + 1}/{settings.unet_steps} loss {sum(recent) / len(recent):.4f}")
+        if on_step is not None:
+            on_step()
     unet.eval().requires_grad_(False)
     with torch.no_grad():
         for e, p in zip(ema, unet.parameters()):

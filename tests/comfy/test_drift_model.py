@@ -80,3 +80,30 @@ def test_cache_key_follows_settings():
 
     assert pretrain.cache_key(pretrain.PRESETS["full"]) != pretrain.cache_key(pretrain.PRESETS["quick"])
     assert pretrain.cache_dir(pretrain.PRESETS["full"]).name.startswith("drift-")
+
+
+def test_first_use_builds_the_model_with_progress_then_loads_it(comfy_host, tmp_path, monkeypatch):
+    """The node pretrains on first use, reporting through ComfyUI's progress bar (what the web UI and the headless
+    runner show) up to the last unit; the second use loads the cache without building."""
+    import comfy.utils
+
+    from driftless.bench.drift import pretrain
+    from driftless.nodes.pretrained_model import PretrainedShapesModel
+
+    tiny = dataclasses.replace(pretrain.SMOKE, vae_steps=2, pool=8, unet_steps=3)
+    monkeypatch.setitem(pretrain.PRESETS, "quick", tiny)
+    monkeypatch.setenv("DRIFTLESS_CACHE", str(tmp_path))
+    seen = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **_: seen.append((value, total)))
+    try:
+        model, clip, vae = PretrainedShapesModel.execute("quick").result
+        total = 2 + tiny.vae_steps + tiny.unet_steps
+        assert seen == [(done, total) for done in range(1, total + 1)]
+        assert pretrain.is_built(pretrain.cache_dir(tiny))
+        seen.clear()
+        again = PretrainedShapesModel.execute("quick").result[0]
+        assert seen == []  # cached: nothing built
+        a, b = model.model.diffusion_model.state_dict(), again.model.diffusion_model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
