@@ -361,7 +361,7 @@ trains it once (about 16 minutes on 2 CPU cores, cached in `~/.cache/driftless/`
    -> **Driftless Training Data** -> **Driftless Train LoRA** (300 steps, ~20 s on a CPU) -> **Driftless Save LoRA**
 2. the same seeds sampled with the base and the personalized MODEL: the subject prompt (also with
    personalization guidance, s = 0.3), a new context (`a blue sks on a black background`) and a prior prompt
-   without the trigger word (`a red circle on a black background`): each saved as base | personalized, 4x enlarged
+   without the trigger word (`a green square on a black background`): each saved as base | personalized, 4x enlarged
 3. **Driftless Shapes Scores**: the benchmark's classifier scores each pair: subject fidelity, whether the
    prompted shape and colour were drawn, and how far the personalized samples moved from the base model's
    (the drift). Each writes a JSON report into `output/driftless_shapes/` and shows its table.
@@ -404,7 +404,7 @@ def shapes_demo(info: dict) -> dict:
 
     # one row per prompt: the prompt, base, personalized (and guided) samples, the saved pictures, the scores
     for text, prefix in ((caption, "subject"), (dataset.subject_caption("black", "blue"), "new_context"),
-                         (dataset.caption("circle", "red", "black"), "prior")):
+                         (dataset.caption("square", "green", "black"), "prior")):
         label = prefix.replace("_", " ")
         w.align(3, 4, 5, 6, 7, 8)
         prompt = w.node("CLIPTextEncode", 3, title=f"Prompt ({label})", clip=model.out(1), text=text)

@@ -177,15 +177,15 @@ def test_cli_demo_personalizes_the_pretrained_shapes_model(comfy_host, repo, tmp
     reports = [json.loads(p.read_text()) for p in written if p.suffix == ".json"]
     prompts = sorted(r["prompt"] for r in reports)
     assert prompts == sorted([dataset.subject_caption()] * 2 + ["a blue sks on a black background",
-                                                                "a red circle on a black background"])
+                                                                "a green square on a black background"])
     for report in reports:
         scores = report["scores"]
         assert report["seeds"] == 4 and scores["pixel RMSE to base"]["base"] == 0.0
         assert scores["pixel RMSE to base"]["personalized"] > 0  # the LoRA changed what the model draws
         assert 0 <= scores["subject fidelity"]["personalized"] <= 1
-    prior = next(r for r in reports if r["prompt"].startswith("a red circle"))
-    assert {"shape is circle", "colour is red"} <= set(prior["scores"])
-    assert "Shapes scores, 'a red circle on a black background' (4 seeds)" in out.stdout
+    prior = next(r for r in reports if r["prompt"].startswith("a green square"))
+    assert {"shape is square", "colour is green"} <= set(prior["scores"])
+    assert "Shapes scores, 'a green square on a black background' (4 seeds)" in out.stdout
     assert (tmp_path / "base" / "models" / "loras" / "driftless_shapes" / "lora.safetensors").exists()
 
 
