@@ -39,6 +39,7 @@ class ConsoleServer:
         self._order: list[str] = []
         self._node_started = 0.0
         self._last_progress = 0.0
+        self._last_value = 0
         self.min_progress_interval = min_progress_interval
 
     def _print(self, text: str) -> None:
@@ -54,13 +55,17 @@ class ConsoleServer:
         elif event == "executing" and data.get("node") is not None:
             self._finish_node()
             self._order.append(str(data["node"]))
-            self._node_started = time.perf_counter()
+            self._node_started = self._last_progress = time.perf_counter()
+            self._last_value = 0
             self._print(f"[runner] node {len(self._order)}/{len(self.prompt)}: {self._label(data['node'])}")
         elif event == "progress":
             now = time.perf_counter()
             value, total = data.get("value", 0), data.get("max", 0)
-            if value >= total or now - self._last_progress >= self.min_progress_interval:
-                self._last_progress = now
+            # at most every min_progress_interval and every 1% of the node's steps: a 16-minute pretraining
+            # prints about 100 lines, not one per half second
+            due = now - self._last_progress >= self.min_progress_interval and value - self._last_value >= max(1, total // 100)
+            if value >= total or due:
+                self._last_progress, self._last_value = now, value
                 rate = value / max(now - self._node_started, 1e-9)
                 eta = (total - value) / rate if rate > 0 else float("nan")
                 self._print(f"[runner]   step {value}/{total}  {rate:.2f} it/s  eta {eta:.1f} s")
