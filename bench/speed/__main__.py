@@ -49,7 +49,7 @@ def main() -> None:
     architectures = args.architectures.split(",")
     parts = {
         "training": lambda: bench_training(args, architectures, repeats, steps, training, write_results),
-        # --quick: the regularizers on the SD1.5-shaped model (where their targets are stated), continual over 6 rounds
+        # --quick: the regularizers on the first (SD1.5-shaped) model, as the README reports them; continual over 6 rounds
         "regularizers": lambda: bench_regularizers(args, architectures[:1] if args.quick else architectures, repeats, steps,
                                                    write_results),
         "guidance": lambda: bench_guidance(args, architectures, repeats, steps + 4, write_results),
