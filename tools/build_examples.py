@@ -355,7 +355,7 @@ SHAPES_NOTE = """## Driftless demo: personalize a small pretrained model on a CP
 
 **Driftless Pretrained Shapes Model** is a small text-to-image model the pack pretrains itself (the drift
 benchmark's model: circles, squares and triangles in four colours on three backgrounds, 32x32). The first run
-trains it once (about 16 minutes on 2 CPU cores, cached in `~/.cache/driftless/`); later runs load it in a second.
+trains it once (about 12 minutes on 2 idle CPU cores, cached in `~/.cache/driftless/`); later runs load it in a second.
 
 1. four pictures of a subject it has never seen (an orange cross), captioned `a sks on a white background`
    -> **Driftless Training Data** -> **Driftless Train LoRA** (300 steps, ~20 s on a CPU) -> **Driftless Save LoRA**
