@@ -44,12 +44,10 @@ def paired_ratios(architecture, repeats, steps, rank) -> dict:
     Each method's step time is the median over its timed steps; the ratio is taken per round of
     steps (one step of every method) against plain LoRA, and reported as median and min–max.
     """
-    from ...tinymodels.build import build_tiny_model
     from ...trainers.config import TrainConfig
     from ...trainers.loop import TrainingRun
 
-    model, data = training._setup(architecture)
-    _, clip, _ = build_tiny_model(architecture, 0)
+    model, clip, data = training.setup_with_clip(architecture)
     config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0)
     runs = {n: TrainingRun(model, data, config, make_regularizers(n, clip)) for n in NAMES}
     return training.rotated_step_ratios(runs, repeats * steps)
