@@ -55,12 +55,17 @@ def table(report: dict) -> str:
     for entry in report["metrics"].values():
         rows.append((entry["name"], f"{entry['mean']:.4f}", f"{entry['std']:.4f}", f"{entry['min']:.4f}",
                      f"{entry['max']:.4f}", str(entry["n"]), entry["backbone"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [title, *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)]
+    lines = [title, *aligned_lines(rows)]
     counts = report["counts"]
     lines.append("images: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "; raw cosine (torchmetrics: 100*max(cos,0))")
     lines += [f"note: {n}" for n in report["notes"]]
     return "\n".join(lines)
+
+
+def aligned_lines(rows) -> list[str]:
+    """Rows of cells as text lines, each column padded to its widest cell, two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def write_json_atomic(data: dict, path: pathlib.Path) -> pathlib.Path:

@@ -52,8 +52,7 @@ class ShapesScores(CheckedNode):
         scores = scorecard.scorecard(net, prompt, subject_images, base_samples, personalized_samples)
         title = f"Shapes scores, '{prompt}' ({base_samples.shape[0]} seeds)"
         report = {"kind": "driftless_shapes_scores", "prompt": prompt, "preset": preset, "seeds": int(base_samples.shape[0]),
-                  "scores": scores, "meaning": {name: scorecard.MEANING[key] for name in scores
-                                                for key in scorecard.MEANING if name.startswith(key)}}
+                  "scores": scores, "meaning": {name: scorecard.meaning(name) for name in scores}}
         filename, subfolder = save_json_report(report, filename_prefix)
         text = scorecard.table(title, scores)
         preview = ui.PreviewImage(cells_image(title, scorecard.rows(scores), []), cls=cls).as_dict()

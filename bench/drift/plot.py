@@ -5,8 +5,12 @@ import pathlib
 from PIL import Image, ImageDraw
 
 COLOURS = {"plain LoRA": (0, 0, 0), "parameter anchor": (31, 119, 180), "DCO": (44, 160, 44), "APT": (214, 39, 40),
-           "prior preservation": (148, 103, 189), "parameter anchor, weight 0.001": (31, 119, 180),
-           "DCO, beta 250": (44, 160, 44), "APT, adaptive adjustment off": (214, 39, 40)}
+           "prior preservation": (148, 103, 189)}
+
+
+def colour_of(name: str) -> tuple[int, int, int]:
+    """A method's colour; a variant ("DCO, beta 250") takes its regularizer's."""
+    return next((c for key, c in COLOURS.items() if name == key or name.startswith(key + ",")), (128, 128, 128))
 
 
 def fidelity_vs_drift(out: dict, path: pathlib.Path, x_key="subject_fidelity", y_key="prior_rmse_to_base") -> pathlib.Path:
@@ -30,7 +34,7 @@ def fidelity_vs_drift(out: dict, path: pathlib.Path, x_key="subject_fidelity", y
     d.text((L + 120, H - 20), f"{x_key.replace('_', ' ')} (higher = closer to the subject)", fill=(0, 0, 0))
     d.text((4, 8), f"{y_key.replace('_', ' ')} (prior drift, lower = better)", fill=(0, 0, 0))
     for k, (name, curve) in enumerate(out["curves"].items()):
-        colour = COLOURS.get(name, (128, 128, 128))
+        colour = colour_of(name)
         pts = [(px(s[x_key]), py(s[y_key])) for s in curve]
         if len(pts) > 1:
             d.line(pts, fill=colour, width=2)

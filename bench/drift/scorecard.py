@@ -10,7 +10,7 @@ pictures, each score of metrics.py is computed for both models where it applies:
 
 import torch
 
-from . import classifier, dataset, metrics
+from . import dataset, metrics
 
 
 def prompt_labels(prompt: str) -> tuple[str | None, str | None]:
@@ -28,24 +28,25 @@ def prompt_labels(prompt: str) -> tuple[str | None, str | None]:
 
 @torch.no_grad()
 def scorecard(net, prompt: str, subject: torch.Tensor, base: torch.Tensor, personalized: torch.Tensor) -> dict:
-    """{score name: {"base": value or None, "personalized": value}} for samples drawn with `prompt`."""
+    """{score name: {"base": value, "personalized": value}} for samples drawn with `prompt`."""
     if base.shape != personalized.shape:
         raise ValueError(f"base {tuple(base.shape)} and personalized {tuple(personalized.shape)} samples must pair up: "
                          "same prompt, same seeds, same size")
-    if base.shape[1:3] != (dataset.SIZE, dataset.SIZE):
-        raise ValueError(f"the shapes classifier reads {dataset.SIZE}x{dataset.SIZE} pictures, got "
-                         f"{base.shape[2]}x{base.shape[1]}: sample from an Empty Latent Image of 64x64")
+    for images, what in ((base, "samples"), (subject, "subject pictures")):
+        if images.shape[1:3] != (dataset.SIZE, dataset.SIZE):
+            raise ValueError(f"the shapes classifier reads {dataset.SIZE}x{dataset.SIZE} pictures, got {what} of "
+                             f"{images.shape[2]}x{images.shape[1]}: sample from an Empty Latent Image of 64x64 and "
+                             "give the pictures the LoRA was trained on")
     feats = {name: net.features(images.float()) for name, images in (("base", base), ("personalized", personalized))}
     subject_f = net.features(subject.float())
     scores = {"subject fidelity": {k: metrics.subject_fidelity(f, subject_f) for k, f in feats.items()}}
     shape, colour = prompt_labels(prompt)
-    predicted = {k: classifier.predict(net, images) for k, images in (("base", base), ("personalized", personalized))}
-    if shape is not None:
+    if shape is not None:  # the classifier's heads on the features above: one forward per picture
         target = torch.full((base.shape[0],), dataset.SHAPES.index(shape))
-        scores[f"shape is {shape}"] = {k: metrics.match_rate(torch.as_tensor(p[0]), target) for k, p in predicted.items()}
+        scores[f"shape is {shape}"] = {k: metrics.match_rate(net.shape_head(f).argmax(1), target) for k, f in feats.items()}
     if colour is not None:
         target = torch.full((base.shape[0],), list(dataset.COLOURS).index(colour))
-        scores[f"colour is {colour}"] = {k: metrics.match_rate(torch.as_tensor(p[1]), target) for k, p in predicted.items()}
+        scores[f"colour is {colour}"] = {k: metrics.match_rate(net.colour_head(f).argmax(1), target) for k, f in feats.items()}
     scores["similarity to base"] = {"base": 1.0, "personalized": metrics.paired_similarity(feats["personalized"], feats["base"])}
     scores["pixel RMSE to base"] = {"base": 0.0, "personalized": metrics.paired_rmse(personalized, base)}
     return scores
@@ -60,16 +61,18 @@ MEANING = {
 }
 
 
+def meaning(name: str) -> str:
+    """What a score of the scorecard measures ("shape is circle" -> the "shape is" entry)."""
+    return next(text for key, text in MEANING.items() if name.startswith(key))
+
+
 def rows(scores: dict) -> list[list[str]]:
     """The scorecard as table cells: a header, then score, base, personalized, meaning."""
-    out = [["score", "base", "personalized", "meaning"]]
-    for name, values in scores.items():
-        meaning = next(text for key, text in MEANING.items() if name.startswith(key))
-        out.append([name, f"{values['base']:.3f}", f"{values['personalized']:.3f}", meaning])
-    return out
+    return [["score", "base", "personalized", "meaning"],
+            *([name, f"{v['base']:.3f}", f"{v['personalized']:.3f}", meaning(name)] for name, v in scores.items())]
 
 
 def table(title: str, scores: dict) -> str:
-    cells = rows(scores)
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    return "\n".join([title, *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)])
+    from ...metrics.report import aligned_lines
+
+    return "\n".join([title, *aligned_lines(rows(scores))])

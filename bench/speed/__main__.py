@@ -65,16 +65,23 @@ def main() -> None:
     print(f"[bench] done in {time.perf_counter() - started:.0f} s")
 
 
-def _parallel() -> int:
-    """Peak-memory processes run at once: one per core (each with one torch thread), after the timings."""
+def _measure_peaks(jobs: list[tuple]) -> list[int]:
+    """Peak memory of each job (peak.peak_memories), after the timings: one fresh process per core at a time,
+    each with one torch thread."""
     import os
 
-    return max(1, min(4, os.cpu_count() or 1))
+    from .peak import peak_memories
+
+    parallel = max(1, min(4, os.cpu_count() or 1))
+    print(f"[bench] peak memory: {len(jobs)} fresh processes of {jobs[0][2]} steps, {parallel} at a time")
+    t0 = time.perf_counter()
+    peaks = peak_memories(jobs, parallel)
+    print(f"[bench] peak memory measured in {time.perf_counter() - t0:.0f} s")
+    return peaks
 
 
 def bench_training(args, architectures, repeats, steps, training, write_results) -> None:
     from . import roofline
-    from .peak import peak_memories
 
     rows, rooflines = [], []
     gflops = roofline.matmul_gflops()
@@ -85,10 +92,7 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
             times = training.paired_step_times(architecture, repeats, steps, args.rank, checkpointing)
             rows.append({"architecture": architecture, "gradient_checkpointing": checkpointing, **times})
     jobs = [(w, r["architecture"], args.memory_steps, args.rank, r["gradient_checkpointing"]) for r in rows for w in ("ours", "stock")]
-    print(f"[bench] peak memory: {len(jobs)} fresh processes of {args.memory_steps} steps, {_parallel()} at a time")
-    t0 = time.perf_counter()
-    peaks = iter(peak_memories(jobs, _parallel()))
-    print(f"[bench] peak memory measured in {time.perf_counter() - t0:.0f} s")
+    peaks = iter(_measure_peaks(jobs))
     for r in rows:
         mem = {w: next(peaks) for w in ("ours", "stock")}
         r.update(peak_growth_bytes=mem, memory_ratio=mem["ours"] / max(mem["stock"], 1))
@@ -125,7 +129,6 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
 
 def bench_regularizers(args, architectures, repeats, steps, write_results) -> None:
     from . import regularizers
-    from .peak import peak_memories
 
     rows = []
     lines = ["| model | regularizer | s/step | time ratio to plain LoRA (median, min–max) | peak memory growth | memory ratio |",
@@ -135,10 +138,7 @@ def bench_regularizers(args, architectures, repeats, steps, write_results) -> No
         print(f"[bench] {architecture} regularizers: {repeats * steps} rounds of one step of every method, interleaved")
         results[architecture] = regularizers.paired_ratios(architecture, repeats, steps, args.rank)
     jobs = [(name, architecture, args.memory_steps, args.rank, False) for architecture, result in results.items() for name in result]
-    print(f"[bench] peak memory: {len(jobs)} fresh processes of {args.memory_steps} steps, {_parallel()} at a time")
-    t0 = time.perf_counter()
-    peaks = iter(peak_memories(jobs, _parallel()))
-    print(f"[bench] peak memory measured in {time.perf_counter() - t0:.0f} s")
+    peaks = iter(_measure_peaks(jobs))
     for architecture, result in results.items():
         for name in result:
             result[name]["peak_growth_bytes"] = next(peaks)

@@ -84,12 +84,10 @@ def fisher_draw_seconds(model, clip, data, pool, teacher, draws: int = 4, k: int
 
 def paired_ratios(architecture, repeats, steps, rank) -> dict:
     """Every method advanced one optimizer step at a time in rotating order (as regularizers.py)."""
-    from ...tinymodels.build import build_tiny_model
     from ...trainers.config import TrainConfig
     from ...trainers.loop import TrainingRun
 
-    model, data = training._setup(architecture)
-    _, clip, _ = build_tiny_model(architecture, 0)
+    model, clip, data = training.setup_with_clip(architecture)
     config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0)
     pool, teacher = synthetic_pool(model, config)
     runs = {n: TrainingRun(model, data, config, make_regularizers(n, pool, teacher, clip)) for n in NAMES}

@@ -40,10 +40,6 @@ def peak_tensor_bytes(run) -> int:
     return peak
 
 
-def peak_memory(which: str, architecture: str, steps: int, rank: int, checkpointing: bool = False) -> int:
-    return peak_memories([(which, architecture, steps, rank, checkpointing)], parallel=1)[0]
-
-
 def peak_memories(jobs: list[tuple], parallel: int = 1) -> list[int]:
     """Peak memory growth of each (which, architecture, steps, rank, checkpointing), each in a fresh process with one
     torch thread; `parallel` processes at a time (the quantity is tensor bytes, not time: parallel runs leave it be)."""

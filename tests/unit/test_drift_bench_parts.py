@@ -98,7 +98,8 @@ def test_scorecard_reads_the_prompted_shape_and_colour(prompt, labels):
 
 
 class _FixedNet:
-    """A stand-in classifier: features are the mean RGB of a picture; predictions are given per picture."""
+    """A stand-in classifier: features are the mean RGB of a picture; its heads give the predictions listed per
+    mean brightness of those features."""
 
     def __init__(self, shapes, colours):
         self.shapes, self.colours = shapes, colours
@@ -106,10 +107,15 @@ class _FixedNet:
     def features(self, images):
         return images.mean(dim=(1, 2))
 
-    def __call__(self, images):
-        key = images.mean(dim=(1, 2, 3)).tolist()
-        pick = lambda table, n: torch.nn.functional.one_hot(torch.tensor([table[round(k, 4)] for k in key]), n).float()  # noqa: E731
-        return pick(self.shapes, len(dataset.SHAPES)), pick(self.colours, len(dataset.COLOURS))
+    @staticmethod
+    def _pick(table, n, features):
+        return torch.nn.functional.one_hot(torch.tensor([table[round(k, 4)] for k in features.mean(1).tolist()]), n).float()
+
+    def shape_head(self, features):
+        return self._pick(self.shapes, len(dataset.SHAPES), features)
+
+    def colour_head(self, features):
+        return self._pick(self.colours, len(dataset.COLOURS), features)
 
 
 def test_scorecard_on_hand_made_pictures():
@@ -147,6 +153,8 @@ def test_scorecard_refuses_unpaired_or_wrongly_sized_samples():
     big = torch.rand(2, 64, 64, 3)
     with pytest.raises(ValueError, match="Empty Latent Image of 64x64"):
         scorecard.scorecard(net, "a red circle", pictures, big, big)
+    with pytest.raises(ValueError, match="got subject pictures of 64x64"):
+        scorecard.scorecard(net, "a red circle", big, pictures, pictures)
 
 
 def test_matched_drift_interpolates_the_first_crossing():
