@@ -61,10 +61,10 @@ class ConsoleServer:
         elif event == "progress":
             now = time.perf_counter()
             value, total = data.get("value", 0), data.get("max", 0)
-            # at most every min_progress_interval and every 1% of the node's steps: a 16-minute pretraining
-            # prints about 100 lines, not one per half second
+            # the first step (the node's total shows at once), then at most every min_progress_interval and every
+            # 1% of the node's steps (a 12-minute pretraining prints about 100 lines), and the last step
             due = now - self._last_progress >= self.min_progress_interval and value - self._last_value >= max(1, total // 100)
-            if value >= total or due:
+            if self._last_value == 0 or value >= total or due:
                 self._last_progress, self._last_value = now, value
                 rate = value / max(now - self._node_started, 1e-9)
                 eta = (total - value) / rate if rate > 0 else float("nan")

@@ -16,8 +16,9 @@ def _progress_lines(total: int, interval: float = 0.0) -> list[str]:
 
 def test_a_long_node_prints_about_one_line_per_percent():
     lines = _progress_lines(4602)
-    assert len(lines) == 101  # every 46 steps (1% of 4602), and the last one
-    assert lines[0].startswith("[runner]   step 46/4602") and lines[-1].startswith("[runner]   step 4602/4602")
+    assert len(lines) == 102  # the first step, every 46 steps (1% of 4602), and the last one
+    assert [line.split()[2] for line in lines[:3]] == ["1/4602", "47/4602", "93/4602"]
+    assert lines[-1].startswith("[runner]   step 4602/4602")
 
 
 def test_a_short_node_prints_every_step_when_time_allows():
@@ -26,4 +27,4 @@ def test_a_short_node_prints_every_step_when_time_allows():
 
 def test_time_limits_the_lines_too():
     lines = _progress_lines(50, interval=3600.0)
-    assert [line.split()[2] for line in lines] == ["50/50"]  # only the last step: the interval never elapses
+    assert [line.split()[2] for line in lines] == ["1/50", "50/50"]  # the interval never elapses in between
