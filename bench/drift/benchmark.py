@@ -157,7 +157,7 @@ def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 
                          null_prompt_dropout=0.1, seed=0)
     every = score_every or max(1, steps // 2)
     checkpoints = sorted({*range(every, steps + 1, every), steps})
-    curves = {}
+    curves, indicators = {}, {}
     for name in methods:
         t0 = time.perf_counter()
         regs = make_regularizers(name, class_latents.clone(), sampler.cond(CLASS_PROMPT))
@@ -178,8 +178,13 @@ def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 
                         curves[name].append(scores)
                     if step == steps:
                         results[name]["CFG" if mode == "cfg" else f"personalization guidance (s={WEAK_STRENGTH})"] = scores
+        for reg in regs:  # APT's overfitting indicator at the end: what its loss scale 1 - γ had come to
+            if hasattr(reg, "indicator"):
+                ind = reg.indicator
+                indicators[name] = {"gap_per_bin": (ind.m_pre - ind.m_theta).tolist(),
+                                    "gamma_per_bin": ind.gamma(torch.arange(ind.bins)).tolist()}
         log(f"[drift] {name}: {steps} steps, scored at {checkpoints} ({time.perf_counter() - t0:.0f} s): {results[name]['CFG']}")
-    return {"results": results, "curves": curves, "settings": {"steps": steps, "rank": rank, "learning_rate": learning_rate,
+    return {"results": results, "curves": curves, "apt_indicators": indicators, "settings": {"steps": steps, "rank": rank, "learning_rate": learning_rate,
             "cfg": CFG, "weak_strength": WEAK_STRENGTH, "sampler_steps": SAMPLER_STEPS, "checkpoints": checkpoints}}
 
 
@@ -251,9 +256,12 @@ def main(folder: pathlib.Path, args) -> None:
         f"alignment: {len(ALIGN)} 'a <colour> sks' prompts x {ALIGN_SEEDS} seeds; fidelity: {SUBJECT_SEEDS} seeds",
         f"plot: bench/results/{name}.png, subject fidelity vs prior pixel RMSE to base along training "
         f"(CFG at steps {s['checkpoints']}); personalization guidance as separate points at the last step",
+        *(f"{m} after {s['steps']} steps: indicator gap m_pre - m_theta per timestep bin "
+          f"[{', '.join(f'{g:.4f}' for g in ind['gap_per_bin'])}], gamma [{', '.join(f'{g:.2f}' for g in ind['gamma_per_bin'])}]"
+          for m, ind in out["apt_indicators"].items()),
     ]
     md, js = write_results(name, [{"method": m, "guidance": g, **v} for m, d in out["results"].items() for g, v in d.items()],
-                           text, notes, extra={"matched_fidelity": matched})
+                           text, notes, extra={"matched_fidelity": matched, "apt_indicators": out["apt_indicators"]})
     curves_path = RESULTS / f"{name}_curves.json"
     curves_path.write_text(json.dumps(out["curves"], indent=2) + "\n")
     png = plot.fidelity_vs_drift(out, RESULTS / f"{name}.png")
