@@ -17,6 +17,22 @@ import sys
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so a host clock read after it times what ran (a no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def clock() -> float:
+    """perf_counter after the GPU's queue has drained: the timestamp every speed figure is taken with."""
+    import time
+
+    synchronize()
+    return time.perf_counter()
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 

@@ -9,6 +9,9 @@ Two sizes per family:
   128. SDXL-shaped: the same widths with SDXL's layout (no attention at full resolution, two text
   encoders concatenated to context 256, linear transformer projections, pooled text + size embedding
   through the ADM input).
+
+And ``sd15-full``: SD1.5's real UNet and text-encoder sizes (about 860M + 123M parameters, 512 px), random
+weights, for speed benchmarks on a GPU; far too slow for a CPU.
 """
 
 from dataclasses import dataclass, field
@@ -143,6 +146,18 @@ CONFIGS: dict[str, TinyModelConfig] = {
         text_encoders={"l": TextEncoderConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4),
                        "g": TextEncoderConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)},
         default_resolution=256,
+    ),
+    "sd15-full": TinyModelConfig(
+        family="sd15",
+        model_channels=320,
+        channel_mult=(1, 2, 4, 4),
+        transformer_depth=(1, 1, 1, 0),
+        head_channels=40,
+        text_encoders={"l": TextEncoderConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)},
+        default_resolution=512,
+        # two res blocks per level, as the real checkpoint (depths given per block)
+        extra={"num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+               "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1},
     ),
     # the drift benchmark's pretrained model (bench/drift): 32x32 pictures, a 4x VAE (8x8 latents), a small
     # text transformer left at its seeded random init (the UNet learns to read it)

@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int,
                         help="optimizer steps of each peak-memory run (default: --steps; 2 with --quick: the peak is "
                         "reached by the second step, once the optimizer holds its state)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="training dtype of the regularizers part (bf16/fp16: autocast, as Train LoRA does on a GPU)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="guidance step time as wall seconds or as this process's CPU seconds (use cpu, with "
                         "--threads 1, on a machine shared with other work)")
@@ -40,8 +42,12 @@ def main() -> None:
     from . import training
     from ..common import write_results as write
 
-    def write_results(name, *rest, **kwargs):  # a quick run writes beside the full results, not over them
-        return write(name + ("_quick" if args.quick else ""), *rest, **kwargs)
+    def write_results(name, *rest, **kwargs):  # quick and GPU runs write beside the full CPU results, not over them
+        import torch
+
+        suffix = ("_quick" if args.quick else "") + ("_cuda" if torch.cuda.is_available() else "")
+        suffix += f"_{args.dtype}" if args.dtype != "fp32" else ""
+        return write(name + suffix, *rest, **kwargs)
 
     repeats, steps = (2, 5) if args.quick else (5, 8)
     repeats, steps = args.repeats or repeats, args.steps or steps
@@ -136,8 +142,9 @@ def bench_regularizers(args, architectures, repeats, steps, write_results) -> No
     results = {}
     for architecture in architectures:
         print(f"[bench] {architecture} regularizers: {repeats * steps} rounds of one step of every method, interleaved")
-        results[architecture] = regularizers.paired_ratios(architecture, repeats, steps, args.rank)
-    jobs = [(name, architecture, args.memory_steps, args.rank, False) for architecture, result in results.items() for name in result]
+        results[architecture] = regularizers.paired_ratios(architecture, repeats, steps, args.rank, args.dtype)
+    jobs = [(name, architecture, args.memory_steps, args.rank, False, args.dtype) for architecture, result in results.items()
+            for name in result]
     peaks = iter(_measure_peaks(jobs))
     for architecture, result in results.items():
         for name in result:
@@ -152,7 +159,7 @@ def bench_regularizers(args, architectures, repeats, steps, write_results) -> No
     table = "\n".join(lines)
     print(table)
     notes = [
-        f"models: {', '.join(architectures)}; LoRA rank {args.rank} on attention, batch 1, fp32; prior preservation draws one "
+        f"models: {', '.join(architectures)}; LoRA rank {args.rank} on attention, batch 1, {args.dtype}; prior preservation draws one "
         "class micro-batch per step (class-image generation excluded)",
         f"{repeats * steps} rounds; in each round every method takes one optimizer step, in an order rotated every "
         "round; ratios are per round against plain LoRA (median, min–max)",

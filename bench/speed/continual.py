@@ -7,11 +7,9 @@ forward of both teachers over 2·(k + 2) samples. The pool's LoRAs and Fisher ar
 not change the cost).
 """
 
-import time
-
 import torch
 
-from ..common import spread
+from ..common import clock, spread
 from . import training
 
 NAMES = ("plain", "EWC-DC", "DSC k=1", "DSC k=3", "DSC k=5")
@@ -75,9 +73,9 @@ def fisher_draw_seconds(model, clip, data, pool, teacher, draws: int = 4, k: int
         pretrained = seam.inputs(encode(pool.pretrained_prompt), x0)
         kwargs = dict(source="diffusion classifier", k=k, temperature=1.0, generator=torch.Generator().manual_seed(0))
         concept_fisher(seam, adapter, x0, captions, pretrained, past, draws=1, **kwargs)  # warm-up
-        start = time.perf_counter()
+        start = clock()
         concept_fisher(seam, adapter, x0, captions, pretrained, past, draws=draws, **kwargs)
-        return (time.perf_counter() - start) / draws
+        return (clock() - start) / draws
 
     return run()
 

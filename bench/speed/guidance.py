@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from ..common import clock as wall_clock
 from ..common import spread
 
 WARMUP_STEPS = 2
@@ -42,7 +43,7 @@ def _guiders(architecture: str, rank: int, s: float = 0.3, cfg: float = 5.0):
     return model, dict(zip(NAMES, (stock, hooks, ours)))
 
 
-def _step_time(guider, model, steps: int, size: int, clock=time.perf_counter) -> float:
+def _step_time(guider, model, steps: int, size: int, clock=wall_clock) -> float:
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
@@ -66,7 +67,7 @@ def paired_step_times(architecture: str, repeats: int, steps: int, rank: int, cl
         order = NAMES[repeat % len(NAMES):] + NAMES[: repeat % len(NAMES)]
         for name in order:
             times[name].append(_step_time(guiders[name], model, steps, size,
-                                          time.process_time if clock == "cpu" else time.perf_counter))
+                                          time.process_time if clock == "cpu" else wall_clock))
     base = times[NAMES[0]]
     return {n: {"s_per_step": spread(times[n]), "ratio_to_stock": spread([a / b for a, b in zip(times[n], base)])}
             for n in NAMES}

@@ -41,7 +41,7 @@ def peak_tensor_bytes(run) -> int:
 
 
 def peak_memories(jobs: list[tuple], parallel: int = 1) -> list[int]:
-    """Peak memory growth of each (which, architecture, steps, rank, checkpointing), each in a fresh process with one
+    """Peak memory growth of each (which, architecture, steps, rank, checkpointing[, dtype]), each in a fresh process with one
     torch thread; `parallel` processes at a time (the quantity is tensor bytes, not time: parallel runs leave it be)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +49,8 @@ def peak_memories(jobs: list[tuple], parallel: int = 1) -> list[int]:
     env = {**os.environ, "DRIFTLESS_PEAK_THREADS": "1"}
 
     def one(job):
-        which, architecture, steps, rank, checkpointing = job
-        args = [which, architecture, str(steps), str(rank), "1" if checkpointing else "0"]
+        which, architecture, steps, rank, checkpointing, *dtype = job
+        args = [which, architecture, str(steps), str(rank), "1" if checkpointing else "0", *dtype]
         out = subprocess.run([sys.executable, "-m", "driftless.bench.speed.peak", *args], capture_output=True, text=True,
                              timeout=1800, env=env)
         if out.returncode != 0:
@@ -76,6 +76,7 @@ def main(argv: list[str]) -> None:
     from . import regularizers, training
 
     which, architecture, steps, rank, checkpointing = argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4] == "1"
+    dtype = argv[5] if len(argv) > 5 else "fp32"
     model, clip, data = training.setup_with_clip(architecture)
     comfy.model_management.load_models_gpu([model])
     if which == "ours":
@@ -83,7 +84,7 @@ def main(argv: list[str]) -> None:
     elif which == "stock":
         run = lambda: training.run_stock(model, data, steps, rank, checkpointing)  # noqa: E731
     else:
-        run = lambda: regularizers.run(model, clip, data, which, steps, rank)  # noqa: E731
+        run = lambda: regularizers.run(model, clip, data, which, steps, rank, dtype)  # noqa: E731
     print(json.dumps({"peak_growth_bytes": measure(run)}))
 
 

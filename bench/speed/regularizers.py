@@ -5,7 +5,7 @@ import torch
 from . import training
 
 
-def make_regularizers(name: str, clip):
+def make_regularizers(name: str, clip, latent_size: int = 32):
     from ...trainers.regularizers.apt import APT
     from ...trainers.regularizers.dco import DCO
     from ...trainers.regularizers.parameter_anchor import ParameterAnchor
@@ -21,7 +21,7 @@ def make_regularizers(name: str, clip):
         return [APT()]
     if name == "prior preservation":
         cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
-        latents = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+        latents = torch.randn(4, 4, latent_size, latent_size, generator=torch.Generator().manual_seed(1))
         return [PriorPreservation(latents, cond, "a photo of a dog")]
     raise ValueError(name)
 
@@ -29,16 +29,16 @@ def make_regularizers(name: str, clip):
 NAMES = ("plain", "parameter anchor", "DCO", "APT", "prior preservation")
 
 
-def run(model, clip, data, name, steps, rank):
+def run(model, clip, data, name, steps, rank, dtype="fp32"):
     """A whole run (for the peak-memory probe)."""
     from ...trainers.config import TrainConfig
     from ...trainers.loop import train_lora
 
-    config = TrainConfig(steps=steps, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0)
-    train_lora(model, data, config, make_regularizers(name, clip))
+    config = TrainConfig(steps=steps, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0, dtype=dtype)
+    train_lora(model, data, config, make_regularizers(name, clip, data.latents.shape[-1]))
 
 
-def paired_ratios(architecture, repeats, steps, rank) -> dict:
+def paired_ratios(architecture, repeats, steps, rank, dtype="fp32") -> dict:
     """Every method advanced one optimizer step at a time in rotating order, so drift hits all alike.
 
     Each method's step time is the median over its timed steps; the ratio is taken per round of
@@ -48,6 +48,6 @@ def paired_ratios(architecture, repeats, steps, rank) -> dict:
     from ...trainers.loop import TrainingRun
 
     model, clip, data = training.setup_with_clip(architecture)
-    config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0)
-    runs = {n: TrainingRun(model, data, config, make_regularizers(n, clip)) for n in NAMES}
+    config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0, dtype=dtype)
+    runs = {n: TrainingRun(model, data, config, make_regularizers(n, clip, data.latents.shape[-1])) for n in NAMES}
     return training.rotated_step_ratios(runs, repeats * steps)

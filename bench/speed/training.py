@@ -8,11 +8,10 @@ torch.cuda.max_memory_allocated growth).
 """
 
 import statistics
-import time
 
 import torch
 
-from ..common import spread
+from ..common import clock, spread
 
 WARMUP_STEPS = 2
 
@@ -44,7 +43,7 @@ def run_ours(model, data, steps: int, rank: int, checkpointing: bool) -> list[fl
     stamps = []
     config = TrainConfig(steps=steps, rank=rank, alpha=rank, targets="all linear+conv", learning_rate=1e-4,
                          gradient_checkpointing=checkpointing, null_prompt_dropout=0.0)
-    train_lora(model, data, config, on_step=lambda *a: stamps.append(time.perf_counter()))
+    train_lora(model, data, config, on_step=lambda *a: stamps.append(clock()))
     return stamps
 
 
@@ -53,7 +52,7 @@ def run_stock(model, data, steps: int, rank: int, checkpointing: bool) -> list[f
     from comfy_extras.nodes_train import TrainLoraNode
 
     stamps = []
-    comfy.utils.set_progress_bar_global_hook(lambda *a, **k: stamps.append(time.perf_counter()))
+    comfy.utils.set_progress_bar_global_hook(lambda *a, **k: stamps.append(clock()))
     try:
         TrainLoraNode.execute(
             model=[model], latents=[{"samples": data.latents[:1]}, {"samples": data.latents[1:]}],
@@ -93,9 +92,9 @@ def rotated_step_ratios(runs: dict, rounds: int) -> dict:
     for r in range(WARMUP_STEPS + rounds):
         for n in names[r % len(names):] + names[: r % len(names)]:
             runs[n].activate()
-            start = time.perf_counter()
+            start = clock()
             runs[n].step()
             if r >= WARMUP_STEPS:
-                times[n].append(time.perf_counter() - start)
+                times[n].append(clock() - start)
     ratios = {n: [a / b for a, b in zip(times[n], times[names[0]])] for n in names[1:]}
     return {n: {"s_per_step": spread(times[n]), **({"ratio": spread(ratios[n])} if n in ratios else {})} for n in names}

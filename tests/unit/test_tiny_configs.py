@@ -10,9 +10,11 @@ def test_widths(name):
     cfg = CONFIGS[name]
     unet = cfg.unet_config()
     assert unet["context_dim"] == sum(te.hidden_size for te in cfg.text_encoders.values())
-    levels = len(cfg.channel_mult)
-    assert len(unet["transformer_depth"]) == levels
-    assert len(unet["transformer_depth_output"]) == 2 * levels  # num_res_blocks + 1 output blocks per level
+    # depths are given per block: num_res_blocks input blocks and num_res_blocks + 1 output blocks per level
+    blocks = unet["num_res_blocks"]
+    assert len(blocks) == len(cfg.channel_mult)
+    assert len(unet["transformer_depth"]) == sum(blocks)
+    assert len(unet["transformer_depth_output"]) == sum(n + 1 for n in blocks)
     # every attention level splits its width into whole heads
     for mult, depth in zip(cfg.channel_mult, cfg.transformer_depth):
         if depth:
