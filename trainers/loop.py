@@ -322,6 +322,9 @@ class TrainingRun:
                 )
             self.scaler.scale(total / config.grad_accumulation).backward()
             step_loss += total.item() / config.grad_accumulation
+        grad_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        for regularizer in self.regularizers:
+            regularizer.add_parameter_gradients(self.adapter, grad_scale)
         self.scaler.unscale_(self.optimizer)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), config.max_grad_norm)

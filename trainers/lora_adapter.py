@@ -58,11 +58,13 @@ class LoraLayer(torch.nn.Module):
     def apply(self, x: torch.Tensor, output: torch.Tensor, strength) -> torch.Tensor:
         """output + strength·(α/r)·B(A(x)) for the layer input x.
 
-        The scaling is applied to the rank-r hidden activation (r channels instead of the layer's width)
-        and the residual add is fused into the up-projection (addmm / baddbmm) when dtypes agree.
-        `strength` is a float or a per-sample tensor [B].
+        A float strength and α/r fold into the up-projection's scalar, fused with the residual add (addmm /
+        baddbmm) when dtypes agree: no kernel of its own. A per-sample strength tensor [B] scales the rank-r
+        hidden activation (r channels instead of the layer's width).
         """
-        return self._add_up(output, self._scaled_hidden(x, strength))
+        if isinstance(strength, torch.Tensor):
+            return self._add_up(output, self._scaled_hidden(x, strength))
+        return self._add_up(output, self._scaled_hidden(x, 1.0, scale=False), float(strength) * self.scale_value())
 
     def apply_per_sample(self, x: torch.Tensor, output: torch.Tensor, strength: torch.Tensor,
                          plan: "SamplePlan | None" = None) -> torch.Tensor:
@@ -125,14 +127,12 @@ class LoraLayer(torch.nn.Module):
         hidden = F.conv2d(x, down, **self.conv_args) if self.kind == "conv" else F.linear(x, down)
         if not scale:
             return hidden
-        factor = self.scale.to(hidden.device, hidden.dtype)
         if isinstance(strength, torch.Tensor):
             if strength.shape[0] != x.shape[0]:
                 raise RuntimeError(f"per-sample LoRA strength has {strength.shape[0]} entries for a batch of {x.shape[0]}")
-            factor = factor * strength.to(hidden.device, hidden.dtype).reshape(-1, *([1] * (hidden.ndim - 1)))
-        elif strength != 1.0:
-            factor = factor * float(strength)
-        return hidden * factor
+            per_sample = strength.to(hidden.device, hidden.dtype).reshape(-1, *([1] * (hidden.ndim - 1)))
+            return hidden * (per_sample * self.scale_value())
+        return hidden * (float(strength) * self.scale_value())
 
 
 class SamplePlan:

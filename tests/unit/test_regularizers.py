@@ -45,14 +45,45 @@ def test_parameter_anchor_both_forms_by_hand():
     torch.testing.assert_close(ParameterAnchor(2.0, "code").loss(_ctx(adapter)), 2.0 * by_hand_code, rtol=1e-6, atol=1e-6)
 
 
-def test_parameter_anchor_gradients_reach_only_the_lora():
+def _by_hand(adapter, form):
+    """The anchor term written per layer, as the paper and the official code state it (autograd-ready)."""
+    if form == "paper":
+        return sum((1.5 * l.up.flatten(1) @ l.down.flatten(1)).square().sum() for l in adapter.layers)
+    return sum(l.down.square().sum() + l.up.square().sum() for l in adapter.layers)
+
+
+@pytest.mark.parametrize("form", ["paper", "code"])
+def test_parameter_anchor_adds_the_gradient_of_its_term_to_the_lora_alone(form):
+    """Closed-form gradients equal autograd's of the by-hand term, scaled (fp16 loss scale) and added to what the
+    backward left; the value carries no graph, so the term is not counted twice."""
+    reference, adapter = _adapter(), _adapter()
+    (0.3 * _by_hand(reference, form)).backward()
+    anchor = ParameterAnchor(0.3, form)
+    assert not anchor.loss(_ctx(adapter)).requires_grad
+    anchor.add_parameter_gradients(adapter)  # no gradient yet: made
+    for got, want in zip(adapter.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6)
+    # d/dB ‖s·B·A‖² = 2 s² B A Aᵀ, for the first (linear) layer
+    if form == "paper":
+        layer = adapter.layers[0]
+        expected = 0.3 * 2 * (1.5**2) * layer.up.detach() @ layer.down.detach() @ layer.down.detach().T
+        torch.testing.assert_close(layer.up.grad, expected, rtol=1e-5, atol=1e-5)
+    before = [p.grad.clone() for p in adapter.parameters()]
+    anchor.add_parameter_gradients(adapter, scale=8.0)
+    for p, b, want in zip(adapter.parameters(), before, reference.parameters()):
+        torch.testing.assert_close(p.grad, b + 8.0 * want.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_parameter_anchor_groups_follow_a_changed_alpha():
     adapter = _adapter()
-    ParameterAnchor(1.0).loss(_ctx(adapter)).backward()
-    assert all(l.down.grad is not None and l.up.grad is not None for l in adapter.layers)
-    # d/dB ‖s·B·A‖² = 2 s² B A Aᵀ
+    anchor = ParameterAnchor(1.0)
+    first = anchor.value(adapter)
+    with torch.no_grad():
+        adapter.layers[0].alpha.fill_(6.0)  # that layer's α/r goes 1.5 → 3: its ‖ΔW‖² is 4 times larger
+    adapter.layers[0]._scale_cache = None
     layer = adapter.layers[0]
-    expected = 2 * (1.5**2) * layer.up.detach() @ layer.down.detach() @ layer.down.detach().T
-    torch.testing.assert_close(layer.up.grad, expected, rtol=1e-5, atol=1e-5)
+    own = (1.5 * layer.up.flatten(1) @ layer.down.flatten(1)).square().sum()
+    torch.testing.assert_close(anchor.value(adapter), first + 3 * own, rtol=1e-5, atol=1e-5)
 
 
 def test_dco_by_hand():

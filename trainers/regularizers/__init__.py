@@ -130,6 +130,11 @@ class Regularizer(ABC):
     def begin_pass(self, name: str) -> None:
         """Called before each forward: name is "train" (the LoRA model) or "frozen" (the base model)."""
 
+    def add_parameter_gradients(self, adapter, scale: float = 1.0) -> None:
+        """For a term of the LoRA weights alone (the parameter anchor): add `scale` × its gradient to the factors'
+        gradients in closed form, once per optimizer step after the backward passes; its `loss` then returns the
+        value without a graph. `scale` is the loss scale of fp16 training (1 otherwise). Default: nothing."""
+
     @abstractmethod
     def loss(self, ctx: StepContext) -> torch.Tensor:
         """A scalar added to the step's loss."""
