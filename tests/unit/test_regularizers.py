@@ -133,6 +133,34 @@ def test_apt_indicator_follows_the_formula_on_a_synthetic_sequence():
     assert torch.equal(ind.bin_of(torch.tensor([0.0, 0.35, 0.999])), torch.tensor([0, 3, 9]))
 
 
+def test_apt_representation_and_attention_terms_by_hand():
+    """RS and AA on captured tensors of several layers and shapes, written per layer by hand: values and the
+    gradients that reach the trained side; the trained forward's extra examples (after the first n) are ignored."""
+    from driftless.trainers.regularizers.apt import APT
+
+    g = torch.Generator().manual_seed(3)
+    n, widths, queries = 2, (6, 12, 6), (16, 4, 9)
+
+    def captured(batch, grad):
+        stats = [tuple(torch.randn(batch, c, generator=g).requires_grad_(grad) for _ in range(2)) for c in widths]
+        maps = [torch.rand(batch, q, 5, generator=g).requires_grad_(grad) for q in queries]
+        return {"stats": stats, "maps": maps}
+
+    train, frozen = captured(n + 1, True), captured(n, False)
+    apt = APT(adaptive_adjustment=False, representation_weight=0.3, attention_weight=2.0)
+    apt.captured = {"train": train, "frozen": frozen}
+    got = apt.loss(_ctx(x0=torch.zeros(n, 4, 2, 2), frozen=torch.zeros(n, 4, 2, 2)))
+    rs = sum(((mt[:n] - mr) ** 2).mean() + ((st[:n] - sr) ** 2).mean()
+             for (mt, st), (mr, sr) in zip(train["stats"], frozen["stats"]))
+    aa = sum(((a[:n] - b) ** 2).mean() for a, b in zip(train["maps"], frozen["maps"])) / len(queries)
+    want = 0.3 * rs + 2.0 * aa
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    leaves = [t for pair in train["stats"] for t in pair] + train["maps"]
+    for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    assert got.item() > 0.1
+
+
 def test_apt_augmentation_identity_and_probability():
     from driftless.trainers.regularizers.apt import APT, zoom_out_rotate
 

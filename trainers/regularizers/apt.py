@@ -8,14 +8,16 @@
    down-weights its denoising loss by (1 − γ_b). A bin's EMAs start at their first observation; γ is 0
    until then.
 2. Representation stabilization (RS): the per-channel mean and standard deviation (over tokens) of every
-   self-attention output are matched to the frozen model's: λ_dist·Σ_l(‖μ_θ − μ_pre‖² + ‖σ_θ − σ_pre‖²).
+   self-attention output are matched to the frozen model's:
+       λ_dist·Σ_l (mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)²).
 3. Attention alignment (AA): every cross-attention probability map softmax(QKᵀ/√d), averaged over
-   heads, is matched to the frozen model's: λ_attn·mean_l ‖A_θ − A_pre‖².
+   heads, is matched to the frozen model's: λ_attn·(1/L)·Σ_l mean_(b,q,k) (A_θ − A_pre)².
 
 The frozen model is the shared frozen forward (LoRA at strength 0, same x_t, σ, prompt). Features and
 maps are captured through ComfyUI's transformer patches (`attn1_output_patch`, and an `attn2` replace that
-returns fused scaled-dot-product attention and computes the head-averaged maps beside it, recomputed in
-backward rather than stored) on the training clone's forwards only. Augmentation acts on the
+computes the attention with one explicit softmax serving both its output and the head-averaged map) on the
+training clone's forwards only. The per-layer terms are summed in one weighted pass over all layers
+(`summed_mean_squared_errors`). Augmentation acts on the
 latents (the images are already encoded); reflection fills the borders. Choices where the paper is
 silent (α, T, p_max, clamping, latent-space augmentation) follow papers.md §2.6 and are settings here.
 """
@@ -108,6 +110,20 @@ def attention_with_map(q, k, v, heads: int) -> tuple[torch.Tensor, torch.Tensor]
     return out, probs.mean(dim=1)
 
 
+def summed_mean_squared_errors(trained: list[torch.Tensor], reference: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Σ_i mean((trained_i − reference_i)²) over tensors of different shapes, as one weighted sum over their
+    concatenation: a handful of kernels for all layers instead of a few per layer (on a GPU this step is bound by
+    kernel launches). `weights` holds 1/numel_i for every element of tensor i (`inverse_size_weights`)."""
+    a = torch.cat([t.reshape(-1) for t in trained])
+    b = torch.cat([r.reshape(-1) for r in reference]).to(a.dtype)
+    return ((a - b).square() * weights).sum()
+
+
+def inverse_size_weights(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """1/numel_i repeated numel_i times for each tensor i, concatenated (float32, on the tensors' device)."""
+    return torch.cat([torch.full((t.numel(),), 1.0 / t.numel(), device=t.device) for t in tensors])
+
+
 @register
 class APT(Regularizer):
     name = "apt"
@@ -126,6 +142,7 @@ class APT(Regularizer):
         self.captured = {"train": {"stats": [], "maps": []}, "frozen": {"stats": [], "maps": []}}
         self.setup: TrainingSetup | None = None
         self._last_gamma = None
+        self._weights = {}  # inverse_size_weights per layout of the captured tensors, made once
 
     def settings(self) -> dict:
         return {
@@ -197,14 +214,21 @@ class APT(Regularizer):
         total = ctx.x0.new_zeros(())
         train, ref = self.captured["train"], self.captured["frozen"]
         n = ctx.x0.shape[0]  # the trained forward may carry other regularizers' examples after these
-        if self.lambda_dist > 0:
-            rs = sum(F.mse_loss(mt[:n], mr, reduction="mean") + F.mse_loss(st[:n], sr, reduction="mean")
-                     for (mt, st), (mr, sr) in zip(train["stats"], ref["stats"]))
+        if self.lambda_dist > 0 and train["stats"]:
+            rs = self._summed_mse([t[:n] for pair in train["stats"] for t in pair], [r for pair in ref["stats"] for r in pair])
             total = total + self.lambda_dist * rs
         if self.lambda_attn > 0 and train["maps"]:
-            aa = sum(F.mse_loss(a[:n], b, reduction="mean") for a, b in zip(train["maps"], ref["maps"])) / len(train["maps"])
+            aa = self._summed_mse([a[:n] for a in train["maps"]], ref["maps"]) / len(train["maps"])
             total = total + self.lambda_attn * aa
         return total
+
+    def _summed_mse(self, trained: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+        if len(trained) != len(reference):
+            raise RuntimeError(f"APT captured {len(trained)} trained and {len(reference)} frozen tensors: the two forwards differ")
+        key = (tuple(t.shape for t in trained), trained[0].device)
+        if key not in self._weights:
+            self._weights[key] = inverse_size_weights(trained)
+        return summed_mean_squared_errors(trained, reference, self._weights[key].to(trained[0].dtype))
 
 
 def transformer_blocks(diffusion_model) -> list[tuple]:
