@@ -16,7 +16,7 @@
 The frozen model is the shared frozen forward (LoRA at strength 0, same x_t, σ, prompt). Features and
 maps are captured through ComfyUI's transformer patches (`attn1_output_patch`, and an `attn2` replace that
 computes the attention with one explicit softmax serving both its output and the head-averaged map) on the
-training clone's forwards only. The per-layer terms are summed in one weighted pass over all layers
+training clone's forwards only. The representation terms of all layers are summed in one weighted pass
 (`summed_mean_squared_errors`). Augmentation acts on the
 latents (the images are already encoded); reflection fills the borders. Choices where the paper is
 silent (α, T, p_max, clamping, latent-space augmentation) follow papers.md §2.6 and are settings here.
@@ -218,8 +218,9 @@ class APT(Regularizer):
             rs = self._summed_mse([t[:n] for pair in train["stats"] for t in pair], [r for pair in ref["stats"] for r in pair])
             total = total + self.lambda_dist * rs
         if self.lambda_attn > 0 and train["maps"]:
-            aa = self._summed_mse([a[:n] for a in train["maps"]], ref["maps"]) / len(train["maps"])
-            total = total + self.lambda_attn * aa
+            # per layer: the maps are large, and a concatenation would copy them (+5% peak memory on the bench model)
+            aa = sum(F.mse_loss(a[:n], b, reduction="mean") for a, b in zip(train["maps"], ref["maps"], strict=True))
+            total = total + self.lambda_attn * aa / len(train["maps"])
         return total
 
     def _summed_mse(self, trained: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
