@@ -15,7 +15,8 @@ def main() -> None:
                         help="under 5 minutes: fewer repeats and steps (same ratios, wider spread), peak memory over 2 "
                         "steps, the regularizers on the first architecture only")
     parser.add_argument("--architectures", default="sd15-bench,sdxl-bench",
-                        help="tiny-model configs to measure on, comma-separated (the SD1.5- and SDXL-shaped bench sizes)")
+                        help="model configs to measure on, comma-separated (tinymodels/configs.py: the SD1.5- and SDXL-shaped "
+                        "bench sizes; sd15-full is SD1.5's real size, for a GPU)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--only", choices=("training", "regularizers", "guidance", "metrics", "continual"),
                         help="run one part of the benchmark")
