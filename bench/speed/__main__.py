@@ -18,8 +18,9 @@ def main() -> None:
                         help="model configs to measure on, comma-separated (tinymodels/configs.py: the SD1.5- and SDXL-shaped "
                         "bench sizes; sd15-full is SD1.5's real size, for a GPU)")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--only", choices=("training", "regularizers", "guidance", "metrics", "continual"),
-                        help="run one part of the benchmark")
+    parser.add_argument("--only", choices=("training", "regularizers", "apt-parts", "guidance", "metrics", "continual"),
+                        help="run one part of the benchmark (apt-parts, APT's cost with one part on at a time, runs "
+                        "only when named)")
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -59,13 +60,14 @@ def main() -> None:
         # --quick: the regularizers on the first (SD1.5-shaped) model, as the README reports them; continual over 6 rounds
         "regularizers": lambda: bench_regularizers(args, architectures[:1] if args.quick else architectures, repeats, steps,
                                                    write_results),
+        "apt-parts": lambda: bench_regularizers(args, architectures[:1], repeats, steps, write_results, "apt_parts"),
         "guidance": lambda: bench_guidance(args, architectures, repeats, steps + 4, write_results),
         "metrics": lambda: bench_metrics(args, repeats, write_results),
         "continual": lambda: bench_continual(args, architectures[0], repeats, 3 if args.quick else steps, write_results),
     }
     started = time.perf_counter()
     for name, part in parts.items():
-        if args.only in (None, name):
+        if args.only == name or (args.only is None and name != "apt-parts"):
             t0 = time.perf_counter()
             part()
             print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s")
@@ -134,16 +136,18 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
     print(f"[bench] wrote {md} and {js}")
 
 
-def bench_regularizers(args, architectures, repeats, steps, write_results) -> None:
+def bench_regularizers(args, architectures, repeats, steps, write_results, which="regularizers") -> None:
+    """Every regularizer (or, which="apt_parts", APT one part at a time) against plain LoRA, rotated in one run."""
     from . import regularizers
 
+    names = regularizers.APT_PART_NAMES if which == "apt_parts" else regularizers.NAMES
     rows = []
     lines = ["| model | regularizer | s/step | time ratio to plain LoRA (median, min–max) | peak memory growth | memory ratio |",
              "|---|---|---|---|---|---|"]
     results = {}
     for architecture in architectures:
         print(f"[bench] {architecture} regularizers: {repeats * steps} rounds of one step of every method, interleaved")
-        results[architecture] = regularizers.paired_ratios(architecture, repeats, steps, args.rank, args.dtype)
+        results[architecture] = regularizers.paired_ratios(architecture, repeats, steps, args.rank, args.dtype, names)
     jobs = [(name, architecture, args.memory_steps, args.rank, False, args.dtype) for architecture, result in results.items()
             for name in result]
     peaks = iter(_measure_peaks(jobs))
@@ -166,7 +170,7 @@ def bench_regularizers(args, architectures, repeats, steps, write_results) -> No
         "round; ratios are per round against plain LoRA (median, min–max)",
         f"memory: each regularizer{MEMORY_NOTE}, {args.memory_steps} steps, one torch thread",
     ]
-    md, js = write_results("speed_regularizers", rows, table, notes)
+    md, js = write_results(f"speed_{which}", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")
 
 

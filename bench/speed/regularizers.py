@@ -19,6 +19,8 @@ def make_regularizers(name: str, clip, latent_size: int = 32):
         return [DCO(mode="add")]
     if name == "APT":
         return [APT()]
+    if name in APT_PARTS:
+        return [APT(**APT_PARTS[name])]
     if name == "prior preservation":
         cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
         latents = torch.randn(4, 4, latent_size, latent_size, generator=torch.Generator().manual_seed(1))
@@ -27,6 +29,13 @@ def make_regularizers(name: str, clip, latent_size: int = 32):
 
 
 NAMES = ("plain", "parameter anchor", "DCO", "APT", "prior preservation")
+# APT with one part on (each pays the frozen forward), beside DCO, which pays only that forward
+APT_PARTS = {
+    "APT, adaptive adjustment alone": dict(representation_weight=0.0, attention_weight=0.0),
+    "APT, representation stabilization alone": dict(adaptive_adjustment=False, attention_weight=0.0),
+    "APT, attention alignment alone": dict(adaptive_adjustment=False, representation_weight=0.0),
+}
+APT_PART_NAMES = ("plain", "DCO", "APT", *APT_PARTS)
 
 
 def run(model, clip, data, name, steps, rank, dtype="fp32"):
@@ -38,7 +47,7 @@ def run(model, clip, data, name, steps, rank, dtype="fp32"):
     train_lora(model, data, config, make_regularizers(name, clip, data.latents.shape[-1]))
 
 
-def paired_ratios(architecture, repeats, steps, rank, dtype="fp32") -> dict:
+def paired_ratios(architecture, repeats, steps, rank, dtype="fp32", names=NAMES) -> dict:
     """Every method advanced one optimizer step at a time in rotating order, so drift hits all alike.
 
     Each method's step time is the median over its timed steps; the ratio is taken per round of
@@ -49,5 +58,5 @@ def paired_ratios(architecture, repeats, steps, rank, dtype="fp32") -> dict:
 
     model, clip, data = training.setup_with_clip(architecture)
     config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0, dtype=dtype)
-    runs = {n: TrainingRun(model, data, config, make_regularizers(n, clip, data.latents.shape[-1])) for n in NAMES}
+    runs = {n: TrainingRun(model, data, config, make_regularizers(n, clip, data.latents.shape[-1])) for n in names}
     return training.rotated_step_ratios(runs, repeats * steps)
