@@ -4,8 +4,8 @@
 
 Each method (bench/speed/regularizers.NAMES) is a TrainingRun on one shared model, as in the regularizer benchmark.
 After warm-up steps, a few steps are profiled with torch.profiler (CPU activity, and CUDA activity on a GPU). Printed
-per method: wall seconds per step, device (kernel) seconds per step, aten operator calls and kernel launches per
-step, and the operators with the most self time. When wall time is far above device time, the step is bound by the host (Python, operator
+per method: wall seconds per step, device (kernel) seconds per step, leaf aten operator calls and kernel launches
+per step, and the operators with the most self time. When wall time is far above device time, the step is bound by the host (Python, operator
 dispatch, launches), and a ratio between methods counts launches more than arithmetic.
 """
 
@@ -32,7 +32,7 @@ def profile_run(run, steps: int, warmup: int = 3) -> dict:
         clock()
     wall = (clock() - start) / steps
     events = prof.key_averages()
-    return {"wall_s": wall, "device_s": device_seconds(events) / steps, "operators": operator_calls(events) / steps,
+    return {"wall_s": wall, "device_s": device_seconds(events) / steps, "operators": leaf_operator_calls(prof.events()) / steps,
             "launches": sum(e.count for e in events if e.key in LAUNCHES) / steps, "events": events}
 
 
@@ -46,9 +46,10 @@ def device_seconds(events) -> float:
     return sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
 
 
-def operator_calls(events) -> int:
-    """Calls of aten operators (each costs host dispatch; on a GPU, usually one or more kernel launches)."""
-    return sum(e.count for e in events if e.key.startswith("aten::"))
+def leaf_operator_calls(events) -> int:
+    """Calls of aten operators that call no other aten operator: the ones that do the work (each costs host
+    dispatch; on a GPU most launch a kernel, views launch none)."""
+    return sum(1 for e in events if e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children))
 
 
 def main() -> None:
@@ -80,7 +81,7 @@ def main() -> None:
         print(f"\n=== {name} ({time.perf_counter() - t0:.0f} s) ===")
         print(result["events"].table(sort_by=sort, row_limit=args.top))
     print(f"\n{args.architecture}, {args.dtype}, rank {args.rank}, {args.steps} profiled steps (profiler overhead included)")
-    print("| method | wall s/step | device s/step | aten operator calls/step | kernel launches/step |\n|---|---|---|---|---|")
+    print("| method | wall s/step | device s/step | leaf aten operator calls/step | kernel launches/step |\n|---|---|---|---|---|")
     for name, r in summary:
         print(f"| {name} | {r['wall_s']:.4f} | {r['device_s']:.4f} | {r['operators']:.0f} | {r['launches']:.0f} |")
 
