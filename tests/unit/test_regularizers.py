@@ -214,3 +214,10 @@ def test_apt_cross_attention_matches_sdpa_in_value_and_gradient():
     scores = torch.einsum("bhqd,bhkd->bhqk", split(q), split(k)) / 2.0  # √d = 2
     torch.testing.assert_close(attention_map, scores.softmax(-1).mean(dim=1), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(attention_map, attention_probabilities(q, k, heads).mean(dim=1))
+
+
+def test_parameter_anchor_of_an_adapter_without_layers_is_zero():
+    empty = LoraAdapter({}, rank=2, alpha=3.0)
+    anchor = ParameterAnchor(1.0)
+    assert anchor.loss(_ctx(empty)).item() == 0.0
+    anchor.add_parameter_gradients(empty)  # nothing to add to, and no error

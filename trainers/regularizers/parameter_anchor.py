@@ -96,8 +96,8 @@ def _grads(params: list) -> list[torch.Tensor]:
 
 def _full_precision(adapter):
     """The factors are fp32; keep the products there when the step runs under autocast."""
-    device = next(iter(adapter.parameters())).device
-    return torch.autocast(device.type, enabled=False)
+    first = next(iter(adapter.parameters()), None)
+    return torch.autocast(first.device.type if first is not None else "cpu", enabled=False)
 
 
 def _stacked(adapter, with_layers: bool = False):
