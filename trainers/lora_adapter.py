@@ -64,7 +64,7 @@ class LoraLayer(torch.nn.Module):
         """
         if isinstance(strength, torch.Tensor):
             return self._add_up(output, self._scaled_hidden(x, strength))
-        return self._add_up(output, self._scaled_hidden(x, 1.0, scale=False), float(strength) * self.scale_value())
+        return self._add_up(output, self._hidden(x), float(strength) * self.scale_value())
 
     def apply_per_sample(self, x: torch.Tensor, output: torch.Tensor, strength: torch.Tensor,
                          plan: "SamplePlan | None" = None) -> torch.Tensor:
@@ -83,7 +83,7 @@ class LoraLayer(torch.nn.Module):
         if plan.uniform is None:
             hidden, factor = self._scaled_hidden(x[start:end], strength[start:end]), 1.0
         else:
-            hidden, factor = self._scaled_hidden(x[start:end], 1.0, scale=False), plan.uniform * self.scale_value()
+            hidden, factor = self._hidden(x[start:end]), plan.uniform * self.scale_value()
         self._add_up(output[start:end], hidden, factor, in_place=True)
         return output
 
@@ -118,21 +118,20 @@ class LoraLayer(torch.nn.Module):
             cache = self._scale_cache = (key, float(self.alpha) / self.rank)
         return cache[1]
 
-    def _scaled_hidden(self, x: torch.Tensor, strength, scale: bool = True) -> torch.Tensor:
-        """strength·(α/r)·A(x): the rank-r activation, scaled per sample when `strength` is a tensor
-        (unscaled A(x) with scale=False)."""
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """A(x): the rank-r activation."""
         down = self.down.to(x.device)
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(down.dtype)
-        hidden = F.conv2d(x, down, **self.conv_args) if self.kind == "conv" else F.linear(x, down)
-        if not scale:
-            return hidden
-        if isinstance(strength, torch.Tensor):
-            if strength.shape[0] != x.shape[0]:
-                raise RuntimeError(f"per-sample LoRA strength has {strength.shape[0]} entries for a batch of {x.shape[0]}")
-            per_sample = strength.to(hidden.device, hidden.dtype).reshape(-1, *([1] * (hidden.ndim - 1)))
-            return hidden * (per_sample * self.scale_value())
-        return hidden * (float(strength) * self.scale_value())
+        return F.conv2d(x, down, **self.conv_args) if self.kind == "conv" else F.linear(x, down)
+
+    def _scaled_hidden(self, x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """strength·(α/r)·A(x) with a strength per sample [B]."""
+        if strength.shape[0] != x.shape[0]:
+            raise RuntimeError(f"per-sample LoRA strength has {strength.shape[0]} entries for a batch of {x.shape[0]}")
+        hidden = self._hidden(x)
+        per_sample = strength.to(hidden.device, hidden.dtype).reshape(-1, *([1] * (hidden.ndim - 1)))
+        return hidden * (per_sample * self.scale_value())
 
 
 class SamplePlan:

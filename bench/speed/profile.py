@@ -5,8 +5,8 @@
 Each method (bench/speed/regularizers.NAMES) is a TrainingRun on one shared model, as in the regularizer benchmark.
 After warm-up steps, a few steps are profiled with torch.profiler (CPU activity, and CUDA activity on a GPU). Printed
 per method: wall seconds per step, device (kernel) seconds per step, leaf aten operator calls and kernel launches
-per step, and the operators with the most self time. When wall time is far above device time, the step is bound by the host (Python, operator
-dispatch, launches), and a ratio between methods counts launches more than arithmetic.
+per step, and the operators with the most self time. When wall time is far above device time, the step is bound
+by the host (Python, operator dispatch, launches), and a ratio between methods counts launches more than arithmetic.
 """
 
 import argparse
@@ -64,18 +64,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="operators listed per method")
     args = parser.parse_args()
     host.configure_args(host.find_comfyui(), None, cpu=None)
-    from ...trainers.config import TrainConfig
-    from ...trainers.loop import TrainingRun
     from . import regularizers, training
 
     model, clip, data = training.setup_with_clip(args.architecture)
-    config = TrainConfig(steps=10**6, rank=args.rank, alpha=args.rank, targets="attention", null_prompt_dropout=0.0,
-                         dtype=args.dtype)
     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     summary = []
     for name in args.methods or regularizers.NAMES:
         t0 = time.perf_counter()
-        run = TrainingRun(model, data, config, regularizers.make_regularizers(name, clip, data.latents.shape[-1]))
+        run = regularizers.training_run(model, clip, data, name, args.rank, args.dtype)
         result = profile_run(run, args.steps)
         summary.append((name, result))
         print(f"\n=== {name} ({time.perf_counter() - t0:.0f} s) ===")

@@ -5,7 +5,8 @@ import torch
 from . import training
 
 
-def make_regularizers(name: str, clip, latent_size: int = 32):
+def make_regularizers(name: str, clip, data):
+    """The regularizers of one benchmark method (prior preservation's class latents sized like `data`'s)."""
     from ...trainers.regularizers.apt import APT
     from ...trainers.regularizers.dco import DCO
     from ...trainers.regularizers.parameter_anchor import ParameterAnchor
@@ -23,7 +24,8 @@ def make_regularizers(name: str, clip, latent_size: int = 32):
         return [APT(**APT_PARTS[name])]
     if name == "prior preservation":
         cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
-        latents = torch.randn(4, 4, latent_size, latent_size, generator=torch.Generator().manual_seed(1))
+        size = data.latents.shape[-1]
+        latents = torch.randn(4, 4, size, size, generator=torch.Generator().manual_seed(1))
         return [PriorPreservation(latents, cond, "a photo of a dog")]
     raise ValueError(name)
 
@@ -38,13 +40,25 @@ APT_PARTS = {
 APT_PART_NAMES = ("plain", "DCO", "APT", *APT_PARTS)
 
 
+def config(rank: int, dtype: str = "fp32", steps: int = 10**6):
+    """The benchmark's training settings: LoRA rank `rank` on attention, no null-prompt dropout."""
+    from ...trainers.config import TrainConfig
+
+    return TrainConfig(steps=steps, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0, dtype=dtype)
+
+
+def training_run(model, clip, data, name, rank, dtype="fp32"):
+    """A TrainingRun of one method, advanced step by step by the caller."""
+    from ...trainers.loop import TrainingRun
+
+    return TrainingRun(model, data, config(rank, dtype), make_regularizers(name, clip, data))
+
+
 def run(model, clip, data, name, steps, rank, dtype="fp32"):
     """A whole run (for the peak-memory probe)."""
-    from ...trainers.config import TrainConfig
     from ...trainers.loop import train_lora
 
-    config = TrainConfig(steps=steps, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0, dtype=dtype)
-    train_lora(model, data, config, make_regularizers(name, clip, data.latents.shape[-1]))
+    train_lora(model, data, config(rank, dtype, steps), make_regularizers(name, clip, data))
 
 
 def paired_ratios(architecture, repeats, steps, rank, dtype="fp32", names=NAMES) -> dict:
@@ -53,10 +67,6 @@ def paired_ratios(architecture, repeats, steps, rank, dtype="fp32", names=NAMES)
     Each method's step time is the median over its timed steps; the ratio is taken per round of
     steps (one step of every method) against plain LoRA, and reported as median and min–max.
     """
-    from ...trainers.config import TrainConfig
-    from ...trainers.loop import TrainingRun
-
     model, clip, data = training.setup_with_clip(architecture)
-    config = TrainConfig(steps=10**6, rank=rank, alpha=rank, targets="attention", null_prompt_dropout=0.0, dtype=dtype)
-    runs = {n: TrainingRun(model, data, config, make_regularizers(n, clip, data.latents.shape[-1])) for n in names}
+    runs = {n: training_run(model, clip, data, n, rank, dtype) for n in names}
     return training.rotated_step_ratios(runs, repeats * steps)
