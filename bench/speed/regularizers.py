@@ -14,6 +14,8 @@ def make_regularizers(name: str, clip, data):
 
     if name == "plain":
         return []
+    if name == FLOOR:
+        return [frozen_forward_only()]
     if name == "parameter anchor":
         return [ParameterAnchor(0.01)]
     if name == "DCO":
@@ -30,14 +32,30 @@ def make_regularizers(name: str, clip, data):
     raise ValueError(name)
 
 
-NAMES = ("plain", "parameter anchor", "DCO", "APT", "prior preservation")
+FLOOR = "frozen forward only"
+NAMES = ("plain", FLOOR, "parameter anchor", "DCO", "APT", "prior preservation")
 # APT with one part on (each pays the frozen forward), beside DCO, which pays only that forward
 APT_PARTS = {
     "APT, adaptive adjustment alone": dict(representation_weight=0.0, attention_weight=0.0),
     "APT, representation stabilization alone": dict(adaptive_adjustment=False, attention_weight=0.0),
     "APT, attention alignment alone": dict(adaptive_adjustment=False, representation_weight=0.0),
 }
-APT_PART_NAMES = ("plain", "DCO", "APT", *APT_PARTS)
+APT_PART_NAMES = ("plain", FLOOR, "DCO", "APT", *APT_PARTS)
+
+
+def frozen_forward_only():
+    """A regularizer that adds nothing but the step's frozen forward: the floor of DCO's and APT's cost."""
+    from ...trainers.regularizers import Regularizer
+
+    class FrozenForwardOnly(Regularizer):
+        name = "frozen forward only"
+        needs_frozen_prediction = True
+
+        def loss(self, ctx):
+            ctx.frozen_prediction  # noqa: B018  (the trainer ran the frozen forward for this read)
+            return ctx.denoising_loss.new_zeros(())
+
+    return FrozenForwardOnly()
 
 
 def config(rank: int, dtype: str = "fp32", steps: int = 10**6):

@@ -193,6 +193,24 @@ def test_attention_probabilities_by_hand():
     assert mean.tolist() == [[2.0, 4.0]] and std.tolist() == [[1.0, 2.0]]
 
 
+def test_apt_channel_stats_match_torch_std_mean_in_value_and_gradient():
+    """The two-pass statistics (mean, then root mean squared deviation) equal torch.std_mean's, gradient included,
+    also for channels whose mean is far from 0 next to their spread."""
+    from driftless.trainers.regularizers.apt import channel_stats
+
+    g = torch.Generator().manual_seed(5)
+    features = (torch.randn(2, 300, 16, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 16, dtype=torch.float64)
+                + torch.linspace(-50, 50, 16, dtype=torch.float64)).requires_grad_()
+    mean, std = channel_stats(features)
+    ref_std, ref_mean = torch.std_mean(features.float(), dim=1, correction=0)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(std, ref_std, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(2, 2, 16, generator=g)
+    ours = torch.autograd.grad((mean * weights[0] + std * weights[1]).sum(), features)[0]
+    ref = torch.autograd.grad((ref_mean * weights[0] + ref_std * weights[1]).sum(), features)[0]
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
+
+
 def test_apt_cross_attention_matches_sdpa_in_value_and_gradient():
     """The output equals torch's scaled_dot_product_attention per head (value and gradient), and the map is the
     head mean of softmax(QKᵀ/√d)."""
