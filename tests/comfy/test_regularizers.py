@@ -175,7 +175,7 @@ def test_apt_terms_start_at_zero_and_watch_every_transformer_block(tiny_data, ar
     watched = train_lora(model, data, TrainConfig(steps=1, **FAST), [apt])
     assert watched.losses[0] == pytest.approx(plain.losses[0], rel=1e-5)
     blocks = sum(type(m).__name__ == "BasicTransformerBlock" for m in model.model.diffusion_model.modules())
-    assert len(apt.captured["train"]["stats"]) == len(apt.captured["frozen"]["stats"]) == blocks
+    assert len(apt.captured["train"]["features"]) == len(apt.captured["frozen"]["features"]) == blocks
     assert len(apt.captured["train"]["maps"]) == blocks
     tokens = apt.captured["train"]["maps"][0].shape[-1]
     assert tokens == 77  # cross-attention over the prompt's tokens

@@ -134,31 +134,50 @@ def test_apt_indicator_follows_the_formula_on_a_synthetic_sequence():
 
 
 def test_apt_representation_and_attention_terms_by_hand():
-    """RS and AA on captured tensors of several layers and shapes, written per layer by hand: values and the
-    gradients that reach the trained side; the trained forward's extra examples (after the first n) are ignored."""
+    """RS and AA on captured tensors of several layers and shapes (two layers share a shape, as layers of one UNet
+    resolution do), written per layer by hand: values and the gradients that reach the trained side; the trained
+    forward's extra examples (after the first n) are ignored."""
     from driftless.trainers.regularizers.apt import APT
 
     g = torch.Generator().manual_seed(3)
-    n, widths, queries = 2, (6, 12, 6), (16, 4, 9)
+    n, layers, queries = 2, ((16, 6), (4, 12), (16, 6), (9, 6)), (16, 4, 9)
 
     def captured(batch, grad):
-        stats = [tuple(torch.randn(batch, c, generator=g).requires_grad_(grad) for _ in range(2)) for c in widths]
+        features = [torch.randn(batch, tokens, c, generator=g).mul(1 + i).add(i).requires_grad_(grad)
+                    for i, (tokens, c) in enumerate(layers)]
         maps = [torch.rand(batch, q, 5, generator=g).requires_grad_(grad) for q in queries]
-        return {"stats": stats, "maps": maps}
+        return {"features": features, "maps": maps}
 
     train, frozen = captured(n + 1, True), captured(n, False)
     apt = APT(adaptive_adjustment=False, representation_weight=0.3, attention_weight=2.0)
     apt.captured = {"train": train, "frozen": frozen}
     got = apt.loss(_ctx(x0=torch.zeros(n, 4, 2, 2), frozen=torch.zeros(n, 4, 2, 2)))
-    rs = sum(((mt[:n] - mr) ** 2).mean() + ((st[:n] - sr) ** 2).mean()
-             for (mt, st), (mr, sr) in zip(train["stats"], frozen["stats"]))
+
+    def mean_std(x):  # per sample and channel, over tokens, population std: written out
+        mean = x.sum(dim=1) / x.shape[1]
+        return mean, ((x - mean[:, None]) ** 2).sum(dim=1).div(x.shape[1]).sqrt()
+
+    rs = 0
+    for t, r in zip(train["features"], frozen["features"]):
+        (mt, st), (mr, sr) = mean_std(t[:n]), mean_std(r)
+        rs = rs + ((mt - mr) ** 2).mean() + ((st - sr) ** 2).mean()
     aa = sum(((a[:n] - b) ** 2).mean() for a, b in zip(train["maps"], frozen["maps"])) / len(queries)
     want = 0.3 * rs + 2.0 * aa
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    leaves = [t for pair in train["stats"] for t in pair] + train["maps"]
+    leaves = train["features"] + train["maps"]
     for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert got.item() > 0.1
+
+
+def test_apt_representation_refuses_forwards_that_differ():
+    from driftless.trainers.regularizers.apt import representation_distance
+
+    a, b = torch.randn(1, 4, 3), torch.randn(1, 4, 5)
+    with pytest.raises(RuntimeError, match="forwards differ"):
+        representation_distance([a, a], [a])
+    with pytest.raises(RuntimeError, match="forwards differ"):
+        representation_distance([a], [b])
 
 
 def test_apt_augmentation_identity_and_probability():

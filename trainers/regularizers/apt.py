@@ -16,8 +16,10 @@
 The frozen model is the shared frozen forward (LoRA at strength 0, same x_t, σ, prompt). Features and
 maps are captured through ComfyUI's transformer patches (`attn1_output_patch`, and an `attn2` replace that
 computes the attention with one explicit softmax serving both its output and the head-averaged map) on the
-training clone's forwards only. The representation terms of all layers are summed in one weighted pass
-(`summed_mean_squared_errors`). Augmentation acts on the
+training clone's forwards only. The self-attention outputs are held as they come and reduced at loss time,
+all layers of one shape stacked into one tensor (`representation_distance`): a handful of operations per
+shape instead of a few per layer (on a CPU each small operation in a training step costs tens of µs; on a
+GPU, a kernel launch). Augmentation acts on the
 latents (the images are already encoded); reflection fills the borders. Choices where the paper is
 silent (α, T, p_max, clamping, latent-space augmentation) follow papers.md §2.6 and are settings here.
 """
@@ -82,7 +84,7 @@ def zoom_out_rotate(x: torch.Tensor, scale: torch.Tensor, degrees: torch.Tensor)
 
 
 def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel mean and (population) std over tokens of [B, N, C] features.
+    """Per-channel mean and (population) std over tokens of [..., N, C] features: two [..., C] tensors.
 
     On a CPU, as two plain reductions: the mean, then the mean of squared deviations from it. torch's CPU
     std_mean over a dimension that is not the innermost runs about 5× slower than the two (1.6 ms against
@@ -90,11 +92,38 @@ def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     x = features.float()
     if x.device.type != "cpu":
-        std, mean = torch.std_mean(x, dim=1, correction=0)
+        std, mean = torch.std_mean(x, dim=-2, correction=0)
         return mean, std
-    mean = x.mean(dim=1, keepdim=True)
-    return mean.squeeze(1), (x - mean).square().mean(dim=1).sqrt()
+    mean = x.mean(dim=-2, keepdim=True)
+    return mean.squeeze(-2), (x - mean).square().mean(dim=-2).sqrt()
 
+
+def representation_distance(trained: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    """APT's representation term before λ_dist: Σ_l mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)², with
+    μ, σ the per-channel statistics over tokens of layer l's [B, N, C] features (`channel_stats`).
+
+    Layers of equal shape are stacked and reduced together, so the number of operations grows with the number of
+    distinct shapes (one per UNet resolution that has attention), not of layers. The reference side carries no gradient.
+    """
+    if len(trained) != len(reference):
+        raise RuntimeError(f"APT captured {len(trained)} trained and {len(reference)} frozen self-attention outputs: "
+                           "the two forwards differ")
+    groups: dict[tuple, tuple[list, list]] = {}
+    for t, r in zip(trained, reference):
+        if t.shape != r.shape:
+            raise RuntimeError(f"APT captured a trained feature of shape {tuple(t.shape)} against a frozen one of "
+                               f"shape {tuple(r.shape)}: the two forwards differ")
+        group = groups.setdefault(tuple(t.shape), ([], []))
+        group[0].append(t)
+        group[1].append(r)
+    total = None
+    for shape, (ts, rs) in groups.items():
+        mean_t, std_t = channel_stats(torch.stack(ts))
+        with torch.no_grad():
+            mean_r, std_r = channel_stats(torch.stack(rs))
+        term = ((mean_t - mean_r).square().sum() + (std_t - std_r).square().sum()) / (shape[0] * shape[-1])
+        total = term if total is None else total + term
+    return total
 
 def attention_probabilities(q, k, heads: int) -> torch.Tensor:
     """softmax(QKᵀ/√d) per head: [B, heads, Nq, Nk] from projected q [B, Nq, H·d] and k [B, Nk, H·d]."""
@@ -119,20 +148,6 @@ def attention_with_map(q, k, v, heads: int) -> tuple[torch.Tensor, torch.Tensor]
     return out, probs.mean(dim=1)
 
 
-def summed_mean_squared_errors(trained: list[torch.Tensor], reference: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """Σ_i mean((trained_i − reference_i)²) over tensors of different shapes, as one weighted sum over their
-    concatenation: a handful of kernels for all layers instead of a few per layer (on a GPU this step is bound by
-    kernel launches). `weights` holds 1/numel_i for every element of tensor i (`inverse_size_weights`)."""
-    a = torch.cat([t.reshape(-1) for t in trained])
-    b = torch.cat([r.reshape(-1) for r in reference]).to(a.dtype)
-    return ((a - b).square() * weights).sum()
-
-
-def inverse_size_weights(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """1/numel_i repeated numel_i times for each tensor i, concatenated (float32, on the tensors' device)."""
-    return torch.cat([torch.full((t.numel(),), 1.0 / t.numel(), device=t.device) for t in tensors])
-
-
 @register
 class APT(Regularizer):
     name = "apt"
@@ -148,10 +163,9 @@ class APT(Regularizer):
         self.lambda_dist, self.lambda_attn = float(representation_weight), float(attention_weight)
         self.p_max, self.zoom_max, self.rotation = float(p_max), float(zoom_max), float(rotation_degrees)
         self.indicator = OverfitIndicator(bins, ema, temperature)
-        self.captured = {"train": {"stats": [], "maps": []}, "frozen": {"stats": [], "maps": []}}
+        self.captured = {"train": {"features": [], "maps": []}, "frozen": {"features": [], "maps": []}}
         self.setup: TrainingSetup | None = None
         self._last_gamma = None
-        self._weights = {}  # inverse_size_weights per layout of the captured tensors, made once
 
     def settings(self) -> dict:
         return {
@@ -194,7 +208,7 @@ class APT(Regularizer):
 
     # ---- RS / AA: capture during both forwards ----------------------------------------------
     def begin_pass(self, name: str) -> None:
-        self.captured[name] = {"stats": [], "maps": []}
+        self.captured[name] = {"features": [], "maps": []}
 
     def transformer_patches(self, diffusion_model) -> dict:
         out = {}
@@ -205,7 +219,7 @@ class APT(Regularizer):
         return out
 
     def _capture_self_attention(self, n, extra_options):
-        self.captured[extra_options.get(PASS_KEY, "train")]["stats"].append(channel_stats(n))
+        self.captured[extra_options.get(PASS_KEY, "train")]["features"].append(n)
         return n
 
     def _cross_attention(self, q, k, v, extra_options):
@@ -223,22 +237,14 @@ class APT(Regularizer):
         total = ctx.x0.new_zeros(())
         train, ref = self.captured["train"], self.captured["frozen"]
         n = ctx.x0.shape[0]  # the trained forward may carry other regularizers' examples after these
-        if self.lambda_dist > 0 and train["stats"]:
-            rs = self._summed_mse([t[:n] for pair in train["stats"] for t in pair], [r for pair in ref["stats"] for r in pair])
+        if self.lambda_dist > 0 and train["features"]:
+            rs = representation_distance([t[:n] for t in train["features"]], ref["features"])
             total = total + self.lambda_dist * rs
         if self.lambda_attn > 0 and train["maps"]:
             # per layer: the maps are large, and a concatenation would copy them (+5% peak memory on the bench model)
             aa = sum(F.mse_loss(a[:n], b, reduction="mean") for a, b in zip(train["maps"], ref["maps"], strict=True))
             total = total + self.lambda_attn * aa / len(train["maps"])
         return total
-
-    def _summed_mse(self, trained: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
-        if len(trained) != len(reference):
-            raise RuntimeError(f"APT captured {len(trained)} trained and {len(reference)} frozen tensors: the two forwards differ")
-        key = (tuple(t.shape for t in trained), trained[0].device)
-        if key not in self._weights:
-            self._weights[key] = inverse_size_weights(trained)
-        return summed_mean_squared_errors(trained, reference, self._weights[key].to(trained[0].dtype))
 
 
 def transformer_blocks(diffusion_model) -> list[tuple]:
