@@ -229,7 +229,7 @@ class APT(Regularizer):
 
     # ---- the loss ---------------------------------------------------------------------------
     def loss(self, ctx: StepContext) -> torch.Tensor:
-        frozen = ctx.frozen_prediction  # runs the frozen pass (captures its features) if not yet run
+        frozen = ctx.frozen_prediction  # the step's frozen forward, which captured the reference features and maps
         if self.ata:
             loss_theta = ((ctx.prediction.detach() - ctx.target) ** 2).mean(dim=tuple(range(1, ctx.target.ndim)))
             loss_pre = ((frozen - ctx.target) ** 2).mean(dim=tuple(range(1, ctx.target.ndim)))
@@ -244,6 +244,8 @@ class APT(Regularizer):
             # per layer: the maps are large, and a concatenation would copy them (+5% peak memory on the bench model)
             aa = sum(F.mse_loss(a[:n], b, reduction="mean") for a, b in zip(train["maps"], ref["maps"], strict=True))
             total = total + self.lambda_attn * aa / len(train["maps"])
+        self.begin_pass("train")  # let go of the captures: autograd holds what backward needs, and nothing else
+        self.begin_pass("frozen")  # should outlive the step (the frozen ones would sit through the next forward)
         return total
 
 
