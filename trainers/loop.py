@@ -262,7 +262,10 @@ class TrainingRun:
         for regularizer in self.regularizers:
             regularizer.begin_pass(pass_name)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            return self.model.apply_model(x_t, sigma, transformer_options=options, **inputs).float()
+            prediction = self.model.apply_model(x_t, sigma, transformer_options=options, **inputs).float()
+        for regularizer in self.regularizers:
+            regularizer.end_pass(pass_name)
+        return prediction
 
     def activate(self) -> None:
         """Make this run's clone the loaded model (its LoRA hooks installed on the shared modules)."""

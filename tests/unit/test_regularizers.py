@@ -150,7 +150,8 @@ def test_apt_representation_and_attention_terms_by_hand():
 
     train, frozen = captured(n + 1, True), captured(n, False)
     apt = APT(adaptive_adjustment=False, representation_weight=0.3, attention_weight=2.0)
-    apt.captured = {"train": train, "frozen": frozen}
+    apt.captured = {"train": dict(train), "frozen": dict(frozen)}
+    apt.end_pass("frozen")  # the frozen features become statistics as the frozen forward ends
     got = apt.loss(_ctx(x0=torch.zeros(n, 4, 2, 2), frozen=torch.zeros(n, 4, 2, 2)))
 
     def mean_std(x):  # per sample and channel, over tokens, population std: written out
@@ -171,13 +172,15 @@ def test_apt_representation_and_attention_terms_by_hand():
 
 
 def test_apt_representation_refuses_forwards_that_differ():
-    from driftless.trainers.regularizers.apt import representation_distance
+    from driftless.trainers.regularizers.apt import grouped_channel_stats, representation_distance
 
     a, b = torch.randn(1, 4, 3), torch.randn(1, 4, 5)
+    with pytest.raises(RuntimeError, match="2× \\[1, 4, 3\\].*1× \\[1, 4, 3\\].*forwards differ"):
+        representation_distance(grouped_channel_stats([a, a]), grouped_channel_stats([a]))
     with pytest.raises(RuntimeError, match="forwards differ"):
-        representation_distance([a, a], [a])
-    with pytest.raises(RuntimeError, match="forwards differ"):
-        representation_distance([a], [b])
+        representation_distance(grouped_channel_stats([a]), grouped_channel_stats([b]))
+    with pytest.raises(RuntimeError, match="than in the frozen one \\(none\\)"):
+        representation_distance(grouped_channel_stats([a]), {})
 
 
 def test_apt_augmentation_identity_and_probability():

@@ -130,6 +130,9 @@ class Regularizer(ABC):
     def begin_pass(self, name: str) -> None:
         """Called before each forward: name is "train" (the LoRA model) or "frozen" (the base model)."""
 
+    def end_pass(self, name: str) -> None:
+        """Called after each forward, under the same grad mode (no grad for "frozen")."""
+
     def add_parameter_gradients(self, adapter, scale: float = 1.0) -> None:
         """For a term of the LoRA weights alone (the parameter anchor): add `scale` × its gradient to the factors'
         gradients in closed form, once per optimizer step after the backward passes; its `loss` then returns the

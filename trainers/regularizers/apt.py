@@ -16,10 +16,9 @@
 The frozen model is the shared frozen forward (LoRA at strength 0, same x_t, σ, prompt). Features and
 maps are captured through ComfyUI's transformer patches (`attn1_output_patch`, and an `attn2` replace that
 computes the attention with one explicit softmax serving both its output and the head-averaged map) on the
-training clone's forwards only. The self-attention outputs are held as they come and reduced at loss time,
-all layers of one shape stacked into one tensor (`representation_distance`): a handful of operations per
-shape instead of a few per layer (on a CPU each small operation in a training step costs tens of µs; on a
-GPU, a kernel launch). Augmentation acts on the
+training clone's forwards only. The self-attention outputs are held as they come and reduced after their
+forward (frozen) or in the loss (trained), all layers of one shape stacked and reduced together
+(`grouped_channel_stats`). Augmentation acts on the
 latents (the images are already encoded); reflection fills the borders. Choices where the paper is
 silent (α, T, p_max, clamping, latent-space augmentation) follow papers.md §2.6 and are settings here.
 """
@@ -98,32 +97,38 @@ def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.squeeze(-2), (x - mean).square().mean(dim=-2).sqrt()
 
 
-def representation_distance(trained: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
-    """APT's representation term before λ_dist: Σ_l mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)², with
-    μ, σ the per-channel statistics over tokens of layer l's [B, N, C] features (`channel_stats`).
+def grouped_channel_stats(features: list[torch.Tensor]) -> dict[tuple, tuple[torch.Tensor, torch.Tensor]]:
+    """`channel_stats` of [B, N, C] features, the layers of one shape stacked and reduced together:
+    {shape: (mean, std)}, each [layers of that shape, B, C], layers in the order given.
 
-    Layers of equal shape are stacked and reduced together, so the number of operations grows with the number of
-    distinct shapes (one per UNet resolution that has attention), not of layers. The reference side carries no gradient.
+    The number of operations grows with the number of distinct shapes (one per UNet resolution that has
+    attention), not of layers: on a CPU each small operation of a training step costs tens of µs, on a GPU a
+    kernel launch.
     """
-    if len(trained) != len(reference):
-        raise RuntimeError(f"APT captured {len(trained)} trained and {len(reference)} frozen self-attention outputs: "
-                           "the two forwards differ")
-    groups: dict[tuple, tuple[list, list]] = {}
-    for t, r in zip(trained, reference):
-        if t.shape != r.shape:
-            raise RuntimeError(f"APT captured a trained feature of shape {tuple(t.shape)} against a frozen one of "
-                               f"shape {tuple(r.shape)}: the two forwards differ")
-        group = groups.setdefault(tuple(t.shape), ([], []))
-        group[0].append(t)
-        group[1].append(r)
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for f in features:
+        groups.setdefault(tuple(f.shape), []).append(f)
+    return {shape: channel_stats(torch.stack(group)) for shape, group in groups.items()}
+
+
+def representation_distance(trained: dict, reference: dict) -> torch.Tensor:
+    """APT's representation term before λ_dist, from `grouped_channel_stats` of both forwards:
+    Σ_l mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)² over all layers l."""
+    layout = {shape: mean.shape for shape, (mean, _) in trained.items()}
+    if layout != {shape: mean.shape for shape, (mean, _) in reference.items()}:
+        raise RuntimeError(f"APT captured self-attention outputs of other shapes or counts in the trained forward "
+                           f"({_describe(trained)}) than in the frozen one ({_describe(reference)}): the two forwards differ")
     total = None
-    for shape, (ts, rs) in groups.items():
-        mean_t, std_t = channel_stats(torch.stack(ts))
-        with torch.no_grad():
-            mean_r, std_r = channel_stats(torch.stack(rs))
+    for shape, (mean_t, std_t) in trained.items():
+        mean_r, std_r = reference[shape]
         term = ((mean_t - mean_r).square().sum() + (std_t - std_r).square().sum()) / (shape[0] * shape[-1])
         total = term if total is None else total + term
     return total
+
+
+def _describe(stats: dict) -> str:
+    return ", ".join(f"{mean.shape[0]}× {list(shape)}" for shape, (mean, _) in stats.items()) or "none"
+
 
 def attention_probabilities(q, k, heads: int) -> torch.Tensor:
     """softmax(QKᵀ/√d) per head: [B, heads, Nq, Nk] from projected q [B, Nq, H·d] and k [B, Nk, H·d]."""
@@ -163,7 +168,7 @@ class APT(Regularizer):
         self.lambda_dist, self.lambda_attn = float(representation_weight), float(attention_weight)
         self.p_max, self.zoom_max, self.rotation = float(p_max), float(zoom_max), float(rotation_degrees)
         self.indicator = OverfitIndicator(bins, ema, temperature)
-        self.captured = {"train": {"features": [], "maps": []}, "frozen": {"features": [], "maps": []}}
+        self.captured: dict[str, dict] = {}  # per forward ("train", "frozen"): what the patches saw, until the loss
         self.setup: TrainingSetup | None = None
         self._last_gamma = None
 
@@ -210,6 +215,12 @@ class APT(Regularizer):
     def begin_pass(self, name: str) -> None:
         self.captured[name] = {"features": [], "maps": []}
 
+    def end_pass(self, name: str) -> None:
+        """The frozen features are reduced to their statistics at once, so they are not held through the trained
+        forward."""
+        if name == "frozen" and self.captured.get(name, {}).get("features"):
+            self.captured[name]["stats"] = grouped_channel_stats(self.captured[name].pop("features"))
+
     def transformer_patches(self, diffusion_model) -> dict:
         out = {}
         if self.lambda_dist > 0:
@@ -219,13 +230,20 @@ class APT(Regularizer):
         return out
 
     def _capture_self_attention(self, n, extra_options):
-        self.captured[extra_options.get(PASS_KEY, "train")]["features"].append(n)
+        self._store(extra_options, "features", n)
         return n
 
     def _cross_attention(self, q, k, v, extra_options):
         out, attention_map = attention_with_map(q, k, v, extra_options["n_heads"])
-        self.captured[extra_options.get(PASS_KEY, "train")]["maps"].append(attention_map)
+        self._store(extra_options, "maps", attention_map)
         return out
+
+    def _store(self, extra_options, kind: str, tensor: torch.Tensor) -> None:
+        """Keep a capture of the running forward; none once the loss is formed (gradient checkpointing reruns
+        the trained forward's blocks in backward, and those reruns are not new observations)."""
+        store = self.captured.get(extra_options.get(PASS_KEY, "train"))
+        if store is not None:
+            store[kind].append(tensor)
 
     # ---- the loss ---------------------------------------------------------------------------
     def loss(self, ctx: StepContext) -> torch.Tensor:
@@ -238,14 +256,13 @@ class APT(Regularizer):
         train, ref = self.captured["train"], self.captured["frozen"]
         n = ctx.x0.shape[0]  # the trained forward may carry other regularizers' examples after these
         if self.lambda_dist > 0 and train["features"]:
-            rs = representation_distance([t[:n] for t in train["features"]], ref["features"])
+            rs = representation_distance(grouped_channel_stats([t[:n] for t in train["features"]]), ref.get("stats", {}))
             total = total + self.lambda_dist * rs
         if self.lambda_attn > 0 and train["maps"]:
             # per layer: the maps are large, and a concatenation would copy them (+5% peak memory on the bench model)
             aa = sum(F.mse_loss(a[:n], b, reduction="mean") for a, b in zip(train["maps"], ref["maps"], strict=True))
             total = total + self.lambda_attn * aa / len(train["maps"])
-        self.begin_pass("train")  # let go of the captures: autograd holds what backward needs, and nothing else
-        self.begin_pass("frozen")  # should outlive the step (the frozen ones would sit through the next forward)
+        self.captured = {}  # let go: autograd holds what backward needs, and nothing else should outlive the step
         return total
 
 
