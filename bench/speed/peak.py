@@ -3,8 +3,9 @@
     python -m driftless.bench.speed.peak ours|stock|REGULARIZER ARCHITECTURE STEPS RANK [checkpointing]
 
 CUDA: torch.cuda.max_memory_allocated minus the memory allocated before it. CPU: the same quantity, the
-peak of live tensor bytes above the start, read off torch.profiler's allocation records (each operator's
-own allocations and frees, in start order). Peak resident memory is not used on CPU: glibc keeps freed
+peak of live tensor bytes above the start, read off torch.profiler's allocation records (every allocation and
+free with its own timestamp; summing per operator instead, in start order, misses frees and allocations
+nested in an enclosing scope, such as a custom autograd function, and can report a peak too low). Peak resident memory is not used on CPU: glibc keeps freed
 blocks mapped, so RSS growth depends on allocation history more than on what a method keeps alive.
 Prints JSON.
 """
@@ -27,15 +28,19 @@ def measure(run) -> int:
 
 
 def peak_tensor_bytes(run) -> int:
-    """Peak growth of live CPU tensor bytes while `run()` executes (torch.profiler memory records)."""
+    """Peak growth of live CPU tensor bytes while `run()` executes: the running sum of torch.profiler's
+    allocation records (each allocation and free, with its own timestamp), in time order."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    cpu = (DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP)
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() in cpu)
     live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
+    for _, nbytes in records:
+        live += nbytes
         peak = max(peak, live)
     return peak
 

@@ -133,14 +133,18 @@ def test_apt_indicator_follows_the_formula_on_a_synthetic_sequence():
     assert torch.equal(ind.bin_of(torch.tensor([0.0, 0.35, 0.999])), torch.tensor([0, 3, 9]))
 
 
-def test_apt_representation_and_attention_terms_by_hand():
-    """RS and AA on captured tensors of several layers and shapes (two layers share a shape, as layers of one UNet
+@pytest.mark.parametrize("stack_bytes", [8 << 20, 1])  # the layers of a shape in one stack, or one at a time
+def test_apt_representation_and_attention_terms_by_hand(monkeypatch, stack_bytes):
+    """RS and AA on captured tensors of several layers and shapes (layers sharing a shape, as layers of one UNet
     resolution do), written per layer by hand: values and the gradients that reach the trained side; the trained
     forward's extra examples (after the first n) are ignored."""
+    from driftless.trainers.regularizers import apt as apt_module
     from driftless.trainers.regularizers.apt import APT
 
+    monkeypatch.setattr(apt_module, "STACK_BYTES", stack_bytes)
+
     g = torch.Generator().manual_seed(3)
-    n, layers, queries = 2, ((16, 6), (4, 12), (16, 6), (9, 6)), (16, 4, 9)
+    n, layers, queries = 2, ((16, 6), (4, 12), (16, 6), (9, 6), (16, 6)), (16, 4, 9)
 
     def captured(batch, grad):
         features = [torch.randn(batch, tokens, c, generator=g).mul(1 + i).add(i).requires_grad_(grad)
@@ -169,6 +173,27 @@ def test_apt_representation_and_attention_terms_by_hand():
     for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert got.item() > 0.1
+
+
+def test_stacked_channel_stats_gradient_in_the_features_dtype():
+    """The custom backward (deviations recomputed from the kept features) equals autograd through the two-pass
+    formula, for float32 features and, to bf16's precision, for bf16 ones, whose gradients come back in bf16."""
+    from driftless.trainers.regularizers.apt import StackedChannelStats, channel_stats
+
+    g = torch.Generator().manual_seed(11)
+    weights = torch.randn(2, 3, 2, 8, generator=g)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        features = [(torch.randn(2, 50, 8, generator=g) * 2 + 3).to(dtype).requires_grad_() for _ in range(3)]
+        mean, std = StackedChannelStats.apply(*features)
+        ours = torch.autograd.grad((mean * weights[0] + std * weights[1]).sum(), features)
+        leaves = [f.detach().float().requires_grad_() for f in features]
+        ref_mean, ref_std = channel_stats(torch.stack(leaves))
+        ref = torch.autograd.grad((ref_mean * weights[0] + ref_std * weights[1]).sum(), leaves)
+        torch.testing.assert_close(mean, ref_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(std, ref_std, rtol=1e-6, atol=1e-6)
+        for a, b in zip(ours, ref):
+            assert a.dtype == dtype
+            torch.testing.assert_close(a.float(), b, rtol=tol, atol=tol * 1e-2)
 
 
 def test_apt_representation_refuses_forwards_that_differ():

@@ -83,7 +83,7 @@ def zoom_out_rotate(x: torch.Tensor, scale: torch.Tensor, degrees: torch.Tensor)
 
 
 def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (population) std over tokens of [..., N, C] features: two [..., C] tensors.
+    """Per-channel mean and (population) std over tokens of [..., N, C] features: two float32 [..., C] tensors.
 
     On a CPU, as two plain reductions: the mean, then the mean of squared deviations from it. torch's CPU
     std_mean over a dimension that is not the innermost runs about 5× slower than the two (1.6 ms against
@@ -97,37 +97,72 @@ def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.squeeze(-2), (x - mean).square().mean(dim=-2).sqrt()
 
 
-def grouped_channel_stats(features: list[torch.Tensor]) -> dict[tuple, tuple[torch.Tensor, torch.Tensor]]:
-    """`channel_stats` of [B, N, C] features, the layers of one shape stacked and reduced together:
-    {shape: (mean, std)}, each [layers of that shape, B, C], layers in the order given.
+class StackedChannelStats(torch.autograd.Function):
+    """`channel_stats` of same-shape features stacked: (mean, std), each [layers, B, C].
 
-    The number of operations grows with the number of distinct shapes (one per UNet resolution that has
-    attention), not of layers: on a CPU each small operation of a training step costs tens of µs, on a GPU a
-    kernel launch.
+    For backward it keeps the features themselves (references to tensors the forward made anyway, in their own
+    dtype) and recomputes the deviations, where autograd would keep the stack's float32 deviations:
+    ∂μ/∂x = 1/N and ∂σ/∂x = (x − μ)/(N·σ) per channel. The stacked copies live only inside forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, *features):
+        mean, std = channel_stats(torch.stack(features))
+        ctx.save_for_backward(mean, std, *features)
+        return mean, std
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_std):
+        mean, std, *features = ctx.saved_tensors
+        x = torch.stack(features).to(mean.dtype)
+        tokens = x.shape[-2]
+        # σ = 0 (a constant channel): x − μ is 0 there, and so is the σ part of the gradient
+        grad = (x - mean.unsqueeze(-2)) * (grad_std / (tokens * std.clamp_min(1e-30))).unsqueeze(-2)
+        grad = grad + (grad_mean / tokens).unsqueeze(-2)
+        return tuple(grad.to(features[0].dtype).unbind(0))
+
+
+STACK_BYTES = 8 << 20  # most float32 bytes of features reduced in one stack
+
+
+def grouped_channel_stats(features: list[torch.Tensor]) -> dict[tuple, tuple[torch.Tensor, torch.Tensor]]:
+    """`channel_stats` of [B, N, C] features, consecutive layers of one shape stacked and reduced together
+    (`StackedChannelStats`), at most STACK_BYTES of them at a time: {(shape, chunk): (mean, std)}, each
+    [layers in the chunk, B, C], layers in the order given.
+
+    Small features are what make the per-layer form slow (on a CPU each small operation of a training step costs
+    tens of µs, on a GPU a kernel launch): the bench model's ten layers make one chunk per shape. Large ones are
+    reduced a few at a time, so the stack's transient copies stay small next to the step's own memory (SDXL's
+    self-attention outputs at 1024 px are 5–10 MB each in float32).
     """
     groups: dict[tuple, list[torch.Tensor]] = {}
     for f in features:
         groups.setdefault(tuple(f.shape), []).append(f)
-    return {shape: channel_stats(torch.stack(group)) for shape, group in groups.items()}
+    out = {}
+    for shape, group in groups.items():
+        per_stack = max(1, STACK_BYTES // (4 * group[0].numel()))
+        for chunk, start in enumerate(range(0, len(group), per_stack)):
+            out[shape, chunk] = StackedChannelStats.apply(*group[start : start + per_stack])
+    return out
 
 
 def representation_distance(trained: dict, reference: dict) -> torch.Tensor:
     """APT's representation term before λ_dist, from `grouped_channel_stats` of both forwards:
     Σ_l mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)² over all layers l."""
-    layout = {shape: mean.shape for shape, (mean, _) in trained.items()}
-    if layout != {shape: mean.shape for shape, (mean, _) in reference.items()}:
+    layout = {key: mean.shape for key, (mean, _) in trained.items()}
+    if layout != {key: mean.shape for key, (mean, _) in reference.items()}:
         raise RuntimeError(f"APT captured self-attention outputs of other shapes or counts in the trained forward "
                            f"({_describe(trained)}) than in the frozen one ({_describe(reference)}): the two forwards differ")
     total = None
-    for shape, (mean_t, std_t) in trained.items():
-        mean_r, std_r = reference[shape]
+    for (shape, chunk), (mean_t, std_t) in trained.items():
+        mean_r, std_r = reference[shape, chunk]
         term = ((mean_t - mean_r).square().sum() + (std_t - std_r).square().sum()) / (shape[0] * shape[-1])
         total = term if total is None else total + term
     return total
 
 
 def _describe(stats: dict) -> str:
-    return ", ".join(f"{mean.shape[0]}× {list(shape)}" for shape, (mean, _) in stats.items()) or "none"
+    return ", ".join(f"{mean.shape[0]}× {list(shape)}" for (shape, _), (mean, _) in stats.items()) or "none"
 
 
 def attention_probabilities(q, k, heads: int) -> torch.Tensor:
