@@ -6,7 +6,7 @@ import time
 from ...headless import host
 
 MEMORY_NOTE = (" in a fresh subprocess; CPU figures are the peak of live tensor bytes during training (torch.profiler "
-               "allocation records), the CPU analogue of torch.cuda.max_memory_allocated")
+               "allocation records, in time order), the CPU analogue of torch.cuda.max_memory_allocated")
 
 
 def main() -> None:
