@@ -111,7 +111,7 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
         line = roofline.line(roofline.training_step_flops(model, data, args.rank), gflops, plain["ours_s"]["median"])
         rooflines.append({"architecture": architecture, **line})
     header = ("| model | gradient checkpointing | Driftless s/step | TrainLoraNode s/step | time ratio (median, min–max) "
-              "| peak memory growth ours / stock (MB) | memory ratio |")
+              "| peak memory growth ours / stock (MiB) | memory ratio |")
     lines = [header, "|---|---|---|---|---|---|---|"]
     for r in rows:
         mb = {k: v / 2**20 for k, v in r["peak_growth_bytes"].items()}
@@ -159,7 +159,7 @@ def bench_regularizers(args, architectures, repeats, steps, write_results, which
             ratio = r.get("ratio")
             ratio_text = f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1"
             lines.append(f"| {architecture} | {name} | {r['s_per_step']['median']:.3f} | {ratio_text} | "
-                         f"{r['peak_growth_bytes'] / 2**20:.0f} MB | {r['peak_growth_bytes'] / plain_peak:.2f}× |")
+                         f"{r['peak_growth_bytes'] / 2**20:.0f} MiB | {r['peak_growth_bytes'] / plain_peak:.2f}× |")
             rows.append({"architecture": architecture, "name": name, **r})
     table = "\n".join(lines)
     print(table)

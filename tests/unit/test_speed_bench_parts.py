@@ -19,7 +19,7 @@ class _Scratch(torch.autograd.Function):
 
 def test_cpu_peak_counts_what_lives_inside_an_enclosing_scope():
     """A temporary made and freed inside a custom function's forward counts at its own time: the peak holds at
-    least the scratch (4 MB), though its free is recorded against the enclosing function, which starts earlier."""
+    least the scratch (4 MiB), though its free is recorded against the enclosing function, which starts earlier."""
     from driftless.bench.speed.peak import peak_tensor_bytes
 
     size = 1 << 20
@@ -29,7 +29,7 @@ def test_cpu_peak_counts_what_lives_inside_an_enclosing_scope():
 
 
 def test_cpu_peak_of_live_tensors():
-    """Three 1 MB tensors alive together, then freed: peak 3 MB (and not 4, the sum of all allocations)."""
+    """Three 1 MiB tensors alive together, then freed: peak 3 MiB (and not 4, the sum of all allocations)."""
     from driftless.bench.speed.peak import peak_tensor_bytes
 
     def run():
