@@ -5,8 +5,8 @@
 CUDA: torch.cuda.max_memory_allocated minus the memory allocated before it. CPU: the same quantity, the
 peak of live tensor bytes above the start, read off torch.profiler's allocation records (every allocation and
 free with its own timestamp; summing per operator instead, in start order, misses frees and allocations
-nested in an enclosing scope, such as a custom autograd function, and can report a peak too low). Peak resident memory is not used on CPU: glibc keeps freed
-blocks mapped, so RSS growth depends on allocation history more than on what a method keeps alive.
+nested in an enclosing scope, such as a custom autograd function, and can report a peak too low). Peak
+resident memory is not used on CPU: glibc keeps freed blocks mapped, so RSS growth depends on allocation history more than on what a method keeps alive.
 Prints JSON.
 """
 

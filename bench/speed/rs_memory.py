@@ -20,7 +20,10 @@ SDXL_1024 = [(1, 4096, 640)] * 10 + [(1, 1024, 1280)] * 60
 
 
 def main() -> None:
-    dtype = torch.float32 if sys.argv[1:] == ["fp32"] else torch.bfloat16
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    if len(sys.argv) > 2 or sys.argv[1:] and sys.argv[1] not in dtypes:
+        raise SystemExit("usage: python -m driftless.bench.speed.rs_memory [bf16|fp32]  (default bf16)")
+    dtype = dtypes[sys.argv[1] if len(sys.argv) > 1 else "bf16"]
     g = torch.Generator().manual_seed(0)
     bases = [torch.randn(s, generator=g).to(dtype) for s in SDXL_1024]
     references = [torch.randn(s, generator=g).to(dtype) for s in SDXL_1024]
