@@ -5,7 +5,7 @@
 (Park et al., ICCV 2025, eq. 6 with ω = 1 − s). The LoRA is merged into the guider's clone at strength 1
 the way LoraLoader does it (ComfyUI patches the weights when the clone loads and restores them when it
 unloads), so the conditional branch costs exactly what CFG of the personalized model costs. The weak
-branch is corrected on activations (see trainers/lora_adapter.py): y += (s − 1)·Δ(x), computed only on
+branch is corrected on activations (see lora/adapter.py): y += (s − 1)·Δ(x), computed only on
 the samples ComfyUI's `cond_or_uncond` tag marks unconditional, accumulated in place into their slice of
 each layer's output. So the stock `sampling_function` runs unchanged — one batched forward for both
 branches when memory allows, then pre-CFG functions (APG), `cfg_function` with post-CFG functions
@@ -19,7 +19,7 @@ same prompt, D = D_weak(x|c) + cfg·(D_ft(x|c) − D_weak(x|c)); s and its sched
 
 import torch
 
-from ..trainers.lora_adapter import INJECTION_KEY, LoraAdapter, attach
+from ..lora.adapter import INJECTION_KEY, LoraAdapter, attach
 from .schedules import progress_of, strength_at
 
 WRAPPER_KEY = "driftless_guidance"
@@ -34,8 +34,8 @@ MODES = {
 def adapter_for(model_patcher, lora: dict, name: str) -> LoraAdapter:
     """An adapter for `lora` (ComfyUI-native, diffusers/PEFT or kohya keys) on this model; the error says
     how many of its layers the model has, and for which architecture the LoRA looks made."""
-    from ..trainers.lora_formats import to_native
-    from ..trainers.lora_formats.layout import layout_of
+    from ..lora.formats import to_native
+    from ..lora.formats.layout import layout_of
 
     try:
         native = to_native(lora, layout_of(model_patcher))

@@ -49,7 +49,7 @@ def write_shape_pictures(folder: pathlib.Path) -> list[pathlib.Path]:
     import numpy as np
     from PIL import Image
 
-    from ..bench.drift.dataset import draw_subject
+    from ..shapes.dataset import draw_subject
 
     pictures = draw_subject(len(SHAPE_NAMES), seed=SHAPE_SEED)
     paths = []

@@ -81,7 +81,7 @@ class ConceptPool(CheckedNode):
     @classmethod
     def execute(cls, model, method, pretrained_prompt, score_temperature) -> io.NodeOutput:
         from ..trainers.continual.pool import ConceptPool as Pool
-        from ..trainers.fingerprint import patcher_fingerprint
+        from ..lora.fingerprint import patcher_fingerprint
 
         return io.NodeOutput(Pool(patcher_fingerprint(model), method, pretrained_prompt, score_temperature))
 
@@ -116,8 +116,8 @@ class LoadConceptPool(io.ComfyNode):
     @classmethod
     def execute(cls, pool_name, model) -> io.NodeOutput:
         from ..trainers.continual.pool import load_pool
-        from ..trainers.fingerprint import patcher_fingerprint
-        from ..trainers.storage import safe_path
+        from ..lora.fingerprint import patcher_fingerprint
+        from ..lora.storage import safe_path
 
         pool = load_pool(safe_path(pool_folder(), pool_name, ".safetensors"))
         pool.check_base(patcher_fingerprint(model))
@@ -225,7 +225,7 @@ class AddConcept(io.ComfyNode):
 
 
 def _pool_lora(pool, index: int):
-    from ..trainers.lora_files import LoraWeights
+    from ..lora.files import LoraWeights
 
     concept = pool.concepts[index]
     return LoraWeights(dict(concept.lora), {
@@ -261,7 +261,7 @@ class SaveConceptPool(io.ComfyNode):
     @classmethod
     def execute(cls, pool, filename, overwrite) -> io.NodeOutput:
         from ..trainers.continual.pool import load_pool
-        from ..trainers.storage import safe_path
+        from ..lora.storage import safe_path
 
         folder = pool_folder()
         path = safe_path(folder, filename, ".safetensors")
@@ -340,7 +340,7 @@ class RetentionReport(io.ComfyNode):
     @classmethod
     def execute(cls, pool, model, clip, evaluation_data, draws, seed, all_stages) -> io.NodeOutput:
         from ..trainers.continual.retention import as_json, assign_concepts, evaluate, markdown
-        from ..trainers.fingerprint import patcher_fingerprint
+        from ..lora.fingerprint import patcher_fingerprint
         from ..trainers.loop import outside_inference_mode
 
         pool.check_base(patcher_fingerprint(model))

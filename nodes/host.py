@@ -14,7 +14,7 @@ def lora_folder() -> pathlib.Path:
 
 def resolve_in_loras(name: str, kind: str = "name") -> pathlib.Path:
     """models/loras/<name>, refusing anything that would leave the folder."""
-    from ..trainers.storage import safe_path
+    from ..lora.storage import safe_path
 
     try:
         return safe_path(lora_folder(), name, "")

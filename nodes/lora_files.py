@@ -1,11 +1,11 @@
 """Driftless Save LoRA / Load LoRA: LoRA files in models/loras, safetensors only, written atomically.
 
-Formats (trainers/lora_formats): ComfyUI-native (the default), diffusers/PEFT and kohya, both ways.
+Formats (lora/formats): ComfyUI-native (the default), diffusers/PEFT and kohya, both ways.
 """
 
 from comfy_api.latest import io, ui
 
-from ..trainers.lora_formats import DEFAULT_FORMAT, FORMATS
+from ..lora.formats import DEFAULT_FORMAT, FORMATS
 from .validation import CheckedNode
 
 FORMAT_CHOICES = {
@@ -46,10 +46,10 @@ class SaveLora(CheckedNode):
 
     @classmethod
     def execute(cls, lora, filename, overwrite, format=DEFAULT_FORMAT, model=None) -> io.NodeOutput:
-        from ..trainers.lora_files import save_lora
-        from ..trainers.lora_formats import UnknownLoraFormat, detect_format, export
-        from ..trainers.lora_formats.layout import layout_of
-        from ..trainers.storage import safe_path
+        from ..lora.files import save_lora
+        from ..lora.formats import UnknownLoraFormat, detect_format, export
+        from ..lora.formats.layout import layout_of
+        from ..lora.storage import safe_path
         from .host import lora_folder
 
         folder = lora_folder()
@@ -108,9 +108,9 @@ class LoadLora(io.ComfyNode):
     def execute(cls, lora_name, model=None) -> io.NodeOutput:
         import folder_paths
 
-        from ..trainers.lora_files import load_lora
-        from ..trainers.lora_formats import FORMAT_KEY, detect_format, to_native
-        from ..trainers.lora_formats.layout import layout_of
+        from ..lora.files import load_lora
+        from ..lora.formats import FORMAT_KEY, detect_format, to_native
+        from ..lora.formats.layout import layout_of
 
         lora = load_lora(folder_paths.get_full_path_or_raise("loras", lora_name))
         try:

@@ -1,6 +1,4 @@
-"""Driftless Pretrained Shapes Model: the drift benchmark's small pretrained text-to-image model (MODEL, CLIP, VAE)."""
-
-import pathlib
+"""Driftless Pretrained Shapes Model: the pack's small pretrained text-to-image model (MODEL, CLIP, VAE), shapes/."""
 
 from comfy_api.latest import io
 
@@ -20,15 +18,15 @@ class PretrainedShapesModel(CheckedNode):
                 "A small SD1.5-shaped text-to-image model pretrained by the pack's own script on generated "
                 "pictures of circles, squares and triangles in red, green, blue or yellow on white, black or gray "
                 "(captions like 'a red circle on a black background'). 32x32 pictures, 8x8 latents (use an "
-                "Empty Latent Image of 64x64: ComfyUI sizes latents for 8x VAEs, this one is 4x). Built once per "
-                "machine into ~/.cache/driftless/drift-<hash>/ (the first run trains it: minutes on a CPU), "
-                "then loaded from there. It is the drift benchmark's model (bench/drift)."
+                "Empty Latent Image of 64x64: ComfyUI sizes latents for 8x VAEs, this one is 4x). The full preset's "
+                "weights ship with the pack (loaded in a second); the quick preset is pretrained once per machine "
+                "into ~/.cache/driftless/shapes-<hash>/ (minutes on a CPU). It is the drift benchmark's model too."
             ),
             inputs=[
                 io.Combo.Input(
                     "preset", options=list(PRESETS), default="full",
-                    tooltip=("full: the benchmark's model (<= 20 min to build on 2 idle CPU cores, once). "
-                             "quick: a quarter of the pretraining (rougher pictures), for a first look."),
+                    tooltip=("full: the shipped weights, the demo's and the benchmark's model. "
+                             "quick: a shorter pretraining (rougher pictures), built on first use in minutes."),
                 ),
             ],
             outputs=[
@@ -42,14 +40,8 @@ class PretrainedShapesModel(CheckedNode):
     def execute(cls, preset: str) -> io.NodeOutput:
         import comfy.utils
 
-        from ..bench.drift import pretrain
+        from ..shapes import weights
 
-        bar = comfy.utils.ProgressBar(1)  # the first run's pretraining shows its progress; Cancel stops it there
-        folder = pretrain.ensure(pretrain.PRESETS[preset], progress=lambda done, total: bar.update_absolute(done, total))
-        return io.NodeOutput(*cls.load(folder))
-
-    @staticmethod
-    def load(folder: pathlib.Path):
-        from ..bench.drift import pretrain
-
-        return pretrain.load_checkpoint(pathlib.Path(folder) / pretrain.CHECKPOINT)
+        bar = comfy.utils.ProgressBar(1)  # a first build shows its progress; Cancel stops it there
+        folder = weights.ensure(preset, progress=lambda done, total: bar.update_absolute(done, total))
+        return io.NodeOutput(*weights.load_model(folder))

@@ -218,7 +218,7 @@ class ClassImages(CheckedNode):
         import folder_paths
 
         from ..trainers.class_images import generate_class_latents
-        from ..trainers.fingerprint import patcher_fingerprint
+        from ..lora.fingerprint import patcher_fingerprint
 
         encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
         cache = pathlib.Path(folder_paths.models_dir) / "driftless" / "class_images"

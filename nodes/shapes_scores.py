@@ -15,7 +15,7 @@ class ShapesScores(CheckedNode):
             category="Driftless/demo",
             description=(
                 "Scores samples of the Driftless Pretrained Shapes Model with the classifier trained beside it "
-                "(bench/drift): subject fidelity (feature cosine to the subject pictures), whether the shape and "
+                "(shapes/): subject fidelity (feature cosine to the subject pictures), whether the shape and "
                 "colour the prompt names were drawn, and how far the personalized samples moved from the base "
                 "model's at the same seeds. Give both models' samples of the same prompt and seeds. Shows a table, "
                 "writes a JSON report and returns the table as text."
@@ -39,16 +39,15 @@ class ShapesScores(CheckedNode):
 
     @classmethod
     def execute(cls, subject_images, base_samples, personalized_samples, prompt, preset, filename_prefix) -> io.NodeOutput:
-        from ..bench.drift import classifier, pretrain, scorecard
         from ..metrics.report import cells_image
-        from ..trainers.storage import load_safetensors
+        from ..shapes import scorecard, weights
         from .host import save_json_report
 
-        folder = pretrain.cache_dir(pretrain.PRESETS[preset])
-        if not pretrain.is_built(folder):
-            raise ValueError(f"the shapes model (preset {preset}) is not built yet in {folder}: run the Driftless "
-                             "Pretrained Shapes Model node with the same preset first")
-        net = classifier.load(load_safetensors(folder / pretrain.CLASSIFIER)[0])
+        folder = weights.folder_for(preset)
+        if folder is None:
+            raise ValueError(f"the shapes model (preset {preset}) is not built yet in {weights.cache_dir(weights.pretrain.PRESETS[preset])}: run "
+                             "the Driftless Pretrained Shapes Model node with the same preset first")
+        net = weights.load_classifier(folder)
         scores = scorecard.scorecard(net, prompt, subject_images, base_samples, personalized_samples)
         title = f"Shapes scores, '{prompt}' ({base_samples.shape[0]} seeds)"
         report = {"kind": "driftless_shapes_scores", "prompt": prompt, "preset": preset, "seeds": int(base_samples.shape[0]),

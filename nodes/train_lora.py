@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..trainers.config import DTYPES, OPTIMIZERS, TrainConfig
 from ..trainers.schedules import SCHEDULES
-from ..trainers.targets import TARGET_PRESETS
+from ..lora.targets import TARGET_PRESETS
 from .training_data import TRAINING_DATA
 from .validation import validate_combos
 
@@ -135,9 +135,9 @@ class TrainLora(io.ComfyNode):
     def execute(cls, model, training_data, run_name, checkpoint_every, resume_from="", regularizer=None,
                 validation_every=0, validation_prompt="", validation_seed=0, validation_steps=20, validation_cfg=5.0,
                 clip=None, vae=None, initial_lora=None, **knobs):
-        from ..trainers.lora_files import LoraWeights, lora_metadata, save_lora
-        from ..trainers.lora_formats import to_native
-        from ..trainers.lora_formats.layout import layout_of
+        from ..lora.files import LoraWeights, lora_metadata, save_lora
+        from ..lora.formats import to_native
+        from ..lora.formats.layout import layout_of
         from ..trainers.loop import train_lora, with_initial_lora
         from ..trainers.report import loss_plot
         from ..trainers.state import ResumeState, checkpoint_paths, latest_state, save_state

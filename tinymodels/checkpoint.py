@@ -19,7 +19,7 @@ UNSAVED_CLIP_KEYS = (".logit_scale", ".transformer.text_projection.weight")
 
 def save_tiny_checkpoint(path, name: str, model, clip, vae, metadata: dict | None = None) -> pathlib.Path:
     """Write (MODEL, CLIP, VAE) of the tiny architecture `name` to `path` (atomically, fp32)."""
-    from ..trainers.storage import save_safetensors_atomic
+    from ..lora.storage import save_safetensors_atomic
 
     path = pathlib.Path(path)
     sd = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
@@ -49,7 +49,7 @@ def load_tiny_checkpoint(path):
     """(MODEL, CLIP, VAE) from a file written by `save_tiny_checkpoint`."""
     import comfy.utils
 
-    from ..trainers.storage import load_safetensors
+    from ..lora.storage import load_safetensors
     from .build import build_tiny_model
 
     name = tiny_architecture(path)

@@ -159,7 +159,7 @@ CONFIGS: dict[str, TinyModelConfig] = {
         extra={"num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
                "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1},
     ),
-    # the drift benchmark's pretrained model (bench/drift): 32x32 pictures, a 4x VAE (8x8 latents), a small
+    # the drift benchmark's pretrained model (shapes/): 32x32 pictures, a 4x VAE (8x8 latents), a small
     # text transformer left at its seeded random init (the UNet learns to read it)
     "drift-bench": TinyModelConfig(
         family="sd15",

@@ -373,7 +373,7 @@ benchmark's generator (the headless runner writes them to `input/driftless_demo/
 
 def shapes_demo(info: dict) -> dict:
     """The main demo: personalization of the pretrained shapes model, scored by the drift benchmark's classifier."""
-    from driftless.bench.drift import dataset
+    from driftless.shapes import dataset
     from driftless.headless.demo_photos import DEMO_FOLDER, SHAPE_NAMES
 
     w = UIWorkflow(info)

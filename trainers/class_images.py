@@ -11,7 +11,7 @@ import pathlib
 
 import torch
 
-from .storage import load_safetensors, save_safetensors_atomic
+from ..lora.storage import load_safetensors, save_safetensors_atomic
 
 CHUNK = 4  # images sampled per batch
 

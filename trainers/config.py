@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from .schedules import SCHEDULES
-from .targets import TARGET_PRESETS
+from ..lora.targets import TARGET_PRESETS
 
 OPTIMIZERS = {
     "AdamW": "Adam with decoupled weight decay 0.01 (Loshchilov & Hutter 2019); the usual LoRA choice",

@@ -1,7 +1,7 @@
 """The training loop: a LoRA on a clone of the graph's MODEL, trained in the model's own parameterization.
 
 The input ModelPatcher is cloned and the LoRA attached to the clone as activation hooks (see
-lora_adapter.py), so the MODEL the graph passed in predicts exactly what it did before, and the MODEL
+lora/adapter.py), so the MODEL the graph passed in predicts exactly what it did before, and the MODEL
 returned samples with the LoRA through the stock samplers. One torch.Generator, seeded from the
 settings, draws the LoRA init, the data order, the noise, the timesteps and the null-prompt dropout,
 so a run is reproducible from its seed and resumable from its state file.
@@ -17,11 +17,10 @@ import torch
 from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
 from .data import IndexStream, TrainingData
-from .fingerprint import patcher_fingerprint
-from .lora_adapter import LoraAdapter, attach
+from ..lora.fingerprint import patcher_fingerprint
+from ..lora.adapter import LoraAdapter, attach
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
-from .regularizers import Regularizer, StepContext, TrainingSetup
-from .regularizers.apt import PASS_KEY
+from .regularizers import PASS_KEY, Regularizer, StepContext, TrainingSetup
 from .schedules import lr_factor
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -148,8 +147,8 @@ def train_lora(
     base_fingerprint = patcher_fingerprint(model_patcher)
     initial = None
     if initial_lora is not None:
-        from .lora_formats import to_native
-        from .lora_formats.layout import layout_of
+        from ..lora.formats import to_native
+        from ..lora.formats.layout import layout_of
 
         initial = to_native(initial_lora, layout_of(model_patcher))
         config = with_initial_lora(config, initial)
@@ -170,7 +169,7 @@ def with_initial_lora(config: TrainConfig, native_lora: dict) -> TrainConfig:
     """`config` recording which LoRA training starts from (its fingerprint, checked on resume)."""
     import dataclasses
 
-    from .fingerprint import lora_fingerprint
+    from ..lora.fingerprint import lora_fingerprint
 
     fingerprint = lora_fingerprint(native_lora)
     if config.initial_lora and config.initial_lora != fingerprint:

@@ -10,7 +10,7 @@ import pathlib
 
 import torch
 
-from .storage import load_safetensors, save_safetensors_atomic
+from ..lora.storage import load_safetensors, save_safetensors_atomic
 
 STATE_SUFFIX = ".train-state"  # not a LoRA extension: LoRA lists do not show state files
 FORMAT = "driftless.train-state.v1"

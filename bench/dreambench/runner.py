@@ -124,7 +124,7 @@ class Bench:
         self.train_config = options.train_config()
 
         from ...metrics.backbones import load_backbone
-        from ...trainers.fingerprint import model_fingerprint
+        from ...lora.fingerprint import model_fingerprint
         from .sampling import Sampler
 
         started = time.perf_counter()

@@ -119,7 +119,7 @@ class SubjectRun:
         return results
 
     def lora(self):
-        from ...trainers.lora_files import load_lora
+        from ...lora.files import load_lora
 
         path = self.folder / LORA_FILE
         if path.is_file():
@@ -134,7 +134,7 @@ class SubjectRun:
     def train(self, path: pathlib.Path) -> None:
         from ...trainers import loop
         from ...trainers.data import TrainingData
-        from ...trainers.lora_files import LoraWeights, lora_metadata, save_lora
+        from ...lora.files import LoraWeights, lora_metadata, save_lora
         from .dataset import load_photos
         from .methods import build_regularizers
 
@@ -178,7 +178,7 @@ class SubjectRun:
 
     def sample(self, lora, guidance: str) -> list[pathlib.Path]:
         from ...metrics.report import write_json_atomic
-        from ...trainers.fingerprint import lora_fingerprint
+        from ...lora.fingerprint import lora_fingerprint
         from .sampling import save_png_atomic, seeds_for
 
         bench, o = self.bench, self.bench.options
@@ -216,7 +216,7 @@ class SubjectRun:
     def score(self, guidance: str, images: list[pathlib.Path], lora) -> dict:
         from ...metrics.evaluate import personalization_metrics
         from ...metrics.report import build_report, write_json_atomic
-        from ...trainers.fingerprint import lora_fingerprint
+        from ...lora.fingerprint import lora_fingerprint
         from .dataset import load_photos
         from .sampling import load_png_batch
 

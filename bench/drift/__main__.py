@@ -1,4 +1,4 @@
-"""`./driftless bench drift [--preset full|quick]`: pretrain (cached), personalize, score; table and plot."""
+"""`./driftless bench drift [--preset full|quick]`: the shapes model (shipped, or pretrained once), personalize, score."""
 
 import argparse
 
@@ -9,7 +9,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="driftless bench drift", description=__doc__)
     parser.add_argument("--preset", choices=("full", "quick"), default="full",
                         help="pretraining size: full (<= 20 min on 2 idle cores, cached) or quick (a quarter of it)")
-    parser.add_argument("--pretrain-only", action="store_true", help="build (or find) the cached model and stop")
+    parser.add_argument("--pretrain-only", action="store_true", help="find (or build) the model's weights and stop")
+    parser.add_argument("--rebuild-weights", action="store_true",
+                        help="pretrain the full preset from its recipe and write the weights shipped in shapes/weights/, then stop")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--steps", type=int, default=100, help="personalization steps per method")
     parser.add_argument("--variants", action="store_true",
@@ -24,9 +26,17 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from . import pretrain
+    from ...shapes import pretrain, weights
 
-    folder = pretrain.ensure(pretrain.PRESETS[args.preset])
+    if args.rebuild_weights:
+        settings = pretrain.PRESETS[weights.SHIPPED_PRESET]
+        folder = weights.cache_dir(settings)
+        if not weights.is_built(folder):
+            weights.build(folder, settings)
+        weights.ship(folder)
+        print(f"[drift] shipped weights rebuilt from {folder} into {weights.SHIPPED} (recipe {weights.recipe_hash(settings)})")
+        return
+    folder = weights.ensure(args.preset)
     print(f"[drift] model: {folder / pretrain.CHECKPOINT}")
     if args.pretrain_only:
         return

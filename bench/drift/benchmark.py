@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from . import classifier, dataset, metrics
+from ...shapes import classifier, dataset, metrics
 
 PRIOR = [("circle", "red", "white"), ("square", "blue", "black"), ("triangle", "green", "gray"),
          ("circle", "yellow", "black"), ("square", "green", "white"), ("triangle", "red", "gray")]
@@ -129,11 +129,10 @@ def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 
     from ...trainers.config import TrainConfig
     from ...trainers.data import TrainingData
     from ...trainers.loop import TrainingRun
-    from ...trainers.storage import load_safetensors
-    from .load import load_pretrained
+    from ...shapes import weights
 
-    model, clip, vae = load_pretrained(folder)
-    net = classifier.load(load_safetensors(folder / "classifier.safetensors")[0])
+    model, clip, vae = weights.load_model(folder)
+    net = weights.load_classifier(folder)
     sampler = Sampler(model, clip, vae)
 
     def base_guider(pos, neg):
@@ -245,7 +244,7 @@ def main(folder: pathlib.Path, args) -> None:
     report = json.loads((folder / "pretrain.json").read_text())
     s = out["settings"]
     notes = [
-        f"model: drift-bench pretrained by bench/drift/pretrain.py (preset {args.preset}; cache {folder.name}; "
+        f"model: drift-bench pretrained by shapes/pretrain.py (preset {args.preset}; cache {folder.name}; "
         f"pretraining {report['timings']['unet']['wall_s']:.0f} s wall, {report['timings']['unet']['cpu_s']:.0f} s CPU, "
         f"{report['threads']} threads; classifier accuracy on renders {report['classifier_accuracy']})",
         f"subject: 4 pictures of an orange cross, caption '{dataset.subject_caption()}'; LoRA rank {s['rank']} on attention, "

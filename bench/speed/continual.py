@@ -19,9 +19,9 @@ PAST = 5
 def synthetic_pool(model, config, past: int = PAST, seed: int = 0):
     """A pool of `past` concepts with random LoRA snapshots and a unit-sum Fisher, and a random teacher LoRA."""
     from ...trainers.continual.pool import Concept, ConceptPool
-    from ...trainers.fingerprint import model_fingerprint
-    from ...trainers.lora_adapter import LoraAdapter
-    from ...trainers.lora_files import LoraWeights
+    from ...lora.fingerprint import model_fingerprint
+    from ...lora.adapter import LoraAdapter
+    from ...lora.files import LoraWeights
 
     g = torch.Generator().manual_seed(seed)
     template = LoraAdapter.for_model(model.model.diffusion_model, config.targets, config.rank, config.alpha, g).lora_state_dict()
@@ -58,7 +58,7 @@ def fisher_draw_seconds(model, clip, data, pool, teacher, draws: int = 4, k: int
     """Seconds per draw of the EWC-DC Fisher pass (k + 2 prompts forward, one backward)."""
     from ...trainers.continual.learn import concept_fisher
     from ...trainers.continual.seam import AdaptedModel
-    from ...trainers.lora_adapter import LoraAdapter
+    from ...lora.adapter import LoraAdapter
     from ...trainers.loop import outside_inference_mode
 
     @outside_inference_mode

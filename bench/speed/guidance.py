@@ -20,7 +20,7 @@ def _guiders(architecture: str, rank: int, s: float = 0.3, cfg: float = 5.0):
 
     from ...guidance.guider import make_guider
     from ...tinymodels.build import build_tiny_model
-    from ...trainers.lora_adapter import LoraAdapter
+    from ...lora.adapter import LoraAdapter
 
     model, clip, _ = build_tiny_model(architecture, 0)
     g = torch.Generator().manual_seed(0)

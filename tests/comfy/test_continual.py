@@ -23,7 +23,7 @@ def _encoder(clip):
 
 
 def _metadata(config, result, data, regularizers):
-    from driftless.trainers.lora_files import lora_metadata
+    from driftless.lora.files import lora_metadata
 
     return lora_metadata(config, result.base_fingerprint, result.steps_done, data.captions, regularizers)
 
@@ -44,7 +44,7 @@ def _learn(pool, model, clip, data, trigger, config, *, ewc_weight=1000.0, draws
 
 def _new_pool(model, method="EWC-DC", temperature=1.0):
     from driftless.trainers.continual.pool import ConceptPool
-    from driftless.trainers.fingerprint import model_fingerprint
+    from driftless.lora.fingerprint import model_fingerprint
 
     return ConceptPool(model_fingerprint(model.model.diffusion_model), method, "a photo", temperature)
 
@@ -53,7 +53,7 @@ def test_concept_forwards_batched_equal_one_forward_per_concept(tiny_data):
     """The DC scores' one batched forward over k + 2 prompts equals a forward per prompt."""
     from driftless.trainers.continual.scores import repeat_for_concepts
     from driftless.trainers.continual.seam import AdaptedModel
-    from driftless.trainers.lora_adapter import LoraAdapter
+    from driftless.lora.adapter import LoraAdapter
     from driftless.trainers.loop import train_lora
 
     model, clip, _, data = tiny_data("sdxl-tiny")
@@ -123,8 +123,8 @@ def test_dsc_teachers_run_on_the_same_weights(tiny_data):
     """At the first consolidation step the student is teacher 1, so with only the noise term the loss is
     ‖F_T2(x_t, c_j) − F_T1(x_t, c_j)‖², which an independent evaluation of both LoRAs reproduces."""
     from driftless.trainers.continual.seam import AdaptedModel
-    from driftless.trainers.lora_adapter import LoraAdapter
-    from driftless.trainers.lora_files import LoraWeights
+    from driftless.lora.adapter import LoraAdapter
+    from driftless.lora.files import LoraWeights
     from driftless.trainers.loop import train_lora
     from driftless.trainers.regularizers import Regularizer
     from driftless.trainers.regularizers.continual import Continual

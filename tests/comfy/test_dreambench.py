@@ -208,7 +208,7 @@ def test_other_settings_in_the_same_folder_stop_the_run(first_run, tmp_path, inp
 
 
 def test_prior_preservation_and_a_chain_train_with_their_regularizers(inputs, tmp_path):
-    from driftless.trainers.lora_files import load_lora
+    from driftless.lora.files import load_lora
 
     out = tmp_path / "out"
     args = argv(inputs, out, "--regularizer", "anchor+prior", "--subjects", "coffee", "--class-images", "2",
@@ -249,7 +249,7 @@ def test_bad_inputs_give_a_clear_error(inputs, tmp_path, capsys, change, message
 def test_checkpoint_loading(inputs, tmp_path):
     from driftless.bench.dreambench.dataset import DreamBenchError
     from driftless.bench.dreambench.model import load_checkpoint
-    from driftless.trainers.storage import save_safetensors_atomic
+    from driftless.lora.storage import save_safetensors_atomic
 
     model, _, _ = load_checkpoint(inputs[1])  # tiny: built from its config, weights from the file
     assert model.model.diffusion_model.input_blocks[0][0].weight.shape[0] == 32

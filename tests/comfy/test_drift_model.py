@@ -14,9 +14,8 @@ def random_model(comfy_host):
 
 
 def test_checkpoint_round_trips_through_the_node(random_model, tmp_path):
-    from driftless.bench.drift import pretrain
-    from driftless.nodes.pretrained_model import PretrainedShapesModel
-    from driftless.trainers.storage import load_safetensors
+    from driftless.lora.storage import load_safetensors
+    from driftless.shapes import pretrain, weights
 
     model, clip, vae = random_model
     with torch.no_grad():  # make the weights differ from the loader's seeded init
@@ -29,7 +28,7 @@ def test_checkpoint_round_trips_through_the_node(random_model, tmp_path):
     assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in sd)
     assert meta["architecture"] == '"drift-bench"'
 
-    loaded_model, loaded_clip, loaded_vae = PretrainedShapesModel.load(tmp_path)
+    loaded_model, loaded_clip, loaded_vae = weights.load_model(tmp_path)
     for a, b in ((model.model.diffusion_model, loaded_model.model.diffusion_model),
                  (vae.first_stage_model, loaded_vae.first_stage_model)):
         sa, sb = a.state_dict(), b.state_dict()
@@ -40,7 +39,7 @@ def test_checkpoint_round_trips_through_the_node(random_model, tmp_path):
 
 
 def test_latent_rescaling_keeps_reconstructions(random_model):
-    from driftless.bench.drift import pretrain
+    from driftless.shapes import pretrain
 
     ae = random_model[2].first_stage_model
     x = torch.rand(8, 3, 32, 32) * 2 - 1
@@ -54,7 +53,7 @@ def test_latent_rescaling_keeps_reconstructions(random_model):
 
 
 def test_pretraining_smoke_run_lowers_the_loss(random_model):
-    from driftless.bench.drift import dataset, pretrain
+    from driftless.shapes import dataset, pretrain
 
     model, clip, vae = random_model
     settings = dataclasses.replace(pretrain.SMOKE, unet_steps=24, unet_batch=4, unet_lr=2e-3, ema_decay=0.0)
@@ -67,7 +66,7 @@ def test_pretraining_smoke_run_lowers_the_loss(random_model):
 
 
 def test_min_snr_weight():
-    from driftless.bench.drift import pretrain
+    from driftless.shapes import pretrain
 
     sigma = torch.tensor([0.1, 0.5, 10.0])
     # SNR = 1/σ²: min(SNR, 5)/SNR = min(1, 5σ²)
@@ -75,11 +74,48 @@ def test_min_snr_weight():
     assert torch.equal(pretrain.min_snr_weight(sigma, 0.0), torch.ones(3))
 
 
-def test_cache_key_follows_settings():
-    from driftless.bench.drift import pretrain
+def test_recipe_hash_follows_settings_and_code_not_comments(tmp_path, monkeypatch):
+    from driftless.shapes import pretrain, weights
 
-    assert pretrain.cache_key(pretrain.PRESETS["full"]) != pretrain.cache_key(pretrain.PRESETS["quick"])
-    assert pretrain.cache_dir(pretrain.PRESETS["full"]).name.startswith("drift-")
+    full = weights.recipe_hash(pretrain.PRESETS["full"])
+    assert full != weights.recipe_hash(pretrain.PRESETS["quick"])
+    assert weights.cache_dir(pretrain.PRESETS["full"]).name == f"shapes-{full}"
+    source = (weights.SHIPPED.parent / "classifier.py").read_text()
+    for name in weights.RECIPE_FILES:
+        (tmp_path / name).write_text((weights.SHIPPED.parent / name).read_text())
+    monkeypatch.setattr(weights, "SHIPPED", tmp_path / "weights")
+    assert weights.recipe_hash(pretrain.PRESETS["full"]) == full
+    (tmp_path / "classifier.py").write_text('"""Reworded."""\n# a comment\n' + source.split('"""', 2)[2])
+    assert weights.recipe_hash(pretrain.PRESETS["full"]) == full  # docstrings and comments are not the recipe
+    (tmp_path / "classifier.py").write_text(source.replace("lr=2e-3", "lr=1e-3"))
+    assert weights.recipe_hash(pretrain.PRESETS["full"]) != full
+
+
+def test_shipped_weights_were_made_by_the_current_recipe():
+    """Fails when the recipe (shapes/dataset.py, classifier.py, pretrain.py, the full preset, the drift-bench config)
+    changed and the shipped weights were not rebuilt: run `./driftless bench drift --rebuild-weights` and commit
+    shapes/weights/."""
+    from driftless.shapes import pretrain, weights
+
+    assert weights.is_built(weights.SHIPPED), f"no shipped weights in {weights.SHIPPED}"
+    assert weights.recorded_recipe(weights.SHIPPED) == weights.recipe_hash(pretrain.PRESETS["full"]), (
+        "the shipped shapes model was made by another recipe: rebuild it with ./driftless bench drift --rebuild-weights")
+    assert weights.folder_for("full") == weights.SHIPPED
+
+
+def test_shipped_weights_load_as_fp32_and_read_shapes_as_when_built(comfy_host):
+    import json
+
+    from driftless.shapes import classifier, pretrain, weights
+
+    model, clip, vae = weights.load_model(weights.SHIPPED)
+    assert {p.dtype for p in model.model.diffusion_model.parameters()} == {torch.float32}
+    report = json.loads((weights.SHIPPED / pretrain.REPORT).read_text())
+    net = weights.load_classifier(weights.SHIPPED)
+    assert classifier.accuracy(net) == report["classifier_accuracy"]  # the classifier ships as it was trained
+    assert min(report["classifier_accuracy"].values()) > 0.95
+    latent = vae.encode(torch.rand(1, 32, 32, 3))
+    assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()
 
 
 def test_first_use_builds_the_model_with_progress_then_loads_it(comfy_host, tmp_path, monkeypatch):
@@ -87,8 +123,8 @@ def test_first_use_builds_the_model_with_progress_then_loads_it(comfy_host, tmp_
     runner show) up to the last unit; the second use loads the cache without building."""
     import comfy.utils
 
-    from driftless.bench.drift import pretrain
     from driftless.nodes.pretrained_model import PretrainedShapesModel
+    from driftless.shapes import pretrain, weights
 
     tiny = dataclasses.replace(pretrain.SMOKE, vae_steps=2, pool=8, unet_steps=3)
     monkeypatch.setitem(pretrain.PRESETS, "quick", tiny)
@@ -99,7 +135,7 @@ def test_first_use_builds_the_model_with_progress_then_loads_it(comfy_host, tmp_
         model, clip, vae = PretrainedShapesModel.execute("quick").result
         total = 2 + tiny.vae_steps + tiny.unet_steps
         assert seen == [(done, total) for done in range(1, total + 1)]
-        assert pretrain.is_built(pretrain.cache_dir(tiny))
+        assert weights.is_built(weights.cache_dir(tiny))
         seen.clear()
         again = PretrainedShapesModel.execute("quick").result[0]
         assert seen == []  # cached: nothing built

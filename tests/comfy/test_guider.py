@@ -6,7 +6,7 @@ import torch
 
 def _lora(model, seed=0):
     """A LoRA with non-zero B on every attention layer of `model` (ComfyUI-native keys)."""
-    from driftless.trainers.lora_adapter import LoraAdapter
+    from driftless.lora.adapter import LoraAdapter
 
     g = torch.Generator().manual_seed(seed)
     adapter = LoraAdapter.for_model(model.model.diffusion_model, "attention+ff", 4, 4.0, g)

@@ -38,7 +38,7 @@ class Inputs:
 
     def comfy(self, model_patcher, native_lora=None) -> torch.Tensor:
         """ComfyUI's UNet output, with the LoRA on activations (the adapter the trainer and guider use)."""
-        from driftless.trainers.lora_adapter import LoraAdapter
+        from driftless.lora.adapter import LoraAdapter
 
         diffusion_model = model_patcher.model.diffusion_model
         adapter = LoraAdapter.from_state_dict(diffusion_model, native_lora) if native_lora is not None else None
@@ -72,7 +72,7 @@ def _twin(name):
     from driftless.tinymodels.build import build_unet
     from driftless.tinymodels.configs import CONFIGS
     from driftless.tinymodels.diffusers_twin import diffusers_twin
-    from driftless.trainers.lora_formats.layout import layout_of
+    from driftless.lora.formats.layout import layout_of
 
     if name not in _TWINS:
         model = build_unet(CONFIGS[name], 0)
@@ -126,8 +126,8 @@ def test_the_diffusers_twin_computes_the_same_unet(comfy_host, name):
 @pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_a_lora_trained_here_and_exported_gives_diffusers_the_same_output(comfy_host, trained, tmp_path, name, fmt):
-    from driftless.trainers.lora_files import save_lora
-    from driftless.trainers.lora_formats import export
+    from driftless.lora.files import save_lora
+    from driftless.lora.formats import export
 
     model, layout, unet = _twin(name)
     inputs = Inputs(name)
@@ -142,8 +142,8 @@ def test_a_lora_trained_here_and_exported_gives_diffusers_the_same_output(comfy_
 def test_a_diffusers_export_with_peft_alone(comfy_host, trained, tmp_path):
     """The README's recipe without diffusers' loaders: LoraConfig from the file's metadata, then peft's
     inject_adapter_in_model and set_peft_model_state_dict."""
-    from driftless.trainers.lora_files import save_lora
-    from driftless.trainers.lora_formats import export
+    from driftless.lora.files import save_lora
+    from driftless.lora.formats import export
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors import safe_open
 
@@ -162,8 +162,8 @@ def test_a_diffusers_export_with_peft_alone(comfy_host, trained, tmp_path):
 @pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_export_then_import_gives_back_the_same_tensors(comfy_host, trained, tmp_path, name, fmt):
-    from driftless.trainers.lora_files import load_lora, save_lora
-    from driftless.trainers.lora_formats import export, to_native
+    from driftless.lora.files import load_lora, save_lora
+    from driftless.lora.formats import export, to_native
 
     model, layout, _ = _twin(name)
     native = trained[name]
@@ -178,9 +178,9 @@ def test_export_then_import_gives_back_the_same_tensors(comfy_host, trained, tmp
 
 def test_export_file_layouts(comfy_host, trained, tmp_path):
     """Keys and metadata as diffusers and sd-scripts write them; SDXL kohya names are LDM names."""
-    from driftless.trainers.lora_files import load_lora, save_lora
-    from driftless.trainers.lora_formats import export
-    from driftless.trainers.storage import load_safetensors
+    from driftless.lora.files import load_lora, save_lora
+    from driftless.lora.formats import export
+    from driftless.lora.storage import load_safetensors
 
     _, sd15, _ = _twin("sd15-tiny")
     _, sdxl, _ = _twin("sdxl-tiny")
@@ -209,8 +209,8 @@ def test_kohya_export_through_the_stock_lora_loader(comfy_host, trained, tmp_pat
     """ComfyUI's own LoraLoader reads the kohya export: every key applied, same output as the adapter."""
     import comfy.lora
     import comfy.sd
-    from driftless.trainers.lora_files import load_lora, save_lora
-    from driftless.trainers.lora_formats import export
+    from driftless.lora.files import load_lora, save_lora
+    from driftless.lora.formats import export
 
     model, layout, _ = _twin(name)
     inputs = Inputs(name)
@@ -249,8 +249,8 @@ def _peft_lora(unet, **fields):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_a_lora_made_by_peft_and_saved_by_diffusers_gives_comfyui_the_same_output(comfy_host, tmp_path, name, variant):
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
-    from driftless.trainers.lora_files import load_lora
-    from driftless.trainers.lora_formats import to_native
+    from driftless.lora.files import load_lora
+    from driftless.lora.formats import to_native
     from peft import get_peft_model_state_dict
 
     model, layout, unet = _twin(name)
@@ -269,8 +269,8 @@ def test_a_peft_save_pretrained_folder_and_a_file_without_config(comfy_host, tmp
     """adapter_model.safetensors + adapter_config.json (base_model.model.* keys); and a file with no
     config at all, which diffusers itself reads with scale 1: both give diffusers' output."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
-    from driftless.trainers.lora_files import load_lora
-    from driftless.trainers.lora_formats import to_native
+    from driftless.lora.files import load_lora
+    from driftless.lora.formats import to_native
     from peft import get_peft_model, get_peft_model_state_dict
 
     model, layout, unet = _twin(name)
@@ -295,7 +295,7 @@ def test_a_peft_save_pretrained_folder_and_a_file_without_config(comfy_host, tmp
 
 
 def test_an_unknown_key_layout_lists_the_formats_and_a_sample_of_keys(comfy_host):
-    from driftless.trainers.lora_formats import UnknownLoraFormat, to_native
+    from driftless.lora.formats import UnknownLoraFormat, to_native
 
     _, layout, _ = _twin("sd15-tiny")
     foreign = {f"model.blocks.{i}.attn.qkv.weight_delta": torch.zeros(2, 2) for i in range(10)}
@@ -309,7 +309,7 @@ def test_an_unknown_key_layout_lists_the_formats_and_a_sample_of_keys(comfy_host
 
 @pytest.mark.parametrize("fmt", ["comfyui", "diffusers", "kohya"])
 def test_a_lora_for_another_architecture_says_which(comfy_host, trained, fmt):
-    from driftless.trainers.lora_formats import LoraDoesNotFit, export, to_native
+    from driftless.lora.formats import LoraDoesNotFit, export, to_native
 
     _, sd15, _ = _twin("sd15-tiny")
     _, sdxl, _ = _twin("sdxl-tiny")
@@ -328,7 +328,7 @@ def test_save_and_load_nodes_export_and_import(comfy_host, trained):
     native keys when a model is connected and leaving that to the guider otherwise."""
     from driftless.guidance.guider import adapter_for
     from driftless.nodes.lora_files import LoadLora, SaveLora
-    from driftless.trainers.lora_files import load_lora
+    from driftless.lora.files import load_lora
 
     model, _, _ = _twin("sd15-tiny")
     native = trained["sd15-tiny"]
@@ -350,7 +350,7 @@ def test_save_and_load_nodes_export_and_import(comfy_host, trained):
 
 def test_load_node_refuses_an_unknown_layout_and_a_lora_for_another_architecture(comfy_host, trained):
     from driftless.nodes.lora_files import LoadLora
-    from driftless.trainers.storage import save_safetensors_atomic
+    from driftless.lora.storage import save_safetensors_atomic
 
     loras = comfy_host.base_directory / "models" / "loras"
     save_safetensors_atomic({"encoder.layer.0.delta": torch.zeros(2, 2)}, loras / "interop" / "strange.safetensors")
@@ -369,9 +369,9 @@ def test_training_starts_from_an_imported_lora(comfy_host, trained):
     import numpy as np
     from driftless.tinymodels.build import build_tiny_model
     from driftless.trainers.data import TrainingData
-    from driftless.trainers.fingerprint import lora_fingerprint
+    from driftless.lora.fingerprint import lora_fingerprint
     from driftless.trainers.loop import train_lora
-    from driftless.trainers.lora_formats import export
+    from driftless.lora.formats import export
     from skimage import data as images
 
     model, clip, vae = build_tiny_model("sd15-tiny", 0)

@@ -130,7 +130,7 @@ def _graph(architecture):
 
 @pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny"])
 def test_all_regularizers_in_a_graph(run_prompt, comfy_host, architecture):
-    from driftless.trainers.lora_files import load_lora
+    from driftless.lora.files import load_lora
 
     result = run_prompt(_graph(architecture))
     assert result.success, result.error

@@ -149,20 +149,14 @@ def test_cli_tiny_demo_runs_and_lists_its_outputs(repo, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_cli_demo_personalizes_the_pretrained_shapes_model(comfy_host, repo, tmp_path):
-    """The default demo: the shapes model (here a smoke-sized build placed where the full preset's cache is looked
-    up, so nothing pretrains for minutes) -> its subject pictures -> 300 LoRA steps -> base | personalized samples
-    of three prompts, each scored by the classifier built with the model."""
-    import dataclasses
-
+    """The default demo on an empty cache: the shipped shapes model (nothing pretrains) -> its subject pictures ->
+    300 LoRA steps -> base | personalized samples of three prompts, each scored by the classifier shipped with it."""
     from PIL import Image
 
-    from driftless.bench.drift import dataset, pretrain
+    from driftless.shapes import dataset
 
-    cache = tmp_path / "cache"
-    folder = cache / pretrain.cache_dir(pretrain.PRESETS["full"]).name
-    pretrain.build(folder, dataclasses.replace(pretrain.SMOKE, pool=8, unet_steps=4), log=lambda *_: None)
     out = _cli(["demo", "--base-directory", str(tmp_path / "base"), "--output-directory", str(tmp_path / "out")], repo,
-               {"DRIFTLESS_CACHE": str(cache)})
+               {"DRIFTLESS_CACHE": str(tmp_path / "empty-cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "pretraining" not in out.stdout + out.stderr and "step 300/300" in out.stdout
     assert "demo metric backbones" not in out.stdout  # the shapes demo scores with its own classifier
@@ -185,6 +179,11 @@ def test_cli_demo_personalizes_the_pretrained_shapes_model(comfy_host, repo, tmp
         assert 0 <= scores["subject fidelity"]["personalized"] <= 1
     prior = next(r for r in reports if r["prompt"].startswith("a green square"))
     assert {"shape is square", "colour is green"} <= set(prior["scores"])
+    # the shipped model: the LoRA pulls the subject prompt towards the subject and keeps the prior prompt's shape and colour
+    subject = next(r for r in reports if r["prompt"] == dataset.subject_caption())["scores"]["subject fidelity"]
+    assert subject["personalized"] > subject["base"] + 0.03
+    assert prior["scores"]["shape is square"]["personalized"] >= 0.75 and prior["scores"]["colour is green"]["personalized"] >= 0.75
+    assert not (tmp_path / "empty-cache").exists()
     assert "Shapes scores, 'a green square on a black background' (4 seeds)" in out.stdout
     assert (tmp_path / "base" / "models" / "loras" / "driftless_shapes" / "lora.safetensors").exists()
 

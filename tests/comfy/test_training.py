@@ -50,7 +50,7 @@ def test_saved_file_through_stock_lora_loader_samples_like_the_trained_model(tin
     import comfy.sd
     import nodes
 
-    from driftless.trainers.lora_files import LoraWeights, load_lora, save_lora
+    from driftless.lora.files import LoraWeights, load_lora, save_lora
     from driftless.trainers.loop import train_lora
 
     model, clip, _, data = tiny_data(architecture)
@@ -222,7 +222,7 @@ def test_base_fingerprint_ignores_another_clone_left_loaded(tiny_data):
     import comfy.model_management
     import comfy.sd
 
-    from driftless.trainers.fingerprint import model_fingerprint, patcher_fingerprint
+    from driftless.lora.fingerprint import model_fingerprint, patcher_fingerprint
     from driftless.trainers.loop import train_lora
 
     model, _, _, data = tiny_data()

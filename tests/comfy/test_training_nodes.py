@@ -38,7 +38,7 @@ def _graph(architecture="sd15-tiny", filename="graph/subject", **overrides):
 
 @pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny"])
 def test_train_save_sample_graph(run_prompt, comfy_host, architecture):
-    from driftless.trainers.lora_files import load_lora
+    from driftless.lora.files import load_lora
 
     result = run_prompt(_graph(architecture, filename=f"graph/{architecture}", run_name=f"run_{architecture}"))
     assert result.success, result.error
@@ -63,7 +63,7 @@ def test_resume_latest_through_the_graph(run_prompt, comfy_host):
     assert second.success, second.error
     straight = run_prompt(_graph(run_name="straight", steps=4, filename="graph/resume_c"))
     assert straight.success, straight.error
-    from driftless.trainers.lora_files import load_lora
+    from driftless.lora.files import load_lora
 
     loras = comfy_host.base_directory / "models" / "loras" / "graph"
     resumed, direct = load_lora(loras / "resume_b.safetensors"), load_lora(loras / "resume_c.safetensors")

@@ -198,7 +198,7 @@ def test_pool_checks_base_lora_shape_and_fisher():
 
 
 def test_corrupt_or_foreign_pool_files_are_refused_and_left_alone(tmp_path):
-    from driftless.trainers.storage import save_safetensors_atomic
+    from driftless.lora.storage import save_safetensors_atomic
 
     good = _pool().save(tmp_path / "good.safetensors").read_bytes()
     cases = {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from driftless.bench.drift import classifier, dataset, metrics
+from driftless.shapes import classifier, dataset, metrics
 
 
 def test_captions_match_pixels():
@@ -92,7 +92,7 @@ def test_rates_and_rmse_on_hand_made_inputs():
     ("A Yellow Triangle, on gray", ("triangle", "yellow")),
 ])
 def test_scorecard_reads_the_prompted_shape_and_colour(prompt, labels):
-    from driftless.bench.drift import scorecard
+    from driftless.shapes import scorecard
 
     assert scorecard.prompt_labels(prompt) == labels
 
@@ -121,7 +121,7 @@ class _FixedNet:
 def test_scorecard_on_hand_made_pictures():
     """Pictures of flat colours, so each feature is that colour: fidelity, prompted-label rates, similarity and RMSE
     computed by hand."""
-    from driftless.bench.drift import scorecard
+    from driftless.shapes import scorecard
 
     flat = lambda rgb: torch.tensor(rgb, dtype=torch.float32).expand(dataset.SIZE, dataset.SIZE, 3)  # noqa: E731
     subject = torch.stack([flat([1.0, 0.5, 0.0])] * 2)
@@ -144,7 +144,7 @@ def test_scorecard_on_hand_made_pictures():
 
 
 def test_scorecard_refuses_unpaired_or_wrongly_sized_samples():
-    from driftless.bench.drift import scorecard
+    from driftless.shapes import scorecard
 
     net = _FixedNet({}, {})
     pictures = torch.rand(2, dataset.SIZE, dataset.SIZE, 3)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from driftless.trainers.lora_adapter import LoraAdapter, check_rank
+from driftless.lora.adapter import LoraAdapter, check_rank
 
 
 class Net(torch.nn.Module):

@@ -10,8 +10,8 @@ import math
 
 import pytest
 import torch
-from driftless.trainers.lora_files import LoraWeights, load_lora, save_lora
-from driftless.trainers.lora_formats import (
+from driftless.lora.files import LoraWeights, load_lora, save_lora
+from driftless.lora.formats import (
     LoraDoesNotFit,
     UnknownLoraFormat,
     detect_format,
@@ -19,8 +19,8 @@ from driftless.trainers.lora_formats import (
     read_layers,
     to_native,
 )
-from driftless.trainers.lora_formats.architecture import guess
-from driftless.trainers.lora_formats.layout import UnetLayout
+from driftless.lora.formats.architecture import guess
+from driftless.lora.formats.layout import UnetLayout
 
 Q = "input_blocks.1.1.transformer_blocks.0.attn1.to_q"
 K2 = "input_blocks.1.1.transformer_blocks.0.attn2.to_k"
@@ -268,7 +268,7 @@ def test_cross_attention_width_names_the_member():
 
 # ---- files -------------------------------------------------------------------------------------------
 def test_raw_metadata_is_written_as_plain_strings(tmp_path):
-    from driftless.trainers.storage import load_safetensors
+    from driftless.lora.storage import load_safetensors
 
     exported = export(_native(), _layout(), "kohya")
     path = save_lora(exported, tmp_path, "k")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from driftless.trainers.lora_adapter import LoraAdapter
+from driftless.lora.adapter import LoraAdapter
 from driftless.trainers.regularizers import REGULARIZERS, StepContext, chain
 from driftless.trainers.regularizers.dco import DCO, dco_loss
 from driftless.trainers.regularizers.parameter_anchor import ParameterAnchor, delta_norm_squared

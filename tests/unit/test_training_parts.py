@@ -10,7 +10,7 @@ from driftless.trainers.config import TrainConfig
 from driftless.trainers.data import IndexStream
 from driftless.trainers.report import loss_plot, moving_average
 from driftless.trainers.schedules import lr_factor
-from driftless.trainers.storage import load_safetensors, safe_path, save_safetensors_atomic
+from driftless.lora.storage import load_safetensors, safe_path, save_safetensors_atomic
 
 
 def test_schedules_by_hand():

@@ -10,7 +10,7 @@ the training device, so a step costs one concatenation of the parameters and thr
 
 import torch
 
-from ..lora_adapter import KEY_PREFIX
+from ...lora.adapter import KEY_PREFIX
 
 
 def ewc_penalty(params: list[torch.Tensor], anchors: list[torch.Tensor], fisher: list[torch.Tensor], weight: float) -> torch.Tensor:

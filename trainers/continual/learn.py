@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 
 from ..data import IndexStream, TrainingData
-from ..fingerprint import patcher_fingerprint
-from ..lora_adapter import LoraAdapter
+from ...lora.fingerprint import patcher_fingerprint
+from ...lora.adapter import LoraAdapter
 from ..loop import frozen_base
 from .ewc import parameter_keys
 from .fisher import diagonal_fisher, fold, unit_sum

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..storage import load_safetensors, save_safetensors_atomic
+from ...lora.storage import load_safetensors, save_safetensors_atomic
 
 FORMAT = "driftless.concept-pool.v1"
 METADATA_KEY = "driftless_concept_pool"

@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from ..lora_adapter import LoraAdapter
+from ...lora.adapter import LoraAdapter
 from .pool import ConceptPool
 from .scores import dc_errors, repeat_for_concepts
 from .seam import AdaptedModel

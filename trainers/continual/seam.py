@@ -1,7 +1,7 @@
 """The base MODEL with LoRA adapters on a clone of it, outside training: the Fisher pass and the report.
 
 Past concepts' LoRAs are evaluated on the same loaded weights through the activation-space adapter
-(trainers/lora_adapter.py): the input MODEL is cloned, any Driftless LoRA on it is taken off, the
+(lora/adapter.py): the input MODEL is cloned, any Driftless LoRA on it is taken off, the
 adapters are attached to the clone through ComfyUI's injections, and no weight is copied or patched.
 Callers run outside torch.inference_mode (nodes wrap with loop.outside_inference_mode).
 """
@@ -9,7 +9,7 @@ Callers run outside torch.inference_mode (nodes wrap with loop.outside_inference
 import torch
 
 from ..conditioning import model_inputs
-from ..lora_adapter import INJECTION_KEY, LoraAdapter, attach
+from ...lora.adapter import INJECTION_KEY, LoraAdapter, attach
 from ..loop import release_inference_tensors
 from ..objective import Coefficients, sample_sigmas
 

@@ -17,6 +17,10 @@ from typing import Callable
 import torch
 
 
+# transformer_options key naming the forward that runs ("train" or "frozen"), for patches that watch a pass
+PASS_KEY = "driftless_pass"
+
+
 @dataclass
 class TrainingSetup:
     """What a regularizer may use beyond one micro-batch: the run's model seam and its randomness."""
@@ -29,7 +33,7 @@ class TrainingSetup:
     device: torch.device
     config: object  # TrainConfig
     adapter: object = None  # the LoraAdapter being trained
-    base_fingerprint: str = ""  # trainers/fingerprint.py of the base model
+    base_fingerprint: str = ""  # lora/fingerprint.py of the base model
 
 
 @dataclass

@@ -28,9 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import Regularizer, StepContext, TrainingSetup, register
+from . import PASS_KEY, Regularizer, StepContext, TrainingSetup, register
 
-PASS_KEY = "driftless_pass"  # transformer_options key telling the capture which forward is running
 
 
 class OverfitIndicator:

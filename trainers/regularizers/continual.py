@@ -25,7 +25,7 @@ from ..continual.dsc import dsc_loss
 from ..continual.ewc import FlatAnchor, parameter_keys
 from ..continual.pool import ConceptPool, check_trained_against
 from ..continual.scores import repeat_for_concepts, sample_past
-from ..lora_adapter import LoraAdapter
+from ...lora.adapter import LoraAdapter
 from ..objective import Coefficients
 from . import ExtraExamples, Regularizer, StepContext, TrainingSetup, register
 

@@ -1,4 +1,4 @@
-"""Pretraining of the drift benchmark's model, and its cache.
+"""The pretraining recipe of the shapes model (the demo's and the drift benchmark's).
 
 Three stages, seeded and deterministic on a CPU:
 1. the classifier (classifier.py) on rendered pictures;
@@ -9,14 +9,13 @@ Three stages, seeded and deterministic on a CPU:
    with 10% empty captions for classifier-free guidance. The text transformer (real CLIP tokenizer, two
    tiny layers) stays at its seeded random init: the UNet learns to read it.
 
-Everything lands in ~/.cache/driftless/drift-<hash>/ (the hash covers this code, the generator, the
-model config and the settings): one checkpoint in the SD1.5 layout (model.diffusion_model.*,
-cond_stage_model.*, first_stage_model.*), the classifier, and a report. Files are written atomically;
-a fresh machine builds them, a warm one reuses them.
+`build` writes one checkpoint in the SD1.5 layout (model.diffusion_model.*, cond_stage_model.*,
+first_stage_model.*), the classifier, and a report, each atomically. This file, dataset.py and classifier.py
+are the recipe: their code (comments and docstrings aside), the settings and the model config make the recipe
+hash that weights.py checks the shipped weights against, and that names the cache of other presets.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -55,63 +54,13 @@ PRESETS = {
     "full": Settings(),
     "quick": Settings(classifier_steps=200, vae_steps=200, pool=2048, unet_steps=500, unet_warmup=50, unet_lr=8e-4),
 }
-# CPU seconds per unit, measured with one torch thread (time.process_time) on the development machine,
-# from the full preset's build on a quiet machine (builds under heavy load measured up to ~35% slower rates)
-CPU_S = {"classifier_step_64": 0.07, "vae_step_32": 0.23, "encode_picture": 0.0025, "unet_sample": 0.0083}
 SMOKE = Settings(classifier_steps=3, classifier_batch=8, vae_steps=3, vae_batch=4, pool=16, unet_steps=20, unet_batch=4, unet_warmup=0)
 
 
-def _sources() -> list[pathlib.Path]:
-    here = pathlib.Path(__file__).resolve().parent
-    return [here / "dataset.py", here / "classifier.py", here / "pretrain.py", here.parent.parent / "tinymodels" / "build.py"]
-
-
-def cache_key(settings: Settings) -> str:
-    """Hash of the settings, the generating code and the drift-bench config (not the other configs)."""
-    from ...tinymodels.configs import CONFIGS
-
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
-    h.update(repr(CONFIGS[ARCHITECTURE]).encode())
-    for path in _sources():
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cache_root() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("DRIFTLESS_CACHE", pathlib.Path.home() / ".cache" / "driftless"))
-
-
-def cache_dir(settings: Settings = Settings()) -> pathlib.Path:
-    return cache_root() / f"drift-{cache_key(settings)}"
-
-
-def is_built(folder: pathlib.Path) -> bool:
-    return all((folder / name).is_file() for name in (CHECKPOINT, CLASSIFIER, REPORT))
-
-
-def ensure(settings: Settings = Settings(), log=print, progress=None) -> pathlib.Path:
-    """The cache folder, built first if it is missing (the report is written last: present = complete).
-    `progress(done, total)` is called as the build advances (see build)."""
-    folder = cache_dir(settings)
-    if is_built(folder):
-        return folder
-    log(f"[drift] pretraining the drift-bench model into {folder} (once per machine; about {estimate_minutes(settings)} CPU-minutes)")
-    build(folder, settings, log, progress)
-    return folder
-
-
-def estimate_minutes(settings: Settings) -> int:
-    """CPU minutes of the whole pretraining at the measured rates (CPU_S): an upper bound for 2 idle cores."""
-    s = CPU_S["classifier_step_64"] * settings.classifier_steps * settings.classifier_batch / 64
-    s += CPU_S["vae_step_32"] * settings.vae_steps * settings.vae_batch / 32 + CPU_S["encode_picture"] * settings.pool
-    s += CPU_S["unet_sample"] * settings.unet_steps * settings.unet_batch
-    return max(1, round(s / 60))
-
-
-def build(folder: pathlib.Path, settings: Settings, log=print, progress=None) -> dict:
-    """Pretrain into `folder`. `progress(done, total)` counts one unit for the classifier, one per VAE step, one
-    for encoding the training set and one per UNet step."""
-    from ...trainers.storage import save_safetensors_atomic
+def build(folder: pathlib.Path, settings: Settings, log=print, progress=None, metadata: dict | None = None) -> dict:
+    """Pretrain into `folder`, `metadata` added to each weight file's. `progress(done, total)` counts one unit for
+    the classifier, one per VAE step, one for encoding the training set and one per UNet step."""
+    from ..lora.storage import save_safetensors_atomic
     from . import classifier
 
     with torch.inference_mode(False), torch.enable_grad():
@@ -131,7 +80,7 @@ def build(folder: pathlib.Path, settings: Settings, log=print, progress=None) ->
 
         net = classifier.train(settings.classifier_steps, settings.classifier_batch, settings.seed, log)
         tick()
-        save_safetensors_atomic(net.state_dict(), folder / CLASSIFIER)
+        save_safetensors_atomic(net.state_dict(), folder / CLASSIFIER, metadata)
         mark("classifier")
         model, clip, vae = _random_model(settings.seed)
         losses = {"vae": train_vae(vae, settings, log, on_step=tick)}
@@ -141,11 +90,11 @@ def build(folder: pathlib.Path, settings: Settings, log=print, progress=None) ->
         mark("encode")
         losses["unet"] = train_unet(model, latents, conds, null, settings, log, on_step=tick)
         mark("unet")
-        save_checkpoint(folder / CHECKPOINT, model, clip, vae, {"settings": dataclasses.asdict(settings)})
+        save_checkpoint(folder / CHECKPOINT, model, clip, vae, {"settings": dataclasses.asdict(settings), **(metadata or {})})
         report = {"settings": dataclasses.asdict(settings), "timings": timings, "threads": torch.get_num_threads(),
                   "classifier_accuracy": classifier.accuracy(net), "losses": {k: _curve(v) for k, v in losses.items()}}
         _write_json(folder / REPORT, report)
-        log(f"[drift] pretraining done in {timings['unet']['wall_s']:.0f} s wall, {timings['unet']['cpu_s']:.0f} s CPU: {folder}")
+        log(f"[shapes] pretraining done in {timings['unet']['wall_s']:.0f} s wall, {timings['unet']['cpu_s']:.0f} s CPU: {folder}")
         return report
 
 
@@ -162,7 +111,7 @@ def _write_json(path: pathlib.Path, data: dict) -> None:
 
 
 def _random_model(seed: int):
-    from ...tinymodels.build import build_tiny_model
+    from ..tinymodels.build import build_tiny_model
 
     return build_tiny_model(ARCHITECTURE, seed)
 
@@ -194,7 +143,7 @@ def train_vae(vae, settings: Settings, log=print, on_step=None) -> list[float]:
         opt.step()
         losses.append(loss.item())
         if step % 50 == 0 or step == settings.vae_steps - 1:
-            log(f"[drift] VAE step {step + 1}/{settings.vae_steps} loss {loss.item():.4f}")
+            log(f"[shapes] VAE step {step + 1}/{settings.vae_steps} loss {loss.item():.4f}")
         if on_step is not None:
             on_step()
     ae.eval().requires_grad_(False)
@@ -245,7 +194,7 @@ def encode_text(clip, text: str) -> torch.Tensor:
 def _training_set(clip, vae, settings: Settings, log=print):
     from . import dataset
 
-    log(f"[drift] encoding {settings.pool} pictures and {len(dataset.all_captions())} captions")
+    log(f"[shapes] encoding {settings.pool} pictures and {len(dataset.all_captions())} captions")
     images, pictures = dataset.draw(settings.pool, settings.seed + 20)
     latents = encode_images(vae, images)
     captions = dataset.all_captions()
@@ -291,7 +240,7 @@ def train_unet(model_patcher, latents, conds, null, settings: Settings, log=prin
         losses.append(loss.item())
         if step % 100 == 0 or step == settings.unet_steps - 1:
             recent = losses[-100:]
-            log(f"[drift] UNet step {step + 1}/{settings.unet_steps} loss {sum(recent) / len(recent):.4f}")
+            log(f"[shapes] UNet step {step + 1}/{settings.unet_steps} loss {sum(recent) / len(recent):.4f}")
         if on_step is not None:
             on_step()
     unet.eval().requires_grad_(False)
@@ -312,7 +261,7 @@ def min_snr_weight(sigma: torch.Tensor, gamma: float) -> torch.Tensor:
 
 def save_checkpoint(path: pathlib.Path, model, clip, vae, metadata: dict) -> None:
     """The SD1.5 checkpoint layout, named `drift-bench` in its metadata (tinymodels/checkpoint.py)."""
-    from ...tinymodels.checkpoint import save_tiny_checkpoint
+    from ..tinymodels.checkpoint import save_tiny_checkpoint
 
     save_tiny_checkpoint(path, ARCHITECTURE, model, clip, vae, metadata)
 
@@ -320,6 +269,6 @@ def save_checkpoint(path: pathlib.Path, model, clip, vae, metadata: dict) -> Non
 def load_checkpoint(path) -> tuple:
     """(MODEL, CLIP, VAE) from a drift-bench checkpoint: ComfyUI's classes from the config, then the weights.
     CheckpointLoaderSimple cannot detect this file (its SD1.5 detection needs the full-size UNet and CLIP-L)."""
-    from ...tinymodels.checkpoint import load_tiny_checkpoint
+    from ..tinymodels.checkpoint import load_tiny_checkpoint
 
     return load_tiny_checkpoint(path)

@@ -12,8 +12,8 @@ ComfyUI's own key maps (layout.py). Neither peft nor diffusers is needed at run 
 
 import logging
 
-from ..lora_files import FORMAT as NATIVE_TAG
-from ..lora_files import LoraWeights
+from ..files import FORMAT as NATIVE_TAG
+from ..files import LoraWeights
 from . import comfyui, diffusers, kohya
 from .architecture import Architecture, guess
 from .layers import LayerWeights, fits, shaped_for

@@ -61,7 +61,7 @@ def train(steps: int, batch: int, seed: int, log=print) -> ShapeColourNet:
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            log(f"[drift] classifier step {step + 1}/{steps} loss {loss.item():.4f}")
+            log(f"[shapes] classifier step {step + 1}/{steps} loss {loss.item():.4f}")
     return net.eval()
 
 

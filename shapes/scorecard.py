@@ -73,6 +73,6 @@ def rows(scores: dict) -> list[list[str]]:
 
 
 def table(title: str, scores: dict) -> str:
-    from ...metrics.report import aligned_lines
+    from ..metrics.report import aligned_lines
 
     return "\n".join([title, *aligned_lines(rows(scores))])

@@ -28,7 +28,7 @@ def select_targets(diffusion_model: torch.nn.Module, preset: str) -> dict[str, t
     """{module name within diffusion_model: module} for the preset, in module order.
 
     Only nn.Linear and groups=1, zero-padded nn.Conv2d layers are eligible: those have an exact
-    activation-space LoRA (see lora_adapter.py).
+    activation-space LoRA (see adapter.py).
     """
     if preset not in TARGET_PRESETS:
         raise ValueError(f"unknown target preset {preset!r}; choose one of {list(TARGET_PRESETS)}")
