@@ -215,7 +215,7 @@ class AddConcept(io.ComfyNode):
     def execute(cls, pool, model, lora, training_data, clip, trigger, prompt, fisher_draws, fisher_decay,
                 concepts_per_score, seed) -> io.NodeOutput:
         from ..trainers.continual.learn import add_concept
-        from ..trainers.loop import outside_inference_mode
+        from ..trainers.model_state import outside_inference_mode
 
         grown = outside_inference_mode(add_concept)(
             pool, model, lora, training_data, _encoder(clip), trigger=trigger, prompt=prompt, draws=fisher_draws,
@@ -341,7 +341,7 @@ class RetentionReport(io.ComfyNode):
     def execute(cls, pool, model, clip, evaluation_data, draws, seed, all_stages) -> io.NodeOutput:
         from ..trainers.continual.retention import as_json, assign_concepts, evaluate, markdown
         from ..lora.fingerprint import patcher_fingerprint
-        from ..trainers.loop import outside_inference_mode
+        from ..trainers.model_state import outside_inference_mode
 
         pool.check_base(patcher_fingerprint(model))
         labels = assign_concepts(pool, evaluation_data.captions)

@@ -136,19 +136,15 @@ class TrainLora(io.ComfyNode):
                 validation_every=0, validation_prompt="", validation_seed=0, validation_steps=20, validation_cfg=5.0,
                 clip=None, vae=None, initial_lora=None, **knobs):
         from ..lora.files import LoraWeights, lora_metadata, save_lora
-        from ..lora.formats import to_native
-        from ..lora.formats.layout import layout_of
-        from ..trainers.loop import train_lora, with_initial_lora
+        from ..trainers.loop import train_lora
+        from ..trainers.start import InitialLora, with_initial_lora
         from ..trainers.report import loss_plot
         from ..trainers.state import ResumeState, checkpoint_paths, latest_state, save_state
         from .host import check_interrupt, lora_folder, progress_reporter, resolve_in_loras
 
         config = _config(checkpoint_every=checkpoint_every, **knobs)
         if initial_lora is not None:
-            try:
-                initial_lora = to_native(initial_lora, layout_of(model))
-            except ValueError as e:
-                raise ValueError(f"initial_lora {e}") from None
+            initial_lora = InitialLora.of(model, initial_lora)
             config = with_initial_lora(config, initial_lora)
         regularizers = list(regularizer or [])
         run_folder = resolve_in_loras(run_name, kind="run name")

@@ -14,14 +14,17 @@ from typing import Callable
 
 import torch
 
+from ..lora.adapter import LoraAdapter, attach
+from ..lora.fingerprint import patcher_fingerprint
 from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
 from .data import IndexStream, TrainingData
-from ..lora.fingerprint import patcher_fingerprint
-from ..lora.adapter import LoraAdapter, attach
+from .model_state import frozen_base, gradient_checkpointing, outside_inference_mode, release_inference_tensors
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
+from .patches import with_patches
 from .regularizers import PASS_KEY, Regularizer, StepContext, TrainingSetup
 from .schedules import lr_factor
+from .start import InitialLora, check_no_regularizer_start, start_from_initial_lora, with_initial_lora
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -59,73 +62,6 @@ def check_latents(model_patcher, data: TrainingData) -> None:
         )
 
 
-def release_inference_tensors(module: torch.nn.Module) -> int:
-    """Re-create parameters and buffers that are inference tensors as ordinary tensors, same values.
-
-    ComfyUI builds and loads models inside torch.inference_mode, and autograd refuses to save an
-    inference tensor for backward (the base weights are needed for the input gradients that reach
-    the LoRA). Each tensor is copied and the original dropped one at a time, so the extra memory is
-    one tensor at most; the model computes bit-identical outputs afterwards. Returns the count.
-    """
-    count = 0
-    with torch.inference_mode(False):
-        for sub in module.modules():
-            for name, p in list(sub._parameters.items()):
-                if p is not None and p.is_inference():
-                    sub._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
-                    count += 1
-            for name, b in list(sub._buffers.items()):
-                if b is not None and b.is_inference():
-                    sub._buffers[name] = b.clone()
-                    count += 1
-    return count
-
-
-@contextmanager
-def frozen_base(module: torch.nn.Module):
-    """No gradients for the base weights while training (restored afterwards): only the LoRA learns."""
-    changed = [p for p in module.parameters() if p.requires_grad]
-    for p in changed:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in changed:
-            if not p.is_inference():  # a flag on an inference tensor cannot be set back, nor does it matter
-                p.requires_grad_(True)
-
-
-@contextmanager
-def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool):
-    """Recompute each UNet layer (res block, transformer, up/downsampler) in backward instead of storing its activations.
-
-    Installed on the loaded model only for the duration of training and removed in `finally`.
-    """
-    blocks = []
-    if enabled:
-        stages = list(getattr(diffusion_model, "input_blocks", [])) + list(getattr(diffusion_model, "output_blocks", []))
-        if hasattr(diffusion_model, "middle_block"):
-            stages.append(diffusion_model.middle_block)
-        for stage in stages:
-            # the UNet iterates its stages' layers itself (forward_timestep_embed): wrap those layers
-            is_container = isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList))
-            blocks += list(stage.children()) if is_container else [stage]
-    for block in blocks:
-        original = block.forward
-
-        def checkpointed(*args, _original=original, **kwargs):
-            if not torch.is_grad_enabled():
-                return _original(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
-
-        block.forward = checkpointed
-    try:
-        yield
-    finally:
-        for block in blocks:
-            del block.forward  # back to the class's forward
-
-
 def train_lora(
     model_patcher,
     data: TrainingData,
@@ -135,27 +71,25 @@ def train_lora(
     on_step: Callable | None = None,  # (step, total, loss, steps/s, the model being trained)
     on_checkpoint: Callable | None = None,
     check_interrupt: Callable | None = None,
-    initial_lora: dict | None = None,
+    initial_lora: InitialLora | dict | None = None,
 ) -> TrainResult:
     """Train a LoRA on a clone of `model_patcher`; the input patcher and its weights are left as they were.
 
-    `initial_lora` (ComfyUI-native, diffusers/PEFT or kohya keys) is the starting point instead of a fresh
-    LoRA: its layers, ranks and alphas replace the config's targets, rank and alpha.
+    `initial_lora` is the starting point instead of a fresh LoRA: its layers, ranks and alphas replace the config's
+    targets, rank and alpha. Give an `InitialLora` (converted once, start.py) or a LoRA in any format the pack reads.
     """
     config.check()
     check_latents(model_patcher, data)
     base_fingerprint = patcher_fingerprint(model_patcher)
     initial = None
     if initial_lora is not None:
-        from ..lora.formats import to_native
-        from ..lora.formats.layout import layout_of
-
-        initial = to_native(initial_lora, layout_of(model_patcher))
+        initial = initial_lora if isinstance(initial_lora, InitialLora) else InitialLora.of(model_patcher, initial_lora)
         config = with_initial_lora(config, initial)
     if resume is not None:
         resume.check_compatible(config, base_fingerprint)
         resume.check_regularizers(regularizers)
-    run = TrainingRun(model_patcher, data, config, list(regularizers), resume, base_fingerprint, initial)
+    run = TrainingRun(model_patcher, data, config, list(regularizers), resume, base_fingerprint,
+                      None if initial is None else initial.weights)
     run.train(on_step, on_checkpoint, check_interrupt)
     run.adapter.strength = 1.0
     if run.extra_adapters:  # the MODEL handed on carries the trained LoRA only
@@ -163,28 +97,6 @@ def train_lora(
             adapter.remove()
         attach(run.clone, [run.adapter])
     return TrainResult(run.clone, run.adapter, run.losses, config.steps, base_fingerprint, run.checkpoints)
-
-
-def with_initial_lora(config: TrainConfig, native_lora: dict) -> TrainConfig:
-    """`config` recording which LoRA training starts from (its fingerprint, checked on resume)."""
-    import dataclasses
-
-    from ..lora.fingerprint import lora_fingerprint
-
-    fingerprint = lora_fingerprint(native_lora)
-    if config.initial_lora and config.initial_lora != fingerprint:
-        raise ValueError(f"the settings name initial LoRA {config.initial_lora} but the LoRA given is {fingerprint}")
-    return dataclasses.replace(config, initial_lora=fingerprint)
-
-
-def outside_inference_mode(method):
-    """The executor runs nodes under inference_mode; tensors that autograd sees must be made outside it."""
-
-    def wrapper(*args, **kwargs):
-        with torch.inference_mode(False), torch.enable_grad():
-            return method(*args, **kwargs)
-
-    return wrapper
 
 
 class TrainingRun:
@@ -341,53 +253,6 @@ class TrainingRun:
             config=self.config, base_fingerprint=self.base_fingerprint, losses=list(self.losses),
             regularizers=self.regularizers,
         )
-
-
-def check_no_regularizer_start(regularizers: list[Regularizer], config, base_fingerprint: str) -> None:
-    """An `initial_lora` input and a regularizer that gives the LoRA to start from cannot both be obeyed."""
-    given = [r.name for r in regularizers if r.initial_lora(config, base_fingerprint) is not None]
-    if given:
-        raise ValueError(
-            f"both the initial_lora input and {given} give a LoRA to start from: disconnect initial_lora "
-            "(continual training starts from the pool's last concept) or remove that regularizer"
-        )
-
-
-def start_from_initial_lora(adapter: LoraAdapter, regularizers: list[Regularizer], config, base_fingerprint: str) -> None:
-    """Load the LoRA a regularizer asks the run to start from (continual learning: the previous concept's)."""
-    given = [(r, state) for r in regularizers if (state := r.initial_lora(config, base_fingerprint)) is not None]
-    if len(given) > 1:
-        raise ValueError(f"regularizers {[r.name for r, _ in given]} each give a LoRA to start from; chain at most one of them")
-    if not given:
-        return
-    regularizer, state = given[0]
-    ours = adapter.lora_state_dict()
-    mismatch = sorted(set(ours) ^ set(state)) or [k for k in ours if tuple(ours[k].shape) != tuple(state[k].shape)]
-    if not mismatch:
-        mismatch = [k for k in ours if k.endswith(".alpha") and float(ours[k]) != float(state[k])]
-    if mismatch:
-        rank = next((int(v.shape[0]) for k, v in state.items() if k.endswith(".lora_down.weight")), "?")
-        raise ValueError(
-            f"{regularizer.name}: the LoRA to start from (rank {rank}, {sum(k.endswith('.lora_down.weight') for k in state)} "
-            f"layers) does not fit this run's LoRA (rank {config.rank}, alpha {config.alpha:g}, target layers "
-            f"{config.targets!r}; first difference: {mismatch[0]}): train with the same rank, alpha and target layers"
-        )
-    adapter.load_lora_state_dict(state)
-
-
-def with_patches(transformer_options: dict, extra: list[dict]) -> dict:
-    """A copy of transformer_options with the regularizers' patches appended (the model's own stay first)."""
-    options = dict(transformer_options)
-    for patch_set in extra:
-        for kind, by_name in patch_set.get("patches", {}).items():
-            patches = dict(options.get("patches", {}))
-            patches[kind] = [*patches.get(kind, []), *by_name]
-            options["patches"] = patches
-        for kind, by_block in patch_set.get("patches_replace", {}).items():
-            replace = dict(options.get("patches_replace", {}))
-            replace[kind] = {**replace.get(kind, {}), **by_block}
-            options["patches_replace"] = replace
-    return options
 
 
 def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:

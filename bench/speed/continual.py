@@ -59,7 +59,7 @@ def fisher_draw_seconds(model, clip, data, pool, teacher, draws: int = 4, k: int
     from ...trainers.continual.learn import concept_fisher
     from ...trainers.continual.seam import AdaptedModel
     from ...lora.adapter import LoraAdapter
-    from ...trainers.loop import outside_inference_mode
+    from ...trainers.model_state import outside_inference_mode
 
     @outside_inference_mode
     def run():

@@ -388,7 +388,9 @@ def test_training_starts_from_an_imported_lora(comfy_host, trained):
     for key in native:
         torch.testing.assert_close(state[key], native[key], rtol=0, atol=1e-8)  # one step at lr 1e-12
     assert result.adapter.layers[0].alpha.item() == 8.0
-    from driftless.trainers.loop import with_initial_lora
+    from driftless.trainers.start import InitialLora, with_initial_lora
 
-    recorded = with_initial_lora(config, native)
+    initial = InitialLora.of(model, export(native, layout, "kohya"))
+    assert initial.fingerprint == lora_fingerprint(native) and set(initial.weights) == set(native)
+    recorded = with_initial_lora(config, initial)
     assert recorded.initial_lora == lora_fingerprint(native) and recorded.fingerprint() != config.fingerprint()

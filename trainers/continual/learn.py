@@ -17,7 +17,7 @@ import torch
 from ..data import IndexStream, TrainingData
 from ...lora.fingerprint import patcher_fingerprint
 from ...lora.adapter import LoraAdapter
-from ..loop import frozen_base
+from ..model_state import frozen_base
 from .ewc import parameter_keys
 from .fisher import diagonal_fisher, fold, unit_sum
 from .pool import Concept, ConceptPool, check_trained_against

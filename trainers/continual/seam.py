@@ -3,14 +3,14 @@
 Past concepts' LoRAs are evaluated on the same loaded weights through the activation-space adapter
 (lora/adapter.py): the input MODEL is cloned, any Driftless LoRA on it is taken off, the
 adapters are attached to the clone through ComfyUI's injections, and no weight is copied or patched.
-Callers run outside torch.inference_mode (nodes wrap with loop.outside_inference_mode).
+Callers run outside torch.inference_mode (nodes wrap with model_state.outside_inference_mode).
 """
 
 import torch
 
 from ..conditioning import model_inputs
 from ...lora.adapter import INJECTION_KEY, LoraAdapter, attach
-from ..loop import release_inference_tensors
+from ..model_state import release_inference_tensors
 from ..objective import Coefficients, sample_sigmas
 
 
