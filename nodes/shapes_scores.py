@@ -39,7 +39,7 @@ class ShapesScores(CheckedNode):
 
     @classmethod
     def execute(cls, subject_images, base_samples, personalized_samples, prompt, preset, filename_prefix) -> io.NodeOutput:
-        from ..metrics.report import cells_image
+        from ..metrics.report import aligned_lines, cells_image
         from ..shapes import scorecard, weights
         from .host import save_json_report
 
@@ -53,7 +53,7 @@ class ShapesScores(CheckedNode):
         report = {"kind": "driftless_shapes_scores", "prompt": prompt, "preset": preset, "seeds": int(base_samples.shape[0]),
                   "scores": scores, "meaning": {name: scorecard.meaning(name) for name in scores}}
         filename, subfolder = save_json_report(report, filename_prefix)
-        text = scorecard.table(title, scores)
+        text = "\n".join([title, *aligned_lines(scorecard.rows(scores))])
         preview = ui.PreviewImage(cells_image(title, scorecard.rows(scores), []), cls=cls).as_dict()
         return io.NodeOutput(text, ui={**preview, "text": [text],
                                        "reports": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})

@@ -70,9 +70,3 @@ def rows(scores: dict) -> list[list[str]]:
     """The scorecard as table cells: a header, then score, base, personalized, meaning."""
     return [["score", "base", "personalized", "meaning"],
             *([name, f"{v['base']:.3f}", f"{v['personalized']:.3f}", meaning(name)] for name, v in scores.items())]
-
-
-def table(title: str, scores: dict) -> str:
-    from ..metrics.report import aligned_lines
-
-    return "\n".join([title, *aligned_lines(rows(scores))])

@@ -139,8 +139,9 @@ def test_scorecard_on_hand_made_pictures():
     assert scores["similarity to base"]["personalized"] == pytest.approx((1 / math.sqrt(1.25) + 0.0) / 2)
     rmse = math.sqrt((0.5**2 + 0.6**2 + 1.0**2) / 6)  # differences (0, .5, 0) and (.6, 0, 1): 3 channels x 2 pictures
     assert scores["pixel RMSE to base"] == {"base": 0.0, "personalized": pytest.approx(rmse)}
-    table = scorecard.table("t", scores)
-    assert "shape is circle" in table and "1.000" in table and table.splitlines()[1].split() == ["score", "base", "personalized", "meaning"]
+    rows = scorecard.rows(scores)
+    assert rows[0] == ["score", "base", "personalized", "meaning"]
+    assert ["shape is circle", "0.000", "1.000", scorecard.meaning("shape is circle")] in rows
 
 
 def test_scorecard_refuses_unpaired_or_wrongly_sized_samples():
