@@ -62,7 +62,7 @@ class ConsoleServer:
             now = time.perf_counter()
             value, total = data.get("value", 0), data.get("max", 0)
             # the first step (the node's total shows at once), then at most every min_progress_interval and every
-            # 1% of the node's steps (a 12-minute pretraining prints about 100 lines), and the last step
+            # 1% of the node's steps (a long node prints about 100 lines), and the last step
             due = now - self._last_progress >= self.min_progress_interval and value - self._last_value >= max(1, total // 100)
             if self._last_value == 0 or value >= total or due:
                 self._last_progress, self._last_value = now, value

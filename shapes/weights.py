@@ -1,7 +1,7 @@
 """Where the shapes model's weights come from: shipped with the pack, or pretrained once into the cache.
 
-The "full" preset ships in `weights/` beside this file: the checkpoint in fp16 (the demo's and the benchmark's
-figures are those of fp32 to the printed digits) and the classifier in fp32. Each file's metadata records the
+The "full" preset ships in `weights/` beside this file: the checkpoint in fp16 (12 MB; every score the demo
+prints was within 0.001 of the fp32 checkpoint's when measured) and the classifier in fp32 (0.75 MB). Each file's metadata records the
 recipe hash (`recipe_hash`: the code of dataset.py, classifier.py and pretrain.py with comments and docstrings
 left out, the preset's settings and the model config). Shipped weights whose hash is not the current recipe's
 are not used: that preset is then pretrained into ~/.cache/driftless/shapes-<hash>/ like any other, and the

@@ -353,9 +353,9 @@ def continual(info: dict, profile: str = "tiny") -> dict:
 
 SHAPES_NOTE = """## Driftless demo: personalize a small pretrained model on a CPU
 
-**Driftless Pretrained Shapes Model** is a small text-to-image model the pack pretrains itself (the drift
-benchmark's model: circles, squares and triangles in four colours on three backgrounds, 32x32). The first run
-trains it once (about 12 minutes on 2 idle CPU cores, cached in `~/.cache/driftless/`); later runs load it in a second.
+**Driftless Pretrained Shapes Model** is a small text-to-image model the pack pretrained itself and ships (the
+drift benchmark's model: circles, squares and triangles in four colours on three backgrounds, 32x32). Its weights
+load in a second; nothing is downloaded or pretrained.
 
 1. four pictures of a subject it has never seen (an orange cross), captioned `a sks on a white background`
    -> **Driftless Training Data** -> **Driftless Train LoRA** (300 steps, ~20 s on a CPU) -> **Driftless Save LoRA**
