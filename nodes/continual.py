@@ -10,6 +10,8 @@ import pathlib
 from comfy_api.latest import io, ui
 
 from ..trainers.continual.pool import METHODS
+from ..trainers.regularizers import continual as continual_regularizer
+from .knobs import knob_inputs
 from .train_lora import REGULARIZER
 from .training_data import TRAINING_DATA
 from .validation import CheckedNode
@@ -42,13 +44,6 @@ def _pool_output(tooltip="The concept pool, for the next concept's regularizer, 
 
 def _encoder(clip):
     return lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))
-
-
-def _k_input(default=5):
-    return io.Int.Input("concepts_per_score", default=default, min=1, max=1000,
-                        tooltip="k: how many past concepts (sampled anew each time) enter a DC score beside c_0 and the "
-                        "current concept. More is a better classifier and costs k + 2 forwards per score; the paper found "
-                        "k = 5 of 6 best.")
 
 
 class ConceptPool(CheckedNode):
@@ -140,20 +135,10 @@ class ContinualRegularizer(io.ComfyNode):
             inputs=[
                 _pool_input(),
                 io.Clip.Input("clip", tooltip="The model's text encoder: encodes c_0 and the past concepts' prompts."),
-                io.Float.Input("ewc_weight", default=1000.0, min=0.0, max=1e12, step=100.0, round=False,
-                               tooltip="λ of the EWC penalty (the pool's Fisher sums to 1 per concept, so λ does not depend on "
-                               "the model size). Larger keeps past concepts better and learns the new one less; 0 = off. "
-                               "Ignored for sequential-LoRA pools."),
-                io.Boolean.Input("distill", default=False,
-                                 tooltip="Diffusion-score consolidation (DSC): run this training as the consolidation of the "
-                                 "concept just trained (connect its LoRA as the teacher). Needs a non-empty pool."),
+                *knob_inputs(continual_regularizer.KNOBS, "ewc_weight", "distill"),
                 io.LoraModel.Input("teacher", optional=True,
                                    tooltip="distill only: the LoRA just trained on this concept (Train LoRA's lora output)."),
-                io.Float.Input("score_weight", default=1.0, min=0.0, max=1e6, step=0.1, round=False,
-                               tooltip="distill only: weight of the DC-score distillation (cross-entropy to both teachers' scores)."),
-                io.Float.Input("noise_weight", default=1.0, min=0.0, max=1e6, step=0.1, round=False,
-                               tooltip="distill only: weight of the noise-prediction distillation (MSE to each teacher on its concept)."),
-                _k_input(),
+                *knob_inputs(continual_regularizer.KNOBS, "score_weight", "noise_weight", "concepts_per_score"),
                 REGULARIZER.Input("chain", optional=True, tooltip="Regularizers configured upstream; this one is added to them."),
             ],
             outputs=[REGULARIZER.Output(display_name="regularizer", tooltip="Connect to Train LoRA's regularizer input.")],
@@ -201,7 +186,7 @@ class AddConcept(io.ComfyNode):
                 io.Float.Input("fisher_decay", default=0.9, min=0.0, max=1.0, step=0.01,
                                tooltip="γ of online EWC: F ← γ·F + F_new. 1 keeps every concept's Fisher in full; lower "
                                "lets old concepts' constraints fade."),
-                _k_input(),
+                *knob_inputs(continual_regularizer.KNOBS, "concepts_per_score"),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seeds the Fisher draws."),
             ],
             outputs=[

@@ -6,8 +6,8 @@ add. The math lives in trainers/regularizers/, one file per method.
 
 from comfy_api.latest import io
 
-from ..trainers.regularizers.dco import MODES as DCO_MODES
-from ..trainers.regularizers.parameter_anchor import FORMS as ANCHOR_FORMS
+from ..trainers.regularizers import apt, dco, parameter_anchor, prior_preservation
+from .knobs import knob_inputs
 from .train_lora import REGULARIZER
 from .validation import CheckedNode
 
@@ -33,11 +33,7 @@ class ParameterAnchor(CheckedNode):
                 "images: the cheapest way to limit drift. Larger λ: less drift, weaker subject."
             ),
             inputs=[
-                io.Float.Input("weight", default=0.01, min=0.0, max=1e6, step=1e-4, round=False,
-                               tooltip="λ. Paper form: start near 0.01 and raise it until drift falls while the subject "
-                               "still appears. Code form: the official scripts use 1e-7 (SD1.5) and 1e-6 (SDXL)."),
-                io.Combo.Input("form", options=list(ANCHOR_FORMS), default="paper",
-                               tooltip=" ".join(f"{k}: {v}." for k, v in ANCHOR_FORMS.items())),
+                *knob_inputs(parameter_anchor.KNOBS),
                 _chain_input(),
             ],
             outputs=[_output()],
@@ -64,12 +60,7 @@ class DCO(CheckedNode):
                 "base model per step (shared with other regularizers that need it)."
             ),
             inputs=[
-                io.Float.Input("beta", default=1000.0, min=1.0, max=1e5, step=10.0,
-                               tooltip="β: how sharply the loss saturates once the LoRA is ahead of the base model. "
-                               "The paper uses 1000 (1000-2000 work)."),
-                io.Float.Input("weight", default=1.0, min=0.0, max=1e4, step=0.1, tooltip="Multiplier of the DCO term."),
-                io.Combo.Input("mode", options=list(DCO_MODES), default="replace",
-                               tooltip=" ".join(f"{k}: {v}." for k, v in DCO_MODES.items())),
+                *knob_inputs(dco.KNOBS),
                 _chain_input(),
             ],
             outputs=[_output()],
@@ -99,8 +90,7 @@ class PriorPreservation(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The text encoder of the model being trained; encodes the class prompt."),
                 io.String.Input("class_prompt", default="a photo of a dog",
                                 tooltip="The class without the identifier: 'a photo of a dog' for 'a photo of sks dog'."),
-                io.Float.Input("weight", default=1.0, min=0.0, max=100.0, step=0.05,
-                               tooltip="λ_prior; DreamBooth uses 1."),
+                *knob_inputs(prior_preservation.KNOBS),
                 io.Image.Input("class_images", optional=True, tooltip="Class images (needs the VAE)."),
                 io.Vae.Input("vae", optional=True, tooltip="Encodes the class images; the model's own VAE."),
                 io.Latent.Input("class_latents", optional=True, tooltip="Class images already encoded (from Class Images)."),
@@ -140,25 +130,7 @@ class APT(io.ComfyNode):
                 "model's. Costs one no-grad base forward (shared) plus the attention maps."
             ),
             inputs=[
-                io.Boolean.Input("adaptive_adjustment", default=True,
-                                 tooltip="ATA: augmentation with probability min(γ, p_max) and loss × (1 − γ) per timestep bin."),
-                io.Float.Input("representation_weight", default=1.0, min=0.0, max=1e6, step=0.01, round=False,
-                               tooltip="λ_dist of representation stabilization (per-channel mean/std of self-attention "
-                               "outputs matched to the base model's); 0 = off. Aim for 1-10% of the denoising loss."),
-                io.Float.Input("attention_weight", default=1000.0, min=0.0, max=1e8, step=1.0, round=False,
-                               tooltip="λ_attn of attention alignment (cross-attention probability maps matched to the base "
-                               "model's); 0 = off. The maps' squared differences are small (~1e-6), hence the large default."),
-                io.Float.Input("p_max", default=0.8, min=0.0, max=1.0, step=0.05,
-                               tooltip="Upper bound of the augmentation probability."),
-                io.Float.Input("zoom_max", default=3.0, min=1.0, max=8.0, step=0.1,
-                               tooltip="Zoom-out factor drawn from [1, zoom_max] (paper: 1-3)."),
-                io.Float.Input("rotation_degrees", default=15.0, min=0.0, max=180.0, step=1.0,
-                               tooltip="Rotation drawn from ±this many degrees (paper: 15)."),
-                io.Int.Input("bins", default=10, min=1, max=100, tooltip="Timestep bins of the indicator (paper: 10)."),
-                io.Float.Input("ema", default=0.1, min=0.001, max=1.0, step=0.01,
-                               tooltip="EMA rate α of the per-bin losses (paper: 0.1)."),
-                io.Float.Input("temperature", default=1000.0, min=1.0, max=1e6, step=10.0,
-                               tooltip="T in γ = 1 − exp(−T·(m_pre − m_θ)) (paper: the 1000 training timesteps)."),
+                *knob_inputs(apt.KNOBS),
                 _chain_input(),
             ],
             outputs=[_output()],

@@ -41,12 +41,12 @@ def build_regularizers(parts: tuple[str, ...], prior=None) -> list:
     out = []
     for part in parts:
         if part == "anchor":
-            out.append(ParameterAnchor(0.01, "paper"))
+            out.append(ParameterAnchor())  # each method at its node defaults
         elif part == "dco":
-            out.append(DCO(1000.0, 1.0, "replace"))
+            out.append(DCO())
         elif part == "apt":
-            out.append(APT(True, representation_weight=1.0, attention_weight=1000.0))
+            out.append(APT())
         elif part == "prior":
             latents, conditioning, class_prompt = prior()
-            out.append(PriorPreservation(latents, conditioning, class_prompt, 1.0))
+            out.append(PriorPreservation(latents, conditioning, class_prompt))
     return out

@@ -38,14 +38,14 @@ def make_regularizers(name: str, class_latents, class_cond):
 
     return {
         "plain LoRA": lambda: [],
-        "parameter anchor": lambda: [ParameterAnchor(0.01)],
+        # the node defaults; the variants below override the one setting their names give
+        "parameter anchor": lambda: [ParameterAnchor()],
         "DCO": lambda: [DCO()],
-        "APT": lambda: [APT(representation_weight=1.0, attention_weight=1000.0)],
+        "APT": lambda: [APT()],
         "prior preservation": lambda: [PriorPreservation(class_latents, class_cond, CLASS_PROMPT)],
         "parameter anchor, weight 0.001": lambda: [ParameterAnchor(0.001)],
         "DCO, beta 250": lambda: [DCO(beta=250.0)],
-        "APT, adaptive adjustment off": lambda: [APT(adaptive_adjustment=False, representation_weight=1.0,
-                                                     attention_weight=1000.0)],
+        "APT, adaptive adjustment off": lambda: [APT(adaptive_adjustment=False)],
     }[name]()
 
 

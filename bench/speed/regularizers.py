@@ -16,10 +16,10 @@ def make_regularizers(name: str, clip, data):
         return []
     if name == FLOOR:
         return [frozen_forward_only()]
-    if name == "parameter anchor":
-        return [ParameterAnchor(0.01)]
+    if name == "parameter anchor":  # each method at its node defaults
+        return [ParameterAnchor()]
     if name == "DCO":
-        return [DCO(mode="add")]
+        return [DCO()]
     if name == "APT":
         return [APT()]
     if name in APT_PARTS:

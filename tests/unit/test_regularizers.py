@@ -109,7 +109,7 @@ def test_registry_and_chaining():
     assert chain(chain(None, a), b) == [a, b]
     with pytest.raises(ValueError, match="form must be one of"):
         ParameterAnchor(1.0, "other")
-    with pytest.raises(ValueError, match="beta > 0"):
+    with pytest.raises(ValueError, match=r"beta must be in \[1, 100000\]"):
         DCO(beta=0)
 
 

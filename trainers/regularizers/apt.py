@@ -29,13 +29,32 @@ import torch
 import torch.nn.functional as F
 
 from . import PASS_KEY, Regularizer, StepContext, TrainingSetup, register
+from .knobs import Knob, check_knobs
+
+KNOBS = {
+    "adaptive_adjustment": Knob(True, "ATA: augmentation with probability min(γ, p_max) and loss × (1 − γ) per "
+                                "timestep bin."),
+    "representation_weight": Knob(1.0, "λ_dist of representation stabilization (per-channel mean/std of self-attention "
+                                  "outputs matched to the base model's); 0 = off. Aim for 1-10% of the denoising loss.",
+                                  min=0.0, max=1e6, step=0.01),
+    "attention_weight": Knob(1000.0, "λ_attn of attention alignment (cross-attention probability maps matched to the "
+                             "base model's); 0 = off. The maps' squared differences are small (~1e-6), hence the large "
+                             "default.", min=0.0, max=1e8, step=1.0),
+    "p_max": Knob(0.8, "Upper bound of the augmentation probability.", min=0.0, max=1.0, step=0.05),
+    "zoom_max": Knob(3.0, "Zoom-out factor drawn from [1, zoom_max] (paper: 1-3).", min=1.0, max=8.0, step=0.1),
+    "rotation_degrees": Knob(15.0, "Rotation drawn from ±this many degrees (paper: 15).", min=0.0, max=180.0, step=1.0),
+    "bins": Knob(10, "Timestep bins of the indicator (paper: 10).", min=1, max=100),
+    "ema": Knob(0.1, "EMA rate α of the per-bin losses (paper: 0.1).", min=0.001, max=1.0, step=0.01),
+    "temperature": Knob(1000.0, "T in γ = 1 − exp(−T·(m_pre − m_θ)) (paper: the 1000 training timesteps).",
+                        min=1.0, max=1e6, step=10.0),
+}
 
 
 
 class OverfitIndicator:
     """Per-bin EMAs of the frozen and the trained model's losses, and γ from their gap (APT eq. for γ_b)."""
 
-    def __init__(self, bins: int = 10, ema: float = 0.1, temperature: float = 1000.0):
+    def __init__(self, bins: int, ema: float, temperature: float):
         self.bins, self.ema, self.temperature = bins, ema, temperature
         self.reset()
 
@@ -193,16 +212,18 @@ class APT(Regularizer):
     name = "apt"
     needs_frozen_prediction = True
 
-    def __init__(self, adaptive_adjustment=True, representation_weight=0.1, attention_weight=1.0,
-                 p_max=0.8, zoom_max=3.0, rotation_degrees=15.0, bins=10, ema=0.1, temperature=1000.0):
-        if representation_weight < 0 or attention_weight < 0:
-            raise ValueError("APT weights must be >= 0")
-        if not (0 <= p_max <= 1 and zoom_max >= 1 and rotation_degrees >= 0):
-            raise ValueError("APT needs 0 <= p_max <= 1, zoom_max >= 1 and rotation_degrees >= 0")
-        self.ata = bool(adaptive_adjustment)
-        self.lambda_dist, self.lambda_attn = float(representation_weight), float(attention_weight)
-        self.p_max, self.zoom_max, self.rotation = float(p_max), float(zoom_max), float(rotation_degrees)
-        self.indicator = OverfitIndicator(bins, ema, temperature)
+    def __init__(self, adaptive_adjustment=KNOBS["adaptive_adjustment"].default,
+                 representation_weight=KNOBS["representation_weight"].default,
+                 attention_weight=KNOBS["attention_weight"].default, p_max=KNOBS["p_max"].default,
+                 zoom_max=KNOBS["zoom_max"].default, rotation_degrees=KNOBS["rotation_degrees"].default,
+                 bins=KNOBS["bins"].default, ema=KNOBS["ema"].default, temperature=KNOBS["temperature"].default):
+        v = check_knobs(KNOBS, "APT", adaptive_adjustment=adaptive_adjustment, representation_weight=representation_weight,
+                        attention_weight=attention_weight, p_max=p_max, zoom_max=zoom_max,
+                        rotation_degrees=rotation_degrees, bins=bins, ema=ema, temperature=temperature)
+        self.ata = v["adaptive_adjustment"]
+        self.lambda_dist, self.lambda_attn = v["representation_weight"], v["attention_weight"]
+        self.p_max, self.zoom_max, self.rotation = v["p_max"], v["zoom_max"], v["rotation_degrees"]
+        self.indicator = OverfitIndicator(v["bins"], v["ema"], v["temperature"])
         self.captured: dict[str, dict] = {}  # per forward ("train", "frozen"): what the patches saw, until the loss
         self.setup: TrainingSetup | None = None
         self._last_gamma = None

@@ -28,24 +28,40 @@ from ..continual.scores import repeat_for_concepts, sample_past
 from ...lora.adapter import LoraAdapter
 from ..objective import Coefficients
 from . import ExtraExamples, Regularizer, StepContext, TrainingSetup, register
+from .knobs import Knob, check_knobs
+
+KNOBS = {
+    "ewc_weight": Knob(1000.0, "λ of the EWC penalty (the pool's Fisher sums to 1 per concept, so λ does not depend on "
+                       "the model size). Larger keeps past concepts better and learns the new one less; 0 = off. "
+                       "Ignored for sequential-LoRA pools.", min=0.0, max=1e12, step=100.0),
+    "distill": Knob(False, "Diffusion-score consolidation (DSC): run this training as the consolidation of the concept "
+                    "just trained (connect its LoRA as the teacher). Needs a non-empty pool."),
+    "score_weight": Knob(1.0, "distill only: weight of the DC-score distillation (cross-entropy to both teachers' "
+                         "scores).", min=0.0, max=1e6, step=0.1),
+    "noise_weight": Knob(1.0, "distill only: weight of the noise-prediction distillation (MSE to each teacher on its "
+                         "concept).", min=0.0, max=1e6, step=0.1),
+    "concepts_per_score": Knob(5, "k: how many past concepts (sampled anew each time) enter a DC score beside c_0 and "
+                               "the current concept. More is a better classifier and costs k + 2 forwards per score; "
+                               "the paper found k = 5 of 6 best.", min=1, max=1000),
+}
 
 
 @register
 class Continual(Regularizer):
     name = "continual"
 
-    def __init__(self, pool: ConceptPool, concept_conditionings: list, pretrained_conditioning, ewc_weight: float = 1000.0,
-                 distill: bool = False, teacher: dict | None = None, score_weight: float = 1.0, noise_weight: float = 1.0,
-                 concepts_per_score: int = 5):
+    def __init__(self, pool: ConceptPool, concept_conditionings: list, pretrained_conditioning,
+                 ewc_weight: float = KNOBS["ewc_weight"].default, distill: bool = KNOBS["distill"].default,
+                 teacher: dict | None = None, score_weight: float = KNOBS["score_weight"].default,
+                 noise_weight: float = KNOBS["noise_weight"].default,
+                 concepts_per_score: int = KNOBS["concepts_per_score"].default):
         if len(concept_conditionings) != len(pool):
             raise ValueError(f"{len(concept_conditionings)} encoded concept prompts for a pool of {len(pool)} concepts")
-        if ewc_weight < 0 or score_weight < 0 or noise_weight < 0:
-            raise ValueError("the continual regularizer's weights must be >= 0")
-        if concepts_per_score < 1:
-            raise ValueError(f"the DC scores need at least one past concept (k >= 1), got {concepts_per_score}")
+        v = check_knobs(KNOBS, "continual regularizer", ewc_weight=ewc_weight, distill=distill, score_weight=score_weight,
+                        noise_weight=noise_weight, concepts_per_score=concepts_per_score)
         self.pool, self.concept_conditionings, self.pretrained_conditioning = pool, list(concept_conditionings), pretrained_conditioning
-        self.ewc_weight, self.distill = float(ewc_weight), bool(distill)
-        self.score_weight, self.noise_weight, self.k = float(score_weight), float(noise_weight), int(concepts_per_score)
+        self.ewc_weight, self.distill = v["ewc_weight"], v["distill"]
+        self.score_weight, self.noise_weight, self.k = v["score_weight"], v["noise_weight"], v["concepts_per_score"]
         self.teacher = teacher
         if self.distill:
             if not pool.concepts:

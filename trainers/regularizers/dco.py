@@ -14,10 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from . import Regularizer, StepContext, register
+from .knobs import Knob, check_knobs
 
 MODES = {
     "replace": "L_DCO is the training loss (the paper's form)",
     "add": "L_DCO is added to the denoising loss",
+}
+KNOBS = {
+    "beta": Knob(1000.0, "β: how sharply the loss saturates once the LoRA is ahead of the base model. The paper uses "
+                 "1000 (1000-2000 work).", min=1.0, max=1e5, step=10.0),
+    "weight": Knob(1.0, "Multiplier of the DCO term.", min=0.0, max=1e4, step=0.1),
+    "mode": Knob("replace", "How the term enters the training loss.", options=MODES),
 }
 
 
@@ -32,12 +39,10 @@ class DCO(Regularizer):
     name = "dco"
     needs_frozen_prediction = True
 
-    def __init__(self, beta: float = 1000.0, weight: float = 1.0, mode: str = "replace"):
-        if mode not in MODES:
-            raise ValueError(f"DCO mode must be one of {list(MODES)}, got {mode!r}")
-        if beta <= 0 or weight < 0:
-            raise ValueError(f"DCO needs beta > 0 and weight >= 0 (got beta {beta}, weight {weight})")
-        self.beta, self.weight, self.mode = float(beta), float(weight), mode
+    def __init__(self, beta: float = KNOBS["beta"].default, weight: float = KNOBS["weight"].default,
+                 mode: str = KNOBS["mode"].default):
+        checked = check_knobs(KNOBS, "DCO", beta=beta, weight=weight, mode=mode)
+        self.beta, self.weight, self.mode = checked["beta"], checked["weight"], checked["mode"]
         self.replaces_denoising_loss = mode == "replace"
 
     def settings(self) -> dict:

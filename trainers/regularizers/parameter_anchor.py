@@ -20,10 +20,17 @@ from collections import defaultdict
 import torch
 
 from . import Regularizer, StepContext, register
+from .knobs import Knob, check_knobs
 
 FORMS = {
     "paper": "λ·Σ‖(α/r)·B·A‖² — the penalty on the weight change itself (the paper's formula)",
     "code": "λ·Σ(‖A‖² + ‖B‖²) — the official LoRA scripts' penalty on the factors",
+}
+KNOBS = {
+    "weight": Knob(0.01, "λ. Paper form: start near 0.01 and raise it until drift falls while the subject still "
+                   "appears. Code form: the official scripts use 1e-7 (SD1.5) and 1e-6 (SDXL).",
+                   min=0.0, max=1e6, step=1e-4),
+    "form": Knob("paper", "Which penalty.", options=FORMS),
 }
 
 
@@ -37,12 +44,9 @@ def delta_norm_squared(down: torch.Tensor, up: torch.Tensor, scale) -> torch.Ten
 class ParameterAnchor(Regularizer):
     name = "parameter_anchor"
 
-    def __init__(self, weight: float = 1.0, form: str = "paper"):
-        if form not in FORMS:
-            raise ValueError(f"parameter anchor form must be one of {list(FORMS)}, got {form!r}")
-        if weight < 0:
-            raise ValueError(f"parameter anchor weight must be >= 0, got {weight}")
-        self.weight, self.form = float(weight), form
+    def __init__(self, weight: float = KNOBS["weight"].default, form: str = KNOBS["form"].default):
+        checked = check_knobs(KNOBS, "parameter anchor", weight=weight, form=form)
+        self.weight, self.form = checked["weight"], checked["form"]
 
     def settings(self) -> dict:
         return {"weight": self.weight, "form": self.form}

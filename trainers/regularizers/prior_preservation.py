@@ -15,19 +15,23 @@ import torch
 from ..data import IndexStream
 from ..objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
 from . import ExtraExamples, Regularizer, StepContext, TrainingSetup, register
+from .knobs import Knob, check_knobs
+
+KNOBS = {
+    "weight": Knob(1.0, "λ_prior; DreamBooth uses 1.", min=0.0, max=100.0, step=0.05),
+}
 
 
 @register
 class PriorPreservation(Regularizer):
     name = "prior_preservation"
 
-    def __init__(self, class_latents: torch.Tensor, class_conditioning, class_prompt: str, weight: float = 1.0):
+    def __init__(self, class_latents: torch.Tensor, class_conditioning, class_prompt: str,
+                 weight: float = KNOBS["weight"].default):
         if class_latents.ndim != 4 or class_latents.shape[0] == 0:
             raise ValueError("prior preservation needs at least one class image")
-        if weight < 0:
-            raise ValueError(f"prior preservation weight must be >= 0, got {weight}")
         self.class_latents, self.class_conditioning = class_latents, class_conditioning
-        self.class_prompt, self.weight = class_prompt, float(weight)
+        self.class_prompt, self.weight = class_prompt, check_knobs(KNOBS, "prior preservation", weight=weight)["weight"]
         self.setup: TrainingSetup | None = None
         self._pending: ExtraExamples | None = None
 

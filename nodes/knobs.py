@@ -1,0 +1,21 @@
+"""Node inputs built from a method's settings (trainers/regularizers/knobs.py): default, range and tooltip."""
+
+from comfy_api.latest import io
+
+
+def knob_input(name: str, knob, **extra):
+    """The widget for one setting: a Boolean, Int or Float input, or a Combo whose tooltip lists the options."""
+    if knob.options is not None:
+        meaning = " ".join(f"{option}: {text}." for option, text in knob.options.items())
+        return io.Combo.Input(name, options=list(knob.options), default=knob.default, tooltip=f"{knob.help} {meaning}", **extra)
+    if isinstance(knob.default, bool):
+        return io.Boolean.Input(name, default=knob.default, tooltip=knob.help, **extra)
+    if isinstance(knob.default, int):
+        return io.Int.Input(name, default=knob.default, min=int(knob.min), max=int(knob.max), tooltip=knob.help, **extra)
+    return io.Float.Input(name, default=knob.default, min=knob.min, max=knob.max, step=knob.step, round=False,
+                          tooltip=knob.help, **extra)
+
+
+def knob_inputs(knobs: dict, *names: str) -> list:
+    """Inputs for `names` (all settings, in their order, when none are named)."""
+    return [knob_input(name, knobs[name]) for name in (names or knobs)]
