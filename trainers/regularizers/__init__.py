@@ -1,7 +1,8 @@
 """Drift regularizers: each adds a term to the training loss, written against `StepContext`.
 
 A regularizer is a small object with a `name`, its `settings()` (recorded in the LoRA file), whether it
-needs the frozen base model's prediction, and `loss(ctx) -> scalar tensor`. Several can be chained;
+needs the frozen base model's prediction, and `loss(ctx) -> scalar tensor`; `Regularizer` below lists every
+other hook and which methods use it. Several can be chained;
 their terms add. The frozen prediction is computed at most once per step, on the same loaded weights
 with the LoRA at strength 0 (a bit-exact base-model forward), and shared by all of them. A regularizer
 that needs its own data (class images) gets the run's `TrainingSetup` once, in `prepare`, and keeps
@@ -82,69 +83,101 @@ class ExtraExamples:
 
 
 class Regularizer(ABC):
+    """A drift regularizer: a term added to the training loss, plus whichever hooks into the run it needs.
+
+    To add a method: a module in this package with its settings (`KNOBS`, knobs.py), a subclass decorated with
+    `@register` that sets `name`, implements `loss` and `settings`, and overrides only the hooks below that it
+    needs; a node in nodes/regularizers.py built from its `KNOBS`; and a row in the property table of
+    tests/comfy/test_regularizer_properties.py (weight 0 equals plain training, exact resume, every model family).
+
+    The trainer (trainers/loop.py) calls, per run: `prepare` once; `initial_lora` and `extra_adapters` while it
+    builds the LoRA; `transformer_patches` once; `state_dict`/`load_state_dict` with checkpoints. Per micro-batch:
+    `augment`, `extra_examples` and `examples_on_batch` before the forward; `begin_pass`/`end_pass` around each
+    forward; `denoising_weight` and `loss` after it. Per optimizer step: `add_parameter_gradients` after backward.
+
+    | hook / flag                         | used by                                  |
+    |-------------------------------------|------------------------------------------|
+    | loss, settings                      | every method                             |
+    | needs_frozen_prediction             | DCO, APT                                 |
+    | replaces_denoising_loss             | DCO (mode replace), continual (distill)  |
+    | prepare                             | APT, prior preservation, continual       |
+    | state_dict, load_state_dict         | APT (indicator EMAs), prior preservation |
+    | augment, denoising_weight           | APT (adaptive adjustment)                |
+    | transformer_patches, begin/end_pass | APT (representation and attention terms) |
+    | extra_examples                      | prior preservation                       |
+    | examples_on_batch                   | continual (DSC)                          |
+    | initial_lora, extra_adapters        | continual                                |
+    | add_parameter_gradients             | parameter anchor                         |
+    """
+
     name = "base"
-    needs_frozen_prediction = False
-    replaces_denoising_loss = False  # True: the trainer drops its own denoising term (DCO's paper form)
+    needs_frozen_prediction = False  # True: the step runs the shared frozen forward (LoRA at strength 0) first
+    replaces_denoising_loss = False  # True: the trainer drops its own denoising term (DCO's paper form, DSC)
 
     def settings(self) -> dict:
+        """The method's settings as recorded in the LoRA file's metadata and checked on resume."""
         return {}
 
     def prepare(self, setup: TrainingSetup) -> None:
-        """Called once per run before the first step."""
+        """Called once per run before the first step, with the run's model seam and generator. Used by APT,
+        prior preservation (encodes its class images) and continual (its anchor and teachers)."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Resumable state saved with each checkpoint (APT's indicator, prior preservation's data order)."""
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        pass
+        """Restore `state_dict` on resume, after `prepare`."""
 
-    # optional hooks into the step, for methods that shape the batch or watch the forwards (APT)
+    # hooks into the step, for methods that shape the batch or watch the forwards
     def augment(self, x0: torch.Tensor, u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Transform the clean latents before noising (default: unchanged)."""
+        """Transform the clean latents before noising (default: unchanged). APT's adaptive augmentation."""
         return x0
 
     def denoising_weight(self, u: torch.Tensor) -> torch.Tensor:
-        """Per-sample multiplier of the denoising loss (default: ones)."""
+        """Per-sample multiplier of the denoising loss (default: ones). APT's (1 − γ)."""
         return torch.ones_like(u)
 
     def extra_examples(self, batch_size: int, example_shape: tuple) -> ExtraExamples | None:
-        """Examples to train in the same forward as the micro-batch (same latent shape), or None."""
+        """Examples to train in the same forward as the micro-batch (same latent shape), or None. Prior
+        preservation's class images."""
         return None
 
     def examples_on_batch(self, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor, caption_inputs: dict) -> ExtraExamples | None:
         """Like `extra_examples`, built from the micro-batch itself (its latents after augmentation, noise,
-        noise levels and captions): other prompts on the same x_t, in the same batched forward (DSC)."""
+        noise levels and captions): other prompts on the same x_t, in the same batched forward. Continual's DSC."""
         return None
 
-    # optional hooks into the run's set-up, for methods that continue from or compare with other LoRAs
+    # hooks into the run's set-up, for methods that continue from or compare with other LoRAs
     def initial_lora(self, config, base_fingerprint: str) -> dict[str, torch.Tensor] | None:
         """LoRA weights (ComfyUI-native keys) the run starts from instead of the fresh init, or None.
-        At most one regularizer of a chain may give them; a resume state overrides them."""
+        At most one regularizer of a chain may give them; a resume state overrides them. Continual."""
         return None
 
     def extra_adapters(self, diffusion_model) -> list:
         """LoRA adapters to install beside the trained one, at strength 0 unless the regularizer sets a
-        strength for its own forwards (past LoRAs evaluated on the same loaded weights)."""
+        strength for its own forwards (past LoRAs evaluated on the same loaded weights). Continual's teachers."""
         return []
 
     def transformer_patches(self, diffusion_model) -> dict:
-        """ComfyUI transformer patches to add to the training forwards ({"patches": ..., "patches_replace": ...})."""
+        """ComfyUI transformer patches to add to the training forwards ({"patches": ..., "patches_replace": ...});
+        the forward's name is in transformer_options[PASS_KEY]. APT's captures."""
         return {}
 
     def begin_pass(self, name: str) -> None:
-        """Called before each forward: name is "train" (the LoRA model) or "frozen" (the base model)."""
+        """Called before each forward: name is "train" (the LoRA model) or "frozen" (the base model). APT."""
 
     def end_pass(self, name: str) -> None:
-        """Called after each forward, under the same grad mode (no grad for "frozen")."""
+        """Called after each forward, under the same grad mode (no grad for "frozen"). APT."""
 
     def add_parameter_gradients(self, adapter, scale: float = 1.0) -> None:
-        """For a term of the LoRA weights alone (the parameter anchor): add `scale` × its gradient to the factors'
-        gradients in closed form, once per optimizer step after the backward passes; its `loss` then returns the
-        value without a graph. `scale` is the loss scale of fp16 training (1 otherwise). Default: nothing."""
+        """For a term of the LoRA weights alone: add `scale` × its gradient to the factors' gradients in closed
+        form, once per optimizer step after the backward passes; its `loss` then returns the value without a
+        graph. `scale` is the loss scale of fp16 training (1 otherwise). The parameter anchor."""
 
     @abstractmethod
     def loss(self, ctx: StepContext) -> torch.Tensor:
-        """A scalar added to the step's loss."""
+        """A scalar added to the step's loss (every method)."""
 
 
 REGULARIZERS: dict[str, type[Regularizer]] = {}

@@ -5,9 +5,10 @@
 x' are images of the subject's class ("a dog") drawn by the base model itself, or given; c_cls is the
 class prompt without the identifier. Training on them keeps the class prior from collapsing onto the
 subject ("language drift"). Each step draws its own class micro-batch (same batch size, its own noise
-and timesteps from the run's generator). When the class latents have the training latents' size, the
-class micro-batch joins the training micro-batch in one batched forward, as DreamBooth's scripts do;
-otherwise it gets its own forward.
+and timesteps) from a generator of its own, seeded from the run's seed (+ CLASS_SEED_OFFSET): the subject's
+draws are the same as in plain training, whatever the weight. When the class latents have the training
+latents' size, the class micro-batch joins the training micro-batch in one batched forward, as DreamBooth's
+scripts do; otherwise it gets its own forward. At weight 0 nothing is drawn or computed.
 """
 
 import torch
@@ -16,6 +17,8 @@ from ..data import IndexStream
 from ..objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
 from . import ExtraExamples, Regularizer, StepContext, TrainingSetup, register
 from .knobs import Knob, check_knobs
+
+CLASS_SEED_OFFSET = 1_000_003  # the class draws' generator: the run's seed plus this
 
 KNOBS = {
     "weight": Knob(1.0, "λ_prior; DreamBooth uses 1.", min=0.0, max=100.0, step=0.05),
@@ -42,31 +45,35 @@ class PriorPreservation(Regularizer):
         self.setup = setup
         self.x0 = setup.prepare_latents(self.class_latents)
         self.inputs = setup.encode(self.class_conditioning, self.x0[:1])
-        self.stream = IndexStream(self.x0.shape[0], setup.generator)
+        self.generator = torch.Generator().manual_seed(setup.config.seed + CLASS_SEED_OFFSET)
+        self.stream = IndexStream(self.x0.shape[0], self.generator)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.stream.state()
+        return {**self.stream.state(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.stream.load_state(state)
+        self.generator.set_state(state["generator"])
 
     def _draw(self, b: int) -> ExtraExamples:
         setup, config = self.setup, self.setup.config
         index = self.stream.take(b).to(setup.device)
         x0 = self.x0[index]
-        noise = torch.randn(x0.shape, generator=setup.generator).to(setup.device)
-        u = config.timestep_min + (config.timestep_max - config.timestep_min) * torch.rand(b, generator=setup.generator)
+        noise = torch.randn(x0.shape, generator=self.generator).to(setup.device)
+        u = config.timestep_min + (config.timestep_max - config.timestep_min) * torch.rand(b, generator=self.generator)
         inputs = {k: v.repeat(b, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
         return ExtraExamples(x0, noise, u, inputs)
 
     def extra_examples(self, batch_size: int, example_shape: tuple) -> ExtraExamples | None:
-        if tuple(self.x0.shape[1:]) != tuple(example_shape):
+        if self.weight == 0 or tuple(self.x0.shape[1:]) != tuple(example_shape):
             return None
         self._pending = self._draw(batch_size)
         return self._pending
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
         examples, self._pending = self._pending, None
+        if self.weight == 0:
+            return ctx.denoising_loss.new_zeros(())
         if examples is None:  # another latent size: a forward of its own
             setup = self.setup
             examples = self._draw(setup.config.batch_size)
