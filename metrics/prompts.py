@@ -2,7 +2,7 @@
 
 DreamBench prompts carry a rare-token identifier ("a sks dog in the snow"). CLIP has never seen "sks", so
 CLIP-T compares the image with the prompt where the identifier is removed or replaced by the class noun
-(DreamBooth, §4.1; implementations differ, papers.md §0). The rule here:
+(DreamBooth, §4.1; implementations differ, docs/papers.md §8). The rule here:
 
 - an identifier followed by the class noun ("sks dog", or its plural) is removed: "a dog in the snow";
 - an identifier standing alone ("a photo of sks") is replaced by the class noun: "a photo of dog";

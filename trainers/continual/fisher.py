@@ -10,7 +10,7 @@ estimated as the mean of squared per-draw gradients over N draws. Two sources of
 
 Online EWC (Schwarz et al., ICML 2018, §3.1): F⁽ⁿ⁾ = γ·F⁽ⁿ⁻¹⁾ + F_new. Each new Fisher is scaled to sum 1
 before it is folded in, so the penalty weight λ means the same whatever the loss scale, the DC
-temperature or the number of LoRA parameters (the paper gives no scale; [I] in papers.md §4.3).
+temperature or the number of LoRA parameters (the paper gives no scale; a choice, docs/papers.md §5).
 """
 
 from typing import Callable, Iterable
