@@ -4,6 +4,7 @@ ComfyUI is found at $DRIFTLESS_COMFYUI (set by ./driftless from the cached envir
 does what `main.py --cpu` does before serving: parse-free CLI arguments, folders, built-in extra
 nodes and custom nodes, but no server. Each boot gets its own base directory (models, input,
 output, temp, user, custom_nodes), so nothing is written into the ComfyUI install.
+Where the ComfyUI releases differ, comfy_host.py adapts.
 """
 
 import asyncio
@@ -18,7 +19,6 @@ PACK_DIR = pathlib.Path(__file__).resolve().parent.parent
 PACK_NAME = "driftless"
 # a node id every working install of the pack registers; used to check that it loaded
 SENTINEL_NODE = "DriftlessTinyModel"
-TESTED_COMFYUI_VERSION = "0.3.75"
 
 
 class ComfyUINotFound(RuntimeError):

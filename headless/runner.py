@@ -144,13 +144,14 @@ def execute(prompt: dict, output_nodes: list[str], stream=None, prompt_id: str |
     """Execute a validated prompt; Ctrl+C interrupts the running node the way POST /interrupt does."""
     import comfy.model_management
     import comfy.utils
-    import execution
+
+    from .. import comfy_host
 
     prompt_id = prompt_id or str(uuid.uuid4())
     server = ConsoleServer(prompt, stream)
     comfy.utils.PROGRESS_BAR_ENABLED = False  # our progress lines replace the tqdm bars
     comfy.utils.set_progress_bar_global_hook(_progress_hook(server))
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    executor = comfy_host.prompt_executor(server)
 
     previous = signal.getsignal(signal.SIGINT)
     in_main_thread = _is_main_thread()

@@ -19,10 +19,11 @@ UNSAVED_CLIP_KEYS = (".logit_scale", ".transformer.text_projection.weight")
 
 def save_tiny_checkpoint(path, name: str, model, clip, vae, metadata: dict | None = None) -> pathlib.Path:
     """Write (MODEL, CLIP, VAE) of the tiny architecture `name` to `path` (atomically, fp32)."""
+    from ..comfy_host import checkpoint_state_dict
     from ..lora.storage import save_safetensors_atomic
 
     path = pathlib.Path(path)
-    sd = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
+    sd = checkpoint_state_dict(model, clip, vae)
     save_safetensors_atomic({k: v.float() for k, v in sd.items()}, path, {ARCHITECTURE_KEY: name, **(metadata or {})})
     return path
 

@@ -134,7 +134,9 @@ def test_first_use_builds_the_model_with_progress_then_loads_it(comfy_host, tmp_
     try:
         model, clip, vae = PretrainedShapesModel.execute("quick").result
         total = 2 + tiny.vae_steps + tiny.unet_steps
-        assert seen == [(done, total) for done in range(1, total + 1)]
+        # every unit on 0.3.75; 0.33 throttles the hook between the first and the last update
+        assert seen[0] == (1, total) and seen[-1] == (total, total) and all(t == total for _, t in seen)
+        assert [v for v, _ in seen] == sorted(set(v for v, _ in seen))
         assert weights.is_built(weights.cache_dir(tiny))
         seen.clear()
         again = PretrainedShapesModel.execute("quick").result[0]

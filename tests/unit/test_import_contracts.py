@@ -48,10 +48,12 @@ def _toy_pack(root: pathlib.Path, back_edge: str | None) -> pathlib.Path:
     rooms = {"bench": "headless", "headless": "nodes", "nodes": "trainers", "trainers": "lora", "guidance": "lora",
              "metrics": None, "shapes": "tinymodels", "tinymodels": "lora", "lora": None}
     pack = root / "driftless"
+    pack.mkdir(parents=True)
+    (pack / "comfy_host.py").write_text("thing = 1\n" + ("from .nodes import thing\n" if back_edge == "comfy_host -> nodes" else ""))
     for room, below in rooms.items():
         (pack / room).mkdir(parents=True)
         (pack / room / "__init__.py").write_text("")
-        lines = [f"from ..{below} import thing" if below else ""]
+        lines = [f"from ..{below} import thing" if below else "from ..comfy_host import thing"]
         if back_edge and back_edge.split(" -> ")[0] == room:
             lines.append(f"from ..{back_edge.split(' -> ')[1]} import thing as back")
         (pack / room / "thing.py").write_text("\n".join(lines) + "\nthing = 1\n")
@@ -59,7 +61,8 @@ def _toy_pack(root: pathlib.Path, back_edge: str | None) -> pathlib.Path:
     return root
 
 
-@pytest.mark.parametrize("back_edge", ["lora -> trainers", "nodes -> headless", "trainers -> guidance", "shapes -> nodes"])
+@pytest.mark.parametrize("back_edge", ["lora -> trainers", "nodes -> headless", "trainers -> guidance", "shapes -> nodes",
+                                       "comfy_host -> nodes"])
 def test_a_back_edge_breaks_the_contract(repo, tmp_path, back_edge):
     config = _contract_config(repo, tmp_path, "layers")
     clean = _lint(_toy_pack(tmp_path / "clean", None), config)
