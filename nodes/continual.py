@@ -135,25 +135,24 @@ class ContinualRegularizer(io.ComfyNode):
             inputs=[
                 _pool_input(),
                 io.Clip.Input("clip", tooltip="The model's text encoder: encodes c_0 and the past concepts' prompts."),
-                *knob_inputs(continual_regularizer.KNOBS, "ewc_weight", "distill"),
+                *knob_inputs(continual_regularizer.ContinualConfig, "ewc_weight", "distill"),
                 io.LoraModel.Input("teacher", optional=True,
                                    tooltip="distill only: the LoRA just trained on this concept (Train LoRA's lora output)."),
-                *knob_inputs(continual_regularizer.KNOBS, "score_weight", "noise_weight", "concepts_per_score"),
+                *knob_inputs(continual_regularizer.ContinualConfig, "score_weight", "noise_weight", "concepts_per_score"),
                 REGULARIZER.Input("chain", optional=True, tooltip="Regularizers configured upstream; this one is added to them."),
             ],
             outputs=[REGULARIZER.Output(display_name="regularizer", tooltip="Connect to Train LoRA's regularizer input.")],
         )
 
     @classmethod
-    def execute(cls, pool, clip, ewc_weight, distill, score_weight, noise_weight, concepts_per_score, teacher=None,
-                chain=None) -> io.NodeOutput:
+    def execute(cls, pool, clip, teacher=None, chain=None, **settings) -> io.NodeOutput:
         from ..trainers.regularizers import chain as append
-        from ..trainers.regularizers.continual import Continual
+        from ..trainers.regularizers.continual import Continual, ContinualConfig
 
         encode = _encoder(clip)
-        regularizer = Continual(pool, [encode(c.prompt) for c in pool.concepts], encode(pool.pretrained_prompt),
-                                ewc_weight=ewc_weight, distill=distill, teacher=teacher if distill else None,
-                                score_weight=score_weight, noise_weight=noise_weight, concepts_per_score=concepts_per_score)
+        config = ContinualConfig(**settings)
+        regularizer = Continual(pool, [encode(c.prompt) for c in pool.concepts], encode(pool.pretrained_prompt), config,
+                                teacher=teacher if config.distill else None)
         return io.NodeOutput(append(chain, regularizer))
 
 
@@ -186,7 +185,7 @@ class AddConcept(io.ComfyNode):
                 io.Float.Input("fisher_decay", default=0.9, min=0.0, max=1.0, step=0.01,
                                tooltip="γ of online EWC: F ← γ·F + F_new. 1 keeps every concept's Fisher in full; lower "
                                "lets old concepts' constraints fade."),
-                *knob_inputs(continual_regularizer.KNOBS, "concepts_per_score"),
+                *knob_inputs(continual_regularizer.ContinualConfig, "concepts_per_score"),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seeds the Fisher draws."),
             ],
             outputs=[

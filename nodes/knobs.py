@@ -1,9 +1,11 @@
-"""Node inputs built from a method's settings (trainers/regularizers/knobs.py): default, range and tooltip."""
+"""Node inputs built from a method's config (trainers/regularizers/knobs.py): default, range and tooltip."""
 
 from comfy_api.latest import io
 
+from ..trainers.regularizers.knobs import Knob, knobs
 
-def knob_input(name: str, knob, **extra):
+
+def knob_input(name: str, knob: Knob, **extra):
     """The widget for one setting: a Boolean, Int or Float input, or a Combo whose tooltip lists the options."""
     if knob.options is not None:
         meaning = " ".join(f"{option}: {text}." for option, text in knob.options.items())
@@ -16,6 +18,7 @@ def knob_input(name: str, knob, **extra):
                           tooltip=knob.help, **extra)
 
 
-def knob_inputs(knobs: dict, *names: str) -> list:
-    """Inputs for `names` (all settings, in their order, when none are named)."""
-    return [knob_input(name, knobs[name]) for name in (names or knobs)]
+def knob_inputs(config: type, *names: str) -> list:
+    """Inputs for the settings `names` of a method's config class (all of them, in field order, when none are named)."""
+    settings = knobs(config)
+    return [knob_input(name, settings[name]) for name in (names or settings)]

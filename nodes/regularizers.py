@@ -33,18 +33,18 @@ class ParameterAnchor(CheckedNode):
                 "images: the cheapest way to limit drift. Larger λ: less drift, weaker subject."
             ),
             inputs=[
-                *knob_inputs(parameter_anchor.KNOBS),
+                *knob_inputs(parameter_anchor.ParameterAnchorConfig),
                 _chain_input(),
             ],
             outputs=[_output()],
         )
 
     @classmethod
-    def execute(cls, weight, form, chain=None) -> io.NodeOutput:
+    def execute(cls, chain=None, **settings) -> io.NodeOutput:
         from ..trainers.regularizers import chain as append
-        from ..trainers.regularizers.parameter_anchor import ParameterAnchor as Anchor
+        from ..trainers.regularizers.parameter_anchor import ParameterAnchor as Anchor, ParameterAnchorConfig
 
-        return io.NodeOutput(append(chain, Anchor(weight, form)))
+        return io.NodeOutput(append(chain, Anchor(ParameterAnchorConfig(**settings))))
 
 
 class DCO(CheckedNode):
@@ -60,18 +60,18 @@ class DCO(CheckedNode):
                 "base model per step (shared with other regularizers that need it)."
             ),
             inputs=[
-                *knob_inputs(dco.KNOBS),
+                *knob_inputs(dco.DCOConfig),
                 _chain_input(),
             ],
             outputs=[_output()],
         )
 
     @classmethod
-    def execute(cls, beta, weight, mode, chain=None) -> io.NodeOutput:
+    def execute(cls, chain=None, **settings) -> io.NodeOutput:
         from ..trainers.regularizers import chain as append
-        from ..trainers.regularizers.dco import DCO as Dco
+        from ..trainers.regularizers.dco import DCO as Dco, DCOConfig
 
-        return io.NodeOutput(append(chain, Dco(beta, weight, mode)))
+        return io.NodeOutput(append(chain, Dco(DCOConfig(**settings))))
 
 
 class PriorPreservation(io.ComfyNode):
@@ -90,7 +90,7 @@ class PriorPreservation(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The text encoder of the model being trained; encodes the class prompt."),
                 io.String.Input("class_prompt", default="a photo of a dog",
                                 tooltip="The class without the identifier: 'a photo of a dog' for 'a photo of sks dog'."),
-                *knob_inputs(prior_preservation.KNOBS),
+                *knob_inputs(prior_preservation.PriorPreservationConfig),
                 io.Image.Input("class_images", optional=True, tooltip="Class images (needs the VAE)."),
                 io.Vae.Input("vae", optional=True, tooltip="Encodes the class images; the model's own VAE."),
                 io.Latent.Input("class_latents", optional=True, tooltip="Class images already encoded (from Class Images)."),
@@ -102,7 +102,7 @@ class PriorPreservation(io.ComfyNode):
     @classmethod
     def execute(cls, clip, class_prompt, weight, class_images=None, vae=None, class_latents=None, chain=None):
         from ..trainers.regularizers import chain as append
-        from ..trainers.regularizers.prior_preservation import PriorPreservation as Prior
+        from ..trainers.regularizers.prior_preservation import PriorPreservation as Prior, PriorPreservationConfig
 
         if class_latents is not None:
             latents = class_latents["samples"]
@@ -113,7 +113,7 @@ class PriorPreservation(io.ComfyNode):
         if not class_prompt.strip():
             raise ValueError("the class prompt is empty: name the subject's class, e.g. 'a photo of a dog'")
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(class_prompt))
-        return io.NodeOutput(append(chain, Prior(latents.clone(), conditioning, class_prompt, weight)))
+        return io.NodeOutput(append(chain, Prior(latents.clone(), conditioning, class_prompt, PriorPreservationConfig(weight=weight))))
 
 
 class APT(io.ComfyNode):
@@ -130,20 +130,18 @@ class APT(io.ComfyNode):
                 "model's. Costs one no-grad base forward (shared) plus the attention maps."
             ),
             inputs=[
-                *knob_inputs(apt.KNOBS),
+                *knob_inputs(apt.APTConfig),
                 _chain_input(),
             ],
             outputs=[_output()],
         )
 
     @classmethod
-    def execute(cls, adaptive_adjustment, representation_weight, attention_weight, p_max, zoom_max, rotation_degrees,
-                bins, ema, temperature, chain=None) -> io.NodeOutput:
+    def execute(cls, chain=None, **settings) -> io.NodeOutput:
         from ..trainers.regularizers import chain as append
-        from ..trainers.regularizers.apt import APT as Apt
+        from ..trainers.regularizers.apt import APT as Apt, APTConfig
 
-        return io.NodeOutput(append(chain, Apt(adaptive_adjustment, representation_weight, attention_weight, p_max,
-                                              zoom_max, rotation_degrees, bins, ema, temperature)))
+        return io.NodeOutput(append(chain, Apt(APTConfig(**settings))))
 
 
 class ClassImages(CheckedNode):

@@ -1,13 +1,19 @@
 """The training methods a run compares: a drift regularizer (or a chain of them, `anchor+dco`) at its node's defaults."""
 
+from ...trainers.regularizers.apt import APTConfig
+from ...trainers.regularizers.dco import MODES, DCOConfig
+from ...trainers.regularizers.parameter_anchor import ParameterAnchorConfig
+from ...trainers.regularizers.prior_preservation import PriorPreservationConfig
 from .dataset import DreamBenchError
 
+_anchor, _dco, _apt, _prior = ParameterAnchorConfig(), DCOConfig(), APTConfig(), PriorPreservationConfig()
 METHODS = {
     "plain": "no regularizer (DreamBooth-LoRA)",
-    "anchor": "parameter anchor, λ = 0.01, paper form (Preserve & Personalize)",
-    "dco": "DCO, β = 1000, replacing the denoising loss (Lee et al. 2024)",
-    "apt": "APT with adaptive adjustment, representation weight 1, attention weight 1000 (Chae et al. 2025)",
-    "prior": "DreamBooth prior preservation, weight 1, --class-images images sampled by the base model",
+    "anchor": f"parameter anchor, λ = {_anchor.weight:g}, {_anchor.form} form (Preserve & Personalize)",
+    "dco": f"DCO, β = {_dco.beta:g}, mode {_dco.mode}: {MODES[_dco.mode]} (Lee et al. 2024)",
+    "apt": f"APT with adaptive adjustment {'on' if _apt.adaptive_adjustment else 'off'}, representation weight "
+           f"{_apt.representation_weight:g}, attention weight {_apt.attention_weight:g} (Chae et al. 2025)",
+    "prior": f"DreamBooth prior preservation, weight {_prior.weight:g}, --class-images images sampled by the base model",
 }
 GUIDANCE = {
     "cfg": "classifier-free guidance of the personalized model (LoRA at 1 in both branches)",

@@ -43,7 +43,7 @@ def make_regularizers(name: str, class_latents, class_cond):
         "DCO": lambda: [DCO()],
         "APT": lambda: [APT()],
         "prior preservation": lambda: [PriorPreservation(class_latents, class_cond, CLASS_PROMPT)],
-        "parameter anchor, weight 0.001": lambda: [ParameterAnchor(0.001)],
+        "parameter anchor, weight 0.001": lambda: [ParameterAnchor(weight=0.001)],
         "DCO, beta 250": lambda: [DCO(beta=250.0)],
         "APT, adaptive adjustment off": lambda: [APT(adaptive_adjustment=False)],
     }[name]()

@@ -4,18 +4,10 @@ import pytest
 import torch
 
 from driftless.trainers.config import TrainConfig
+from driftless.trainers.regularizers.continual import ContinualConfig
 
 FAST = dict(rank=4, alpha=4.0, learning_rate=2e-3, null_prompt_dropout=0.0, targets="attention")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models' matrices are too small to split across threads: on a shared 2-core machine two
-    threads made a training step ~10× slower than one (0.7–1.0 s vs 0.09 s, measured). Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/comfy/conftest.py
 
 
 def _encoder(clip):
@@ -276,11 +268,13 @@ def _two_concepts_graph(architecture="sd15-tiny", pool_file="graph/pool", model_
                         captions="a photo of zwx cat\nzwx cat\nqly cup\na photo of qly cup")
     pool0 = g.node("DriftlessConceptPool", id="pool0", model=model.out(0), method="EWC-DC", pretrained_prompt="a photo",
                    score_temperature=1.0)
-    common = dict(clip=clip, ewc_weight=1000.0, score_weight=1.0, noise_weight=1.0, concepts_per_score=5)
+    defaults = ContinualConfig().as_dict()  # the regularizer nodes' settings at their defaults; distill per node
+    common = dict(clip=clip, **{k: v for k, v in defaults.items() if k != "distill"})
     reg1 = g.node("DriftlessContinualRegularizer", id="reg1", pool=pool0.out(0), distill=False, **common)
     train1 = g.node("DriftlessTrainLoRA", id="train1", model=model.out(0), training_data=data1.out(0), regularizer=reg1.out(0),
                     steps=3, run_name="c1", **KNOBS)
-    add = dict(model=model.out(0), clip=clip, prompt="", fisher_draws=3, fisher_decay=0.9, concepts_per_score=5, seed=0)
+    add = dict(model=model.out(0), clip=clip, prompt="", fisher_draws=3, fisher_decay=0.9,
+               concepts_per_score=defaults["concepts_per_score"], seed=0)
     add1 = g.node("DriftlessAddConcept", id="add1", pool=pool0.out(0), lora=train1.out(1), training_data=data1.out(0),
                   trigger="zwx cat", **add)
     reg2 = g.node("DriftlessContinualRegularizer", id="reg2", pool=add1.out(0), distill=False, **common)
@@ -358,13 +352,13 @@ def test_bad_pools_fail_clearly_and_leave_the_file_alone(run_prompt, tiny_data):
         data = g.node("DriftlessTrainingData", id="data", clip=model.out(1), captions=f"a photo of {trigger}",
                       images=image.out(0), vae=model.out(2))
         pool = g.node("DriftlessLoadConceptPool", id="load", pool_name=pool_name, model=model.out(0))
-        reg = g.node("DriftlessContinualRegularizer", id="reg", pool=pool.out(0), clip=model.out(1), ewc_weight=1000.0,
-                     distill=False, score_weight=1.0, noise_weight=1.0, concepts_per_score=5)
+        reg = g.node("DriftlessContinualRegularizer", id="reg", pool=pool.out(0), clip=model.out(1),
+                     **ContinualConfig().as_dict())  # the node's defaults (distill off)
         train = g.node("DriftlessTrainLoRA", id="train", model=model.out(0), training_data=data.out(0),
                        regularizer=reg.out(0), steps=2, run_name="bad", **KNOBS)
         grown = g.node("DriftlessAddConcept", id="add", pool=pool.out(0), model=model.out(0), lora=train.out(1),
                        training_data=data.out(0), clip=model.out(1), trigger=trigger, prompt="", fisher_draws=2,
-                       fisher_decay=0.9, concepts_per_score=5, seed=0)
+                       fisher_decay=0.9, concepts_per_score=ContinualConfig().concepts_per_score, seed=0)
         g.node("DriftlessSaveConceptPool", id="save", pool=grown.out(0), filename="bad/pool", overwrite=True)
         return g.finalize()
 

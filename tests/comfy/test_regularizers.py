@@ -84,7 +84,7 @@ def test_prior_preservation_resumes_exactly(tiny_data, tmp_path):
     class_latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
 
     def prior():
-        return [PriorPreservation(class_latents, class_cond, "a photo of a cat", 1.0)]
+        return [PriorPreservation(class_latents, class_cond, "a photo of a cat", weight=1.0)]
 
     config = TrainConfig(steps=6, checkpoint_every=3, **FAST)
     straight = train_lora(model, data, config, prior())
@@ -102,6 +102,11 @@ def test_prior_preservation_resumes_exactly(tiny_data, tmp_path):
 def _graph(architecture):
     from comfy_execution.graph_utils import GraphBuilder
 
+    from driftless.trainers.regularizers.apt import APTConfig
+    from driftless.trainers.regularizers.dco import DCOConfig
+    from driftless.trainers.regularizers.parameter_anchor import ParameterAnchorConfig
+    from driftless.trainers.regularizers.prior_preservation import PriorPreservationConfig
+
     g = GraphBuilder(prefix="")
     model = g.node("DriftlessTinyModel", id="model", architecture=architecture, seed=0)
     image = g.node("EmptyImage", id="image", width=64, height=64, batch_size=2, color=0x884422)
@@ -110,12 +115,12 @@ def _graph(architecture):
     classes = g.node("DriftlessClassImages", id="classes", model=model.out(0), clip=model.out(1), vae=model.out(2),
                      class_prompt="a photo of a dog", count=3, seed=0, width=64, height=64, steps=2, cfg=3.0,
                      sampler_name="euler", scheduler="normal")
-    anchor = g.node("DriftlessParameterAnchor", id="anchor", weight=0.01, form="paper")
-    dco = g.node("DriftlessDCO", id="dco", beta=1000.0, weight=1.0, mode="add", chain=anchor.out(0))
-    apt = g.node("DriftlessAPT", id="apt", adaptive_adjustment=True, representation_weight=1.0, attention_weight=1000.0,
-                 p_max=0.8, zoom_max=3.0, rotation_degrees=15.0, bins=10, ema=0.1, temperature=1000.0, chain=dco.out(0))
+    # every regularizer at its node's defaults, but DCO added to the denoising loss (its default replaces it)
+    anchor = g.node("DriftlessParameterAnchor", id="anchor", **ParameterAnchorConfig().as_dict())
+    dco = g.node("DriftlessDCO", id="dco", **{**DCOConfig().as_dict(), "mode": "add"}, chain=anchor.out(0))
+    apt = g.node("DriftlessAPT", id="apt", **APTConfig().as_dict(), chain=dco.out(0))
     prior = g.node("DriftlessPriorPreservation", id="prior", clip=model.out(1), class_prompt="a photo of a dog",
-                   weight=1.0, class_latents=classes.out(1), chain=apt.out(0))
+                   **PriorPreservationConfig().as_dict(), class_latents=classes.out(1), chain=apt.out(0))
     train = g.node(
         "DriftlessTrainLoRA", id="train", model=model.out(0), training_data=data.out(0), regularizer=prior.out(0),
         steps=3, learning_rate=1e-3, rank=4, alpha=4.0, target_layers="attention", batch_size=1, gradient_accumulation=1,
@@ -131,12 +136,14 @@ def _graph(architecture):
 @pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny"])
 def test_all_regularizers_in_a_graph(run_prompt, comfy_host, architecture):
     from driftless.lora.files import load_lora
+    from driftless.trainers.regularizers.prior_preservation import PriorPreservationConfig
 
     result = run_prompt(_graph(architecture))
     assert result.success, result.error
     meta = load_lora(comfy_host.base_directory / "models" / "loras" / "reg" / f"{architecture}.safetensors").metadata
     assert [r["name"] for r in meta["regularizers"]] == ["parameter_anchor", "dco", "apt", "prior_preservation"]
-    assert meta["regularizers"][3] == {"name": "prior_preservation", "weight": 1.0, "class_prompt": "a photo of a dog", "class_images": 3}
+    assert meta["regularizers"][3] == {"name": "prior_preservation", "weight": PriorPreservationConfig().weight,
+                                       "class_prompt": "a photo of a dog", "class_images": 3}
     cache = list((comfy_host.base_directory / "models" / "driftless" / "class_images").glob("*.safetensors"))
     assert cache
 
@@ -262,7 +269,7 @@ def test_parameter_anchor_moves_the_step_by_its_gradient_once(tiny_data, form):
     config = TrainConfig(steps=1, optimizer="SGD", max_grad_norm=0.0, grad_accumulation=2, **FAST)
     weight = 50.0
     plain = train_lora(model, data, config, initial_lora=start).adapter.lora_state_dict()
-    anchored = train_lora(model, data, config, [ParameterAnchor(weight, form)], initial_lora=start).adapter.lora_state_dict()
+    anchored = train_lora(model, data, config, [ParameterAnchor(weight=weight, form=form)], initial_lora=start).adapter.lora_state_dict()
     moved = 0.0
     for prefix in (k[: -len(".lora_down.weight")] for k in start if k.endswith(".lora_down.weight")):
         down = start[f"{prefix}.lora_down.weight"].clone().requires_grad_(True)

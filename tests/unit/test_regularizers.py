@@ -41,8 +41,8 @@ def test_parameter_anchor_both_forms_by_hand():
     scale = 3.0 / 2
     by_hand_paper = sum((scale * l.up.flatten(1) @ l.down.flatten(1)).square().sum() for l in adapter.layers)
     by_hand_code = sum(l.down.square().sum() + l.up.square().sum() for l in adapter.layers)
-    torch.testing.assert_close(ParameterAnchor(0.1, "paper").loss(_ctx(adapter)), 0.1 * by_hand_paper, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ParameterAnchor(2.0, "code").loss(_ctx(adapter)), 2.0 * by_hand_code, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ParameterAnchor(weight=0.1, form="paper").loss(_ctx(adapter)), 0.1 * by_hand_paper, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ParameterAnchor(weight=2.0, form="code").loss(_ctx(adapter)), 2.0 * by_hand_code, rtol=1e-6, atol=1e-6)
 
 
 def _by_hand(adapter, form):
@@ -58,7 +58,7 @@ def test_parameter_anchor_adds_the_gradient_of_its_term_to_the_lora_alone(form):
     backward left; the value carries no graph, so the term is not counted twice."""
     reference, adapter = _adapter(), _adapter()
     (0.3 * _by_hand(reference, form)).backward()
-    anchor = ParameterAnchor(0.3, form)
+    anchor = ParameterAnchor(weight=0.3, form=form)
     assert not anchor.loss(_ctx(adapter)).requires_grad
     anchor.add_parameter_gradients(adapter)  # no gradient yet: made
     for got, want in zip(adapter.parameters(), reference.parameters()):
@@ -76,7 +76,7 @@ def test_parameter_anchor_adds_the_gradient_of_its_term_to_the_lora_alone(form):
 
 def test_parameter_anchor_groups_follow_a_changed_alpha():
     adapter = _adapter()
-    anchor = ParameterAnchor(1.0)
+    anchor = ParameterAnchor(weight=1.0)
     first = anchor.value(adapter)
     with torch.no_grad():
         adapter.layers[0].alpha.fill_(6.0)  # that layer's α/r goes 1.5 → 3: its ‖ΔW‖² is 4 times larger
@@ -105,10 +105,10 @@ def test_reading_the_frozen_prediction_without_a_frozen_forward_says_what_to_set
 
 def test_registry_and_chaining():
     assert {"parameter_anchor", "dco", "prior_preservation"} <= set(REGULARIZERS)
-    a, b = ParameterAnchor(0.1), DCO()
+    a, b = ParameterAnchor(weight=0.1), DCO()
     assert chain(chain(None, a), b) == [a, b]
     with pytest.raises(ValueError, match="form must be one of"):
-        ParameterAnchor(1.0, "other")
+        ParameterAnchor(weight=1.0, form="other")
     with pytest.raises(ValueError, match=r"beta must be in \[1, 100000\]"):
         DCO(beta=0)
 
@@ -283,6 +283,78 @@ def test_apt_cross_attention_matches_sdpa_in_value_and_gradient():
 
 def test_parameter_anchor_of_an_adapter_without_layers_is_zero():
     empty = LoraAdapter({}, rank=2, alpha=3.0)
-    anchor = ParameterAnchor(1.0)
+    anchor = ParameterAnchor(weight=1.0)
     assert anchor.loss(_ctx(empty)).item() == 0.0
     anchor.add_parameter_gradients(empty)  # nothing to add to, and no error
+
+
+# ---- each method's settings, defined once (trainers/regularizers/knobs.py) -----------------------------------------
+
+def _config_classes() -> dict:
+    """Registered name -> the config class defined in that method's module."""
+    import sys
+
+    from driftless.trainers.regularizers.knobs import MethodConfig
+
+    out = {}
+    for name, cls in REGULARIZERS.items():
+        module = vars(sys.modules[cls.__module__]).values()
+        found = [v for v in module if isinstance(v, type) and issubclass(v, MethodConfig) and v is not MethodConfig]
+        assert len(found) == 1, f"{cls.__module__} defines {len(found)} configs, not one"
+        out[name] = found[0]
+    return out
+
+
+def _built_without_settings(name: str):
+    """Each registered class built with its data only (no settings)."""
+    from driftless.trainers.continual.pool import ConceptPool
+
+    data = {"prior_preservation": (torch.zeros(1, 4, 8, 8), None, "a photo of a dog"),
+            "continual": (ConceptPool("base", "EWC-DC", "a photo"), [], None)}
+    return REGULARIZERS[name](*data.get(name, ()))
+
+
+@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+def test_each_method_defines_its_settings_once(name):
+    """A frozen config whose docstring explains every field, each field a knob with help and a range holding its
+    default; the class built without settings has exactly the config's defaults, and records them."""
+    import dataclasses
+
+    from driftless.trainers.regularizers.knobs import knobs
+
+    config_class = _config_classes()[name]
+    assert dataclasses.is_dataclass(config_class) and config_class.__dataclass_params__.frozen
+    assert "(" in config_class.__doc__.splitlines()[0], "the docstring's first line cites the paper"
+    for field, knob in knobs(config_class).items():
+        assert f"{field}:" in config_class.__doc__, f"{config_class.__name__}'s docstring does not explain {field}"
+        assert knob.help
+        if knob.options is None and not isinstance(knob.default, bool):
+            assert knob.min <= knob.default <= knob.max, field
+            assert isinstance(knob.default, int) or knob.step is not None, field
+        elif knob.options is not None:
+            assert knob.default in knob.options
+    regularizer = _built_without_settings(name)
+    assert regularizer.config == config_class()
+    recorded = regularizer.settings()
+    assert all(recorded[k] == v for k, v in config_class().as_dict().items() if k in recorded)
+
+
+def test_settings_are_checked_converted_and_overridden_by_name():
+    import dataclasses
+
+    from driftless.trainers.regularizers.apt import APT, APTConfig
+    from driftless.trainers.regularizers.dco import DCOConfig
+
+    assert DCO(beta=250).config == DCO(DCOConfig(beta=250.0)).config == DCOConfig(beta=250.0)
+    assert type(DCO(beta=250).beta) is float and type(APT(bins=2.0).config.bins) is int
+    assert DCO(DCOConfig(mode="add"), weight=0.5).config == DCOConfig(weight=0.5, mode="add")  # overrides a given config
+    with pytest.raises(ValueError, match=r"APT: bins must be in \[1, 100\], got 0"):
+        APTConfig(bins=0)
+    with pytest.raises(ValueError, match="APT: p_max"):
+        APT(p_max=1.5)
+    with pytest.raises(TypeError):
+        APT(betta=1.0)  # a misspelt setting is not silently ignored
+    with pytest.raises(TypeError, match="expected a ParameterAnchorConfig"):
+        ParameterAnchor(DCOConfig())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DCOConfig().beta = 2.0

@@ -85,10 +85,13 @@ class ExtraExamples:
 class Regularizer(ABC):
     """A drift regularizer: a term added to the training loss, plus whichever hooks into the run it needs.
 
-    To add a method: a module in this package with its settings (`KNOBS`, knobs.py), a subclass decorated with
-    `@register` that sets `name`, implements `loss` and `settings`, and overrides only the hooks below that it
-    needs; a node in nodes/regularizers.py built from its `KNOBS`; and a row in the property table of
-    tests/comfy/test_regularizer_properties.py (weight 0 equals plain training, exact resume, every model family).
+    To add a method: a module in this package with its config, a frozen dataclass `<Method>Config(MethodConfig)`
+    whose fields are `knob(default, help, min=, max=, step=)` and whose docstring cites the paper and explains every
+    field (knobs.py); a subclass decorated with `@register` that sets `name`, takes `(config=None, **overrides)` and
+    keeps `self.config = configured(<Method>Config, config, overrides)`, implements `loss` and `settings`, and overrides
+    only the hooks below that it needs; a node in nodes/regularizers.py whose inputs are `knob_inputs(<Method>Config)`
+    (nodes/knobs.py); and a row in CASES of tests/comfy/test_regularizer_properties.py (weight 0 equals plain
+    training, exact resume, every model family; the node shows the config).
 
     The trainer (trainers/loop.py) calls, per run: `prepare` once; `initial_lora` and `extra_adapters` while it
     builds the LoRA; `transformer_patches` once; `state_dict`/`load_state_dict` with checkpoints. Per micro-batch:
@@ -120,10 +123,12 @@ class Regularizer(ABC):
 
     def prepare(self, setup: TrainingSetup) -> None:
         """Called once per run before the first step, with the run's model seam and generator. Used by APT,
-        prior preservation (encodes its class images) and continual (its anchor and teachers)."""
+        prior preservation (encodes its class images) and continual (its EWC anchor; keeps the seam to encode its
+        concept prompts)."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Resumable state saved with each checkpoint (APT's indicator, prior preservation's data order)."""
+        """Resumable state saved with each checkpoint (APT's indicator, prior preservation's data order and the
+        generator of its class draws)."""
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -24,31 +24,53 @@ silent (α, T, p_max, clamping, latent-space augmentation) are listed in docs/pa
 """
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from . import PASS_KEY, Regularizer, StepContext, TrainingSetup, register
-from .knobs import Knob, check_knobs
+from .knobs import MethodConfig, configured, knob
 
-KNOBS = {
-    "adaptive_adjustment": Knob(True, "ATA: augmentation with probability min(γ, p_max) and loss × (1 − γ) per "
-                                "timestep bin."),
-    "representation_weight": Knob(1.0, "λ_dist of representation stabilization (per-channel mean/std of self-attention "
-                                  "outputs matched to the base model's); 0 = off. Aim for 1-10% of the denoising loss.",
-                                  min=0.0, max=1e6, step=0.01),
-    "attention_weight": Knob(1000.0, "λ_attn of attention alignment (cross-attention probability maps matched to the "
-                             "base model's); 0 = off. The maps' squared differences are small (~1e-6), hence the large "
-                             "default.", min=0.0, max=1e8, step=1.0),
-    "p_max": Knob(0.8, "Upper bound of the augmentation probability.", min=0.0, max=1.0, step=0.05),
-    "zoom_max": Knob(3.0, "Zoom-out factor drawn from [1, zoom_max] (paper: 1-3).", min=1.0, max=8.0, step=0.1),
-    "rotation_degrees": Knob(15.0, "Rotation drawn from ±this many degrees (paper: 15).", min=0.0, max=180.0, step=1.0),
-    "bins": Knob(10, "Timestep bins of the indicator (paper: 10).", min=1, max=100),
-    "ema": Knob(0.1, "EMA rate α of the per-bin losses (paper: 0.1).", min=0.001, max=1.0, step=0.01),
-    "temperature": Knob(1000.0, "T in γ = 1 − exp(−T·(m_pre − m_θ)) (paper: the 1000 training timesteps).",
-                        min=1.0, max=1e6, step=10.0),
-}
 
+@dataclass(frozen=True)
+class APTConfig(MethodConfig):
+    """APT: Adaptive Personalized Training (Chae et al., CVPR 2025, arXiv 2507.02687); the module docstring has
+    the formulas, docs/papers.md §3 the choices where the paper is silent.
+
+    adaptive_adjustment: adaptive training adjustment (ATA) on or off: per timestep bin, augment a sample with
+        probability min(γ_b, p_max) and scale its denoising loss by (1 − γ_b).
+    representation_weight: λ_dist of representation stabilization (RS), matching the per-channel mean and std of
+        every self-attention output to the base model's; 0 turns RS off.
+    attention_weight: λ_attn of attention alignment (AA), matching the head-averaged cross-attention probability
+        maps to the base model's; 0 turns AA off. The maps' squared differences are ~1e-6, hence a large λ.
+    p_max: upper bound of ATA's augmentation probability.
+    zoom_max: ATA's zoom-out factor is drawn from [1, zoom_max] (paper: 1-3).
+    rotation_degrees: ATA's rotation is drawn from ±this many degrees (paper: 15).
+    bins: B, the number of timestep bins of the overfitting indicator (paper: 10).
+    ema: α, the EMA rate of each bin's frozen and trained losses (paper: 0.1).
+    temperature: T in γ_b = clamp(1 − exp(−T·(m_pre − m_θ)), 0, 1) (paper: 1000, its number of timesteps).
+    """
+
+    method: ClassVar[str] = "APT"
+
+    adaptive_adjustment: bool = knob(True, "ATA: augmentation with probability min(γ, p_max) and loss × (1 − γ) per "
+                                     "timestep bin.")
+    representation_weight: float = knob(1.0, "λ_dist of representation stabilization (per-channel mean/std of "
+                                        "self-attention outputs matched to the base model's); 0 = off. Aim for 1-10% of "
+                                        "the denoising loss.", min=0.0, max=1e6, step=0.01)
+    attention_weight: float = knob(1000.0, "λ_attn of attention alignment (cross-attention probability maps matched to "
+                                   "the base model's); 0 = off. The maps' squared differences are small (~1e-6), hence "
+                                   "the large default.", min=0.0, max=1e8, step=1.0)
+    p_max: float = knob(0.8, "Upper bound of the augmentation probability.", min=0.0, max=1.0, step=0.05)
+    zoom_max: float = knob(3.0, "Zoom-out factor drawn from [1, zoom_max] (paper: 1-3).", min=1.0, max=8.0, step=0.1)
+    rotation_degrees: float = knob(15.0, "Rotation drawn from ±this many degrees (paper: 15).", min=0.0, max=180.0,
+                                   step=1.0)
+    bins: int = knob(10, "Timestep bins of the indicator (paper: 10).", min=1, max=100)
+    ema: float = knob(0.1, "EMA rate α of the per-bin losses (paper: 0.1).", min=0.001, max=1.0, step=0.01)
+    temperature: float = knob(1000.0, "T in γ = 1 − exp(−T·(m_pre − m_θ)) (paper: the 1000 training timesteps).",
+                              min=1.0, max=1e6, step=10.0)
 
 
 class OverfitIndicator:
@@ -212,29 +234,18 @@ class APT(Regularizer):
     name = "apt"
     needs_frozen_prediction = True
 
-    def __init__(self, adaptive_adjustment=KNOBS["adaptive_adjustment"].default,
-                 representation_weight=KNOBS["representation_weight"].default,
-                 attention_weight=KNOBS["attention_weight"].default, p_max=KNOBS["p_max"].default,
-                 zoom_max=KNOBS["zoom_max"].default, rotation_degrees=KNOBS["rotation_degrees"].default,
-                 bins=KNOBS["bins"].default, ema=KNOBS["ema"].default, temperature=KNOBS["temperature"].default):
-        v = check_knobs(KNOBS, "APT", adaptive_adjustment=adaptive_adjustment, representation_weight=representation_weight,
-                        attention_weight=attention_weight, p_max=p_max, zoom_max=zoom_max,
-                        rotation_degrees=rotation_degrees, bins=bins, ema=ema, temperature=temperature)
-        self.ata = v["adaptive_adjustment"]
-        self.lambda_dist, self.lambda_attn = v["representation_weight"], v["attention_weight"]
-        self.p_max, self.zoom_max, self.rotation = v["p_max"], v["zoom_max"], v["rotation_degrees"]
-        self.indicator = OverfitIndicator(v["bins"], v["ema"], v["temperature"])
+    def __init__(self, config: APTConfig | None = None, **overrides):
+        """`APT()` is the node's default; `APT(adaptive_adjustment=False)` overrides one setting."""
+        self.config = c = configured(APTConfig, config, overrides)
+        self.ata = c.adaptive_adjustment
+        self.lambda_dist, self.lambda_attn = c.representation_weight, c.attention_weight
+        self.p_max, self.zoom_max, self.rotation = c.p_max, c.zoom_max, c.rotation_degrees
+        self.indicator = OverfitIndicator(c.bins, c.ema, c.temperature)
         self.captured: dict[str, dict] = {}  # per forward ("train", "frozen"): what the patches saw, until the loss
         self.setup: TrainingSetup | None = None
-        self._last_gamma = None
 
     def settings(self) -> dict:
-        return {
-            "adaptive_adjustment": self.ata, "representation_weight": self.lambda_dist,
-            "attention_weight": self.lambda_attn, "p_max": self.p_max, "zoom_max": self.zoom_max,
-            "rotation_degrees": self.rotation, "bins": self.indicator.bins, "ema": self.indicator.ema,
-            "temperature": self.indicator.temperature,
-        }
+        return self.config.as_dict()
 
     def prepare(self, setup: TrainingSetup) -> None:
         self.setup = setup

@@ -19,6 +19,9 @@ in one no-grad forward on the same loaded weights, as two more activation-space 
 per-sample strength (no second model). Math: trainers/continual/{ewc,dsc,scores}.py.
 """
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from ..continual.dsc import dsc_loss
@@ -28,22 +31,38 @@ from ..continual.scores import repeat_for_concepts, sample_past
 from ...lora.adapter import LoraAdapter
 from ..objective import Coefficients
 from . import ExtraExamples, Regularizer, StepContext, TrainingSetup, register
-from .knobs import Knob, check_knobs
+from .knobs import MethodConfig, configured, knob
 
-KNOBS = {
-    "ewc_weight": Knob(1000.0, "λ of the EWC penalty (the pool's Fisher sums to 1 per concept, so λ does not depend on "
-                       "the model size). Larger keeps past concepts better and learns the new one less; 0 = off. "
-                       "Ignored for sequential-LoRA pools.", min=0.0, max=1e12, step=100.0),
-    "distill": Knob(False, "Diffusion-score consolidation (DSC): run this training as the consolidation of the concept "
-                    "just trained (connect its LoRA as the teacher). Needs a non-empty pool."),
-    "score_weight": Knob(1.0, "distill only: weight of the DC-score distillation (cross-entropy to both teachers' "
-                         "scores).", min=0.0, max=1e6, step=0.1),
-    "noise_weight": Knob(1.0, "distill only: weight of the noise-prediction distillation (MSE to each teacher on its "
-                         "concept).", min=0.0, max=1e6, step=0.1),
-    "concepts_per_score": Knob(5, "k: how many past concepts (sampled anew each time) enter a DC score beside c_0 and "
-                               "the current concept. More is a better classifier and costs k + 2 forwards per score; "
-                               "the paper found k = 5 of 6 best.", min=1, max=1000),
-}
+
+@dataclass(frozen=True)
+class ContinualConfig(MethodConfig):
+    """Continual personalization (Jha et al., "Mining your own secrets", ICLR 2025, §3.2-3.3). The concept pool,
+    the past concepts' encoded prompts and the teacher LoRA are data, given to the class beside its config.
+
+    ewc_weight: λ of the EWC penalty (λ/2)·Σ_i F_i·(θ_i − θ*_i)², with the pool's Fisher (normalized to sum 1 per
+        concept, so λ does not depend on the model size); 0 turns it off; sequential-LoRA pools have none.
+    distill: run diffusion-score consolidation (DSC, §3.3): train on L_DSC, distilled from the teacher (the LoRA just
+        trained on this concept) and a random past concept's LoRA, instead of the denoising loss.
+    score_weight: w_s, the weight of L_DSC's DC-score cross-entropy to both teachers (distill only).
+    noise_weight: w_ε, the weight of L_DSC's noise-prediction MSE to each teacher on its concept (distill only).
+    concepts_per_score: k, how many past concepts (drawn anew each time) a DC score compares beside c_0 and the
+        current concept; a score costs k + 2 predictions (the paper found k = 5 of 6 best).
+    """
+
+    method: ClassVar[str] = "continual regularizer"
+
+    ewc_weight: float = knob(1000.0, "λ of the EWC penalty (the pool's Fisher sums to 1 per concept, so λ does not "
+                             "depend on the model size). Larger keeps past concepts better and learns the new one less; "
+                             "0 = off. Ignored for sequential-LoRA pools.", min=0.0, max=1e12, step=100.0)
+    distill: bool = knob(False, "Diffusion-score consolidation (DSC): run this training as the consolidation of the "
+                         "concept just trained (connect its LoRA as the teacher). Needs a non-empty pool.")
+    score_weight: float = knob(1.0, "distill only: weight of the DC-score distillation (cross-entropy to both teachers' "
+                               "scores).", min=0.0, max=1e6, step=0.1)
+    noise_weight: float = knob(1.0, "distill only: weight of the noise-prediction distillation (MSE to each teacher on "
+                               "its concept).", min=0.0, max=1e6, step=0.1)
+    concepts_per_score: int = knob(5, "k: how many past concepts (sampled anew each time) enter a DC score beside c_0 "
+                                   "and the current concept. More is a better classifier and costs k + 2 forwards per "
+                                   "score; the paper found k = 5 of 6 best.", min=1, max=1000)
 
 
 @register
@@ -51,17 +70,14 @@ class Continual(Regularizer):
     name = "continual"
 
     def __init__(self, pool: ConceptPool, concept_conditionings: list, pretrained_conditioning,
-                 ewc_weight: float = KNOBS["ewc_weight"].default, distill: bool = KNOBS["distill"].default,
-                 teacher: dict | None = None, score_weight: float = KNOBS["score_weight"].default,
-                 noise_weight: float = KNOBS["noise_weight"].default,
-                 concepts_per_score: int = KNOBS["concepts_per_score"].default):
+                 config: ContinualConfig | None = None, *, teacher: dict | None = None, **overrides):
+        """`overrides` replace settings of `config` (default: the node's), e.g. `ewc_weight=0.0`."""
         if len(concept_conditionings) != len(pool):
             raise ValueError(f"{len(concept_conditionings)} encoded concept prompts for a pool of {len(pool)} concepts")
-        v = check_knobs(KNOBS, "continual regularizer", ewc_weight=ewc_weight, distill=distill, score_weight=score_weight,
-                        noise_weight=noise_weight, concepts_per_score=concepts_per_score)
+        self.config = c = configured(ContinualConfig, config, overrides)
         self.pool, self.concept_conditionings, self.pretrained_conditioning = pool, list(concept_conditionings), pretrained_conditioning
-        self.ewc_weight, self.distill = v["ewc_weight"], v["distill"]
-        self.score_weight, self.noise_weight, self.k = v["score_weight"], v["noise_weight"], v["concepts_per_score"]
+        self.ewc_weight, self.distill = c.ewc_weight, c.distill
+        self.score_weight, self.noise_weight, self.k = c.score_weight, c.noise_weight, c.concepts_per_score
         self.teacher = teacher
         if self.distill:
             if not pool.concepts:

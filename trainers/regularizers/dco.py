@@ -10,22 +10,37 @@ model on the subject and saturates once the LoRA is ahead by ~1/β, which keeps 
 In the paper, L_DCO is the whole training loss (`replace`); `add` keeps the denoising loss beside it.
 """
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from . import Regularizer, StepContext, register
-from .knobs import Knob, check_knobs
+from .knobs import MethodConfig, configured, knob
 
 MODES = {
     "replace": "L_DCO is the training loss (the paper's form)",
     "add": "L_DCO is added to the denoising loss",
 }
-KNOBS = {
-    "beta": Knob(1000.0, "β: how sharply the loss saturates once the LoRA is ahead of the base model. The paper uses "
-                 "1000 (1000-2000 work).", min=1.0, max=1e5, step=10.0),
-    "weight": Knob(1.0, "Multiplier of the DCO term.", min=0.0, max=1e4, step=0.1),
-    "mode": Knob("replace", "How the term enters the training loss.", options=MODES),
-}
+
+
+@dataclass(frozen=True)
+class DCOConfig(MethodConfig):
+    """Direct Consistency Optimization (Lee et al., 2024, arXiv 2402.12004, eq. 8).
+
+    beta: β of eq. 8, the slope of the log-sigmoid: the loss saturates once the LoRA's error is below the base
+        model's by about 1/β. The paper trains with 1000 and reports 1000-2000 working.
+    weight: multiplier of L_DCO (1 in the paper, where it is the whole loss).
+    mode: "replace", L_DCO is the training loss (the paper); "add", it is added to the denoising loss.
+    """
+
+    method: ClassVar[str] = "DCO"
+
+    beta: float = knob(1000.0, "β: how sharply the loss saturates once the LoRA is ahead of the base model. The paper "
+                       "uses 1000 (1000-2000 work).", min=1.0, max=1e5, step=10.0)
+    weight: float = knob(1.0, "Multiplier of the DCO term.", min=0.0, max=1e4, step=0.1)
+    mode: str = knob("replace", "How the term enters the training loss.", options=MODES)
 
 
 def dco_loss(prediction, frozen_prediction, target, beta: float) -> torch.Tensor:
@@ -39,14 +54,14 @@ class DCO(Regularizer):
     name = "dco"
     needs_frozen_prediction = True
 
-    def __init__(self, beta: float = KNOBS["beta"].default, weight: float = KNOBS["weight"].default,
-                 mode: str = KNOBS["mode"].default):
-        checked = check_knobs(KNOBS, "DCO", beta=beta, weight=weight, mode=mode)
-        self.beta, self.weight, self.mode = checked["beta"], checked["weight"], checked["mode"]
-        self.replaces_denoising_loss = mode == "replace"
+    def __init__(self, config: DCOConfig | None = None, **overrides):
+        """`DCO()` is the node's default; `DCO(beta=250.0)` overrides one setting."""
+        self.config = configured(DCOConfig, config, overrides)
+        self.beta, self.weight, self.mode = self.config.beta, self.config.weight, self.config.mode
+        self.replaces_denoising_loss = self.mode == "replace"
 
     def settings(self) -> dict:
-        return {"beta": self.beta, "weight": self.weight, "mode": self.mode}
+        return self.config.as_dict()
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
         return self.weight * dco_loss(ctx.prediction, ctx.frozen_prediction, ctx.target, self.beta)

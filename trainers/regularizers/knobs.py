@@ -1,17 +1,29 @@
-"""Each method's settings, defined once: default, range and help, read by the node schema and the class alike.
+"""Each method's settings, defined once: a frozen config dataclass whose fields carry default, range and help.
 
-A method module lists its settings as `KNOBS = {name: Knob(...)}` in the order its node shows them; the class
-takes its keyword defaults from there (`Knob.default`) and checks its arguments with `check_knobs`, and the
-node builds its inputs from the same entries (nodes/knobs.py). Benchmarks and tests that want the defaults
-construct the class without those arguments.
+A method module defines `<Method>Config(MethodConfig)`, its fields made with `knob(...)` in the order the node
+shows them, and a docstring that cites the paper and explains every field (peft's configs are the model):
+
+    @dataclass(frozen=True)
+    class DCOConfig(MethodConfig):
+        method: ClassVar[str] = "DCO"
+        beta: float = knob(1000.0, "β: ...", min=1.0, max=1e5, step=10.0)
+
+Making a config checks and converts every value (a ValueError names the method, the setting and its range or
+options). The class takes the config (`DCO(DCOConfig())`) or keyword overrides of it (`DCO(beta=250.0)`), so
+`DCO()` is the node's default; the node builds its inputs from `knobs(DCOConfig)` (nodes/knobs.py).
 """
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
+
+KNOB = "driftless.knob"  # the field metadata key holding a field's Knob
 
 
 @dataclass(frozen=True)
 class Knob:
-    """One setting. The kind follows the default's type: bool (a switch), int, float, or str with `options`."""
+    """One setting as a user sees it. The kind follows the default's type: bool (a switch), int, float, or str with
+    `options`; min/max/step are the widget's range (int and float), `help` its tooltip."""
 
     default: bool | int | float | str
     help: str
@@ -35,16 +47,39 @@ class Knob:
         return value
 
 
-def check_knobs(knobs: dict[str, Knob], method: str, **values) -> dict:
-    """Every value checked against its setting (the error names the method); returns the converted values."""
-    checked = {}
-    for name, value in values.items():
-        try:
-            checked[name] = knobs[name].check(name, value)
-        except ValueError as e:
-            raise ValueError(f"{method}: {e}") from None
-    return checked
+def knob(default, help: str, *, min: float | None = None, max: float | None = None, step: float | None = None,
+         options: dict[str, str] | None = None):
+    """A config field: its default, and the Knob (range, help) the node and the checks read."""
+    return dataclasses.field(default=default, metadata={KNOB: Knob(default, help, min, max, step, options)})
 
 
-def defaults(knobs: dict[str, Knob]) -> dict:
-    return {name: knob.default for name, knob in knobs.items()}
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of the methods' configs: every field is a `knob`, checked and converted when the config is made."""
+
+    method: ClassVar[str] = "regularizer"  # how errors name the method
+
+    def __post_init__(self):
+        for name, setting in knobs(self).items():
+            try:
+                value = setting.check(name, getattr(self, name))
+            except ValueError as e:
+                raise ValueError(f"{self.method}: {e}") from None
+            object.__setattr__(self, name, value)
+
+    def as_dict(self) -> dict:
+        """{setting: value} in field order (what a regularizer records in the LoRA file)."""
+        return {name: getattr(self, name) for name in knobs(self)}
+
+
+def knobs(config) -> dict[str, Knob]:
+    """The settings of a config class or instance, in field order."""
+    return {f.name: f.metadata[KNOB] for f in dataclasses.fields(config)}
+
+
+def configured(config_class: type, config: MethodConfig | None, overrides: dict) -> MethodConfig:
+    """`config` (default: the config class's defaults) with `overrides` replaced, checked: what a class's
+    `__init__(self, config=None, **overrides)` keeps."""
+    if config is not None and not isinstance(config, config_class):
+        raise TypeError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+    return dataclasses.replace(config or config_class(), **overrides)

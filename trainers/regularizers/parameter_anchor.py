@@ -16,22 +16,36 @@ decay on A and B; their λ is 1e-7 for SD1.5, 1e-6 for SDXL). Use it to reproduc
 """
 
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from . import Regularizer, StepContext, register
-from .knobs import Knob, check_knobs
+from .knobs import MethodConfig, configured, knob
 
 FORMS = {
     "paper": "λ·Σ‖(α/r)·B·A‖² — the penalty on the weight change itself (the paper's formula)",
     "code": "λ·Σ(‖A‖² + ‖B‖²) — the official LoRA scripts' penalty on the factors",
 }
-KNOBS = {
-    "weight": Knob(0.01, "λ. Paper form: start near 0.01 and raise it until drift falls while the subject still "
-                   "appears. Code form: the official scripts use 1e-7 (SD1.5) and 1e-6 (SDXL).",
-                   min=0.0, max=1e6, step=1e-4),
-    "form": Knob("paper", "Which penalty.", options=FORMS),
-}
+
+
+@dataclass(frozen=True)
+class ParameterAnchorConfig(MethodConfig):
+    """Parameter anchor (Preserve & Personalize, Kim et al., ICLR 2026, Alg. 1 line 9 and Remark 3).
+
+    weight: λ, the penalty's multiplier: larger, less drift and a weaker subject. 0.01 is a starting point for the
+        paper form; for the code form the official scripts use 1e-7 (SD1.5) and 1e-6 (SDXL).
+    form: "paper", λ·Σ‖ΔW‖² with ΔW = (α/r)·B·A (Theorem 2's bound on the KL to the base model); "code", λ·Σ(‖A‖² +
+        ‖B‖²), weight decay on the factors as the official LoRA scripts do.
+    """
+
+    method: ClassVar[str] = "parameter anchor"
+
+    weight: float = knob(0.01, "λ. Paper form: start near 0.01 and raise it until drift falls while the subject still "
+                         "appears. Code form: the official scripts use 1e-7 (SD1.5) and 1e-6 (SDXL).",
+                         min=0.0, max=1e6, step=1e-4)
+    form: str = knob("paper", "Which penalty.", options=FORMS)
 
 
 def delta_norm_squared(down: torch.Tensor, up: torch.Tensor, scale) -> torch.Tensor:
@@ -44,12 +58,13 @@ def delta_norm_squared(down: torch.Tensor, up: torch.Tensor, scale) -> torch.Ten
 class ParameterAnchor(Regularizer):
     name = "parameter_anchor"
 
-    def __init__(self, weight: float = KNOBS["weight"].default, form: str = KNOBS["form"].default):
-        checked = check_knobs(KNOBS, "parameter anchor", weight=weight, form=form)
-        self.weight, self.form = checked["weight"], checked["form"]
+    def __init__(self, config: ParameterAnchorConfig | None = None, **overrides):
+        """`ParameterAnchor()` is the node's default; `ParameterAnchor(weight=0.1)` overrides one setting."""
+        self.config = configured(ParameterAnchorConfig, config, overrides)
+        self.weight, self.form = self.config.weight, self.config.form
 
     def settings(self) -> dict:
-        return {"weight": self.weight, "form": self.form}
+        return self.config.as_dict()
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
         """The term's value, without a graph: its gradient is added by `add_parameter_gradients`."""

@@ -11,18 +11,31 @@ latents' size, the class micro-batch joins the training micro-batch in one batch
 scripts do; otherwise it gets its own forward. At weight 0 nothing is drawn or computed.
 """
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from ..data import IndexStream
 from ..objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
 from . import ExtraExamples, Regularizer, StepContext, TrainingSetup, register
-from .knobs import Knob, check_knobs
+from .knobs import MethodConfig, configured, knob
 
 CLASS_SEED_OFFSET = 1_000_003  # the class draws' generator: the run's seed plus this
 
-KNOBS = {
-    "weight": Knob(1.0, "λ_prior; DreamBooth uses 1.", min=0.0, max=100.0, step=0.05),
-}
+
+@dataclass(frozen=True)
+class PriorPreservationConfig(MethodConfig):
+    """Prior preservation (DreamBooth, Ruiz et al., CVPR 2023, eq. 2). The class images and prompt are data, given
+    to the class beside its config.
+
+    weight: λ_prior, the weight of the class images' denoising loss against the subject's; DreamBooth uses 1.
+        0 draws and computes nothing (plain training).
+    """
+
+    method: ClassVar[str] = "prior preservation"
+
+    weight: float = knob(1.0, "λ_prior; DreamBooth uses 1.", min=0.0, max=100.0, step=0.05)
 
 
 @register
@@ -30,16 +43,17 @@ class PriorPreservation(Regularizer):
     name = "prior_preservation"
 
     def __init__(self, class_latents: torch.Tensor, class_conditioning, class_prompt: str,
-                 weight: float = KNOBS["weight"].default):
+                 config: PriorPreservationConfig | None = None, **overrides):
         if class_latents.ndim != 4 or class_latents.shape[0] == 0:
             raise ValueError("prior preservation needs at least one class image")
+        self.config = configured(PriorPreservationConfig, config, overrides)
         self.class_latents, self.class_conditioning = class_latents, class_conditioning
-        self.class_prompt, self.weight = class_prompt, check_knobs(KNOBS, "prior preservation", weight=weight)["weight"]
+        self.class_prompt, self.weight = class_prompt, self.config.weight
         self.setup: TrainingSetup | None = None
         self._pending: ExtraExamples | None = None
 
     def settings(self) -> dict:
-        return {"weight": self.weight, "class_prompt": self.class_prompt, "class_images": int(self.class_latents.shape[0])}
+        return {**self.config.as_dict(), "class_prompt": self.class_prompt, "class_images": int(self.class_latents.shape[0])}
 
     def prepare(self, setup: TrainingSetup) -> None:
         self.setup = setup
