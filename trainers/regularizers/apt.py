@@ -20,7 +20,7 @@ training clone's forwards only. The self-attention outputs are held as they come
 forward (frozen) or in the loss (trained), all layers of one shape stacked and reduced together
 (`grouped_channel_stats`). Augmentation acts on the
 latents (the images are already encoded); reflection fills the borders. Choices where the paper is
-silent (α, T, p_max, clamping, latent-space augmentation) are listed in docs/papers.md §3 and are settings here.
+silent or unconfirmed (α, T, p_max, clamping, latent-space augmentation): see docs/papers.md §3; all are settings.
 """
 
 import math
