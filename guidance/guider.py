@@ -2,7 +2,8 @@
 
     D(x) = D_weak(x | ∅) + cfg · (D_ft(x | c) − D_weak(x | ∅)),   θ_ft = θ_base + Δ,  θ_weak = θ_base + s·Δ
 
-(Park et al., ICCV 2025, eq. 6 with ω = 1 − s). The LoRA is merged into the guider's clone at strength 1
+(Park et al., ICCV 2025, with their ω = 1 − s; the formula is reconstructed from the abstract and secondary
+readings, which place it at eqs. 7 and 9: docs/papers.md §6). The LoRA is merged into the guider's clone at strength 1
 the way LoraLoader does it (ComfyUI patches the weights when the clone loads and restores them when it
 unloads), so the conditional branch costs exactly what CFG of the personalized model costs. The weak
 branch is corrected on activations (see lora/adapter.py): y += (s − 1)·Δ(x), computed only on

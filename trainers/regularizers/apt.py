@@ -49,8 +49,9 @@ class APTConfig(MethodConfig):
     zoom_max: ATA's zoom-out factor is drawn from [1, zoom_max] (paper: 1-3).
     rotation_degrees: ATA's rotation is drawn from ±this many degrees (paper: 15).
     bins: B, the number of timestep bins of the overfitting indicator (paper: 10).
-    ema: α, the EMA rate of each bin's frozen and trained losses (paper: 0.1).
-    temperature: T in γ_b = clamp(1 − exp(−T·(m_pre − m_θ)), 0, 1) (paper: 1000, its number of timesteps).
+    ema: α, the EMA rate of each bin's frozen and trained losses (0.1, as secondary sources report the paper's).
+    temperature: T in γ_b = clamp(1 − exp(−T·(m_pre − m_θ)), 0, 1) (1000, the number of timesteps, as secondary
+        sources report the paper's).
     """
 
     method: ClassVar[str] = "APT"
@@ -68,9 +69,10 @@ class APTConfig(MethodConfig):
     rotation_degrees: float = knob(15.0, "Rotation drawn from ±this many degrees (paper: 15).", min=0.0, max=180.0,
                                    step=1.0)
     bins: int = knob(10, "Timestep bins of the indicator (paper: 10).", min=1, max=100)
-    ema: float = knob(0.1, "EMA rate α of the per-bin losses (paper: 0.1).", min=0.001, max=1.0, step=0.01)
-    temperature: float = knob(1000.0, "T in γ = 1 − exp(−T·(m_pre − m_θ)) (paper: the 1000 training timesteps).",
-                              min=1.0, max=1e6, step=10.0)
+    ema: float = knob(0.1, "EMA rate α of the per-bin losses (0.1 as reported from the paper by secondary sources).",
+                      min=0.001, max=1.0, step=0.01)
+    temperature: float = knob(1000.0, "T in γ = 1 − exp(−T·(m_pre − m_θ)) (1000, the training timesteps, as reported "
+                              "from the paper by secondary sources).", min=1.0, max=1e6, step=10.0)
 
 
 class OverfitIndicator:
