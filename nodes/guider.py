@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..guidance.guider import MODES
 from ..guidance.schedules import SCHEDULES, schedule_problems
-from .validation import CheckedNode, validate_combos
+from .validation import CheckedNode
 
 
 class PersonalizationGuider(CheckedNode):
@@ -49,9 +49,6 @@ class PersonalizationGuider(CheckedNode):
 
     @classmethod
     def validate_inputs(cls, **kw) -> bool | str:
-        combos = validate_combos(cls, kw)
-        if combos is not True:
-            return combos
         keys = ("weak_strength", "weak_strength_end", "start", "end")
         if all(k in kw for k in keys):
             problems = schedule_problems(*(kw[k] for k in keys))

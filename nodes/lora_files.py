@@ -73,7 +73,9 @@ class SaveLora(CheckedNode):
         return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name} ({format}, {len(lora)} tensors) in {folder}"))
 
 
-class LoadLora(io.ComfyNode):
+class LoadLora(CheckedNode):
+    checks_itself = ("lora_name",)  # validate_inputs says why a name is refused
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         import folder_paths

@@ -5,7 +5,7 @@ import math
 
 from comfy_api.latest import io
 
-from .validation import CheckedNode, validate_combos
+from .validation import CheckedNode
 
 NONE = "none"
 _LOADED: dict[str, tuple] = {}  # role -> (folder, stamp, backbone): the last backbone of each role stays loaded
@@ -125,6 +125,8 @@ class MetricsNode(CheckedNode):
     """What both metrics nodes share: backbone choices checked before running, and a re-run when the chosen
     backbones' files change."""
 
+    checks_itself = ("clip_model", "dino_model")  # a missing backbone gets a message saying where to put it
+
     @classmethod
     def validate_inputs(cls, **values) -> bool | str:
         problems = [p for p in (_check_choice(values.get("clip_model", NONE), "clip"),
@@ -133,8 +135,7 @@ class MetricsNode(CheckedNode):
             return "; ".join(problems)
         if values.get("clip_model", NONE) == NONE and values.get("dino_model", NONE) == NONE:
             return "choose a clip_model, a dino_model or both (both are 'none')"
-        others = {k: v for k, v in values.items() if k not in ("clip_model", "dino_model")}
-        return validate_combos(cls, others)
+        return True
 
     @classmethod
     def fingerprint_inputs(cls, clip_model=NONE, dino_model=NONE, **_):

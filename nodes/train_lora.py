@@ -8,7 +8,7 @@ from ..trainers.config import DTYPES, OPTIMIZERS, TrainConfig
 from ..trainers.schedules import SCHEDULES
 from ..lora.targets import TARGET_PRESETS
 from .training_data import TRAINING_DATA
-from .validation import validate_combos
+from .validation import CheckedNode
 
 REGULARIZER = io.Custom("DRIFTLESS_REGULARIZER")
 DEFAULTS = TrainConfig()
@@ -18,7 +18,7 @@ def _describe(options: dict) -> str:
     return " ".join(f"{k}: {v}." for k, v in options.items())
 
 
-class TrainLora(io.ComfyNode):
+class TrainLora(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = DEFAULTS
@@ -112,9 +112,6 @@ class TrainLora(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, **kw) -> bool | str:
-        combos = validate_combos(cls, kw)
-        if combos is not True:
-            return combos
         try:
             problems = _config(**kw).problems()
         except TypeError:  # a knob arrives through a link: checked when the node runs

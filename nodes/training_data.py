@@ -2,6 +2,8 @@
 
 from comfy_api.latest import io
 
+from .validation import CheckedNode
+
 TRAINING_DATA = io.Custom("DRIFTLESS_TRAINING_DATA")
 
 
@@ -17,7 +19,7 @@ def split_captions(captions: str, count: int) -> list[str]:
     return lines
 
 
-class TrainingData(io.ComfyNode):
+class TrainingData(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
