@@ -35,9 +35,11 @@ MODES = {
 def adapter_for(model_patcher, lora: dict, name: str) -> LoraAdapter:
     """An adapter for `lora` (ComfyUI-native, diffusers/PEFT or kohya keys) on this model; the error says
     how many of its layers the model has, and for which architecture the LoRA looks made."""
+    from ..lora.files import check_finite
     from ..lora.formats import to_native
     from ..lora.formats.layout import layout_of
 
+    check_finite(lora, f"the LoRA at the guider's {name} input")
     try:
         native = to_native(lora, layout_of(model_patcher))
         return LoraAdapter.from_state_dict(model_patcher.model.diffusion_model, native)

@@ -12,6 +12,31 @@ FORMAT = "driftless.lora.v1"
 PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME = "adapter_model.safetensors", "adapter_config.json"
 
 
+class NonFiniteLora(ValueError):
+    """A LoRA holding NaN or Inf: sampling with it gives black images, training from it fails at once."""
+
+
+def non_finite_tensors(tensors: dict) -> list[str]:
+    """The keys of `tensors` whose floating-point values are not all finite, in key order."""
+    return [key for key in sorted(tensors) if isinstance(tensors[key], torch.Tensor)
+            and tensors[key].is_floating_point() and not bool(torch.isfinite(tensors[key]).all())]
+
+
+def check_finite(tensors: dict, what: str) -> None:
+    """Refuse a LoRA holding NaN or Inf, naming it (`what`: a file or the input it came through) and a layer."""
+    bad = non_finite_tensors(tensors)
+    if not bad:
+        return
+    first = tensors[bad[0]]
+    count = int((~torch.isfinite(first)).sum())
+    raise NonFiniteLora(
+        f"{what} holds NaN or Inf in {len(bad)} of its {len(tensors)} tensors (first: {bad[0]}, {count} of "
+        f"{first.numel()} values): samples with it are black and training cannot start from it. It comes from a "
+        "diverged training run (learning rate too high, or fp16 overflow): use an earlier checkpoint of that run, "
+        "or train it again with a lower learning rate or in bf16/fp32"
+    )
+
+
 class LoraWeights(dict):
     """A LORA_MODEL (dict of tensors, what stock nodes pass around) that also carries its metadata.
 
@@ -46,21 +71,25 @@ def lora_metadata(config, base_fingerprint: str, steps: int, captions: list[str]
 
 
 def save_lora(lora: dict[str, torch.Tensor], folder, name: str, extra_metadata: dict | None = None) -> pathlib.Path:
-    """Atomically write `lora` to folder/name.safetensors; returns the path written."""
+    """Atomically write `lora` to folder/name.safetensors; returns the path written. A LoRA holding NaN or Inf
+    is refused (NonFiniteLora) and nothing is written."""
     path = safe_path(folder, name, ".safetensors")
+    check_finite(lora, f"the LoRA to be written to {path}")  # nothing is written
     metadata = {**getattr(lora, "metadata", {}), **(extra_metadata or {})}
     save_safetensors_atomic(dict(lora), path, metadata, getattr(lora, "raw_metadata", None))
     return path
 
 
 def load_lora(path) -> LoraWeights:
-    """Tensors and metadata (JSON values decoded, other strings as they are) of a LoRA file.
+    """Tensors and metadata (JSON values decoded, other strings as they are) of a LoRA file; one holding NaN or
+    Inf is refused (NonFiniteLora, naming the file and a layer).
 
     A PEFT `save_pretrained` folder keeps its adapter config beside the weights: for a file named
     adapter_model.safetensors, an adapter_config.json next to it is read into metadata["adapter_config"].
     """
     path = pathlib.Path(path)
     tensors, raw = load_safetensors(path)
+    check_finite(tensors, f"LoRA file {path}")
     metadata = {}
     for key, value in raw.items():
         try:

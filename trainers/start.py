@@ -23,10 +23,12 @@ class InitialLora:
     @classmethod
     def of(cls, model_patcher, lora: dict) -> "InitialLora":
         """`lora` in any format the pack reads (ComfyUI-native, diffusers/PEFT, kohya), converted for this model."""
+        from ..lora.files import check_finite
         from ..lora.fingerprint import lora_fingerprint
         from ..lora.formats import to_native
         from ..lora.formats.layout import layout_of
 
+        check_finite(lora, "the LoRA at Train LoRA's initial_lora input")  # not the learning rate's fault
         try:
             native = to_native(lora, layout_of(model_patcher))
         except ValueError as e:

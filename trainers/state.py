@@ -83,7 +83,11 @@ class ResumeState:
             )
 
     def lora_state(self) -> dict[str, torch.Tensor]:
-        return {k[len("lora."):]: v for k, v in self.tensors.items() if k.startswith("lora.")}
+        from ..lora.files import check_finite
+
+        state = {k[len("lora."):]: v for k, v in self.tensors.items() if k.startswith("lora.")}
+        check_finite(state, f"the LoRA of training state {self.path}")
+        return state
 
     def optimizer_state(self) -> dict:
         """torch's optimizer state_dict; tensors are fresh copies (the optimizer updates them in place)."""

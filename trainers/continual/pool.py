@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...lora.files import check_finite
 from ...lora.storage import load_safetensors, save_safetensors_atomic
 
 FORMAT = "driftless.concept-pool.v1"
@@ -127,6 +128,7 @@ class ConceptPool:
         """`lora` must have the pool's layers, shapes and alpha (the pool's LoRA is one LoRA, trained on)."""
         if not trainable_keys(lora):
             raise ValueError(f"{what} has no LoRA layers (no '.lora_down.weight' keys)")
+        check_finite(lora, what)
         if not self.concepts:
             return
         ours, theirs = self.concepts[0].lora, lora
@@ -223,6 +225,7 @@ def load_pool(path) -> ConceptPool:
     if not path.is_file():
         raise ValueError(f"no concept pool file at {path}")
     tensors, raw = load_safetensors(path)
+    check_finite(tensors, f"concept pool file {path}")
     damaged = lambda why: ValueError(f"{path} is a damaged concept pool ({why}); use another copy or start a new pool")  # noqa: E731
     if METADATA_KEY not in raw:
         raise ValueError(f"{path} is not a Driftless concept pool (no {METADATA_KEY!r} metadata; a LoRA or another file?)")
