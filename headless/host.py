@@ -177,5 +177,8 @@ def node_info(node_class: str) -> dict:
     }
     if hasattr(obj, "OUTPUT_TOOLTIPS"):
         info["output_tooltips"] = obj.OUTPUT_TOOLTIPS
+    for flag in ("DEPRECATED", "EXPERIMENTAL"):  # the frontend badges these ([DEPR], [BETA])
+        if getattr(obj, flag, False):
+            info[flag.lower()] = True
     # JSON round trip: the same plain types the HTTP endpoint would hand a client
     return json.loads(json.dumps(info, default=str))

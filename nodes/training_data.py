@@ -64,3 +64,61 @@ class TrainingData(CheckedNode):
         encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))  # noqa: E731
         cache = {text: encode(text) for text in dict.fromkeys(texts)}
         return io.NodeOutput(Data(samples.clone(), [cache[t] for t in texts], encode(""), texts))
+
+
+class LoadImages(CheckedNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DriftlessLoadImages",
+            display_name="Driftless Load Images",
+            category="Driftless/train",
+            description=(
+                "The subject's photos from ComfyUI's input folder as one image batch, for Driftless Training Data "
+                "and the metrics' reference images: one file name or pattern per line (e.g. my_subject_*.png), "
+                "read as Load Image reads a file. Nothing outside the input folder is read."
+            ),
+            inputs=[
+                io.String.Input("files", multiline=True, default="my_subject_*.png",
+                                tooltip="One name or pattern per line, relative to the input folder (sub-folders "
+                                "allowed; * and ? match any characters): in line order, each line's files by name."),
+                io.Int.Input("size", default=0, min=0, max=8192, step=8,
+                             tooltip="0: every photo at the first photo's size (others centre-cropped and scaled to "
+                             "it). Above 0: every photo centre-cropped to a square and scaled to size x size."),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="The photos, one batch, in the order named."),
+                     io.Int.Output(display_name="count", tooltip="How many photos were loaded.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, files, **_) -> bool | str:
+        from ..trainers.photos import find_photos
+
+        try:
+            find_photos(_input_folder(), files)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, files, size=0):
+        """Photos replaced or added under the same names are read again (not taken from the cache)."""
+        from ..trainers.photos import find_photos
+
+        try:
+            return str([(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in find_photos(_input_folder(), files)])
+        except ValueError:
+            return ""
+
+    @classmethod
+    def execute(cls, files, size=0) -> io.NodeOutput:
+        from ..trainers.photos import find_photos, load_photos
+
+        images = load_photos(find_photos(_input_folder(), files), size)
+        return io.NodeOutput(images, images.shape[0])
+
+
+def _input_folder():
+    import folder_paths
+
+    return folder_paths.get_input_directory()

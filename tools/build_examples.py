@@ -14,12 +14,13 @@ EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "example_workflows"
 
 # Each example exists twice: for a real SD1.5 checkpoint (what a user runs) and as a tiny twin the tests run.
 PROFILES = {
-    "real": dict(photos=[f"my_subject_{i}.png" for i in (1, 2, 3)], caption="a photo of sks dog",
+    "real": dict(photos="my_subject_*.png", photo_size=512,
+                 caption="a photo of sks dog",
                  prompt="a photo of sks dog on a beach", grid_prompt="a photo of sks dog in the snow", size=512,
                  train_steps=500, learning_rate=1e-4, rank=16, sample_steps=30, folder="my_subject",
                  class_prompt="a photo of a dog", prior_prompt="a photo of a dog on a beach", class_images=50,
                  class_noun="dog", clip_model="clip-vit-base-patch32", dino_model="dino-vits16", compare_batch=4),
-    "tiny": dict(photos=[f"driftless_demo/sks_cat_{i}.png" for i in (1, 2, 3)], caption="a photo of sks cat",
+    "tiny": dict(photos="driftless_demo/sks_cat_*.png", photo_size=0, caption="a photo of sks cat",
                  prompt="a photo of sks cat on a beach", grid_prompt="a photo of sks cat in the snow", size=64,
                  train_steps=30, learning_rate=1e-3, rank=8, sample_steps=12, folder="driftless_demo",
                  class_prompt="a photo of a cat", prior_prompt="a photo of a cat on a beach", class_images=4,
@@ -29,7 +30,7 @@ CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 REAL_NOTE = """
 
 **Real model**: put an SD1.5 checkpoint in `models/checkpoints` (the workflow names `{ckpt}`; pick yours),
-and {count} photos of your subject in `input/` as `my_subject_1.png` … `my_subject_{count}.png` (or load your own).
+and {photos_text}
 Replace `sks dog` by your trigger word and class. On a 12 GB card keep batch 1; on CPU expect hours."""
 
 
@@ -56,7 +57,13 @@ TINY_METRICS_NOTE = """
 `./driftless python -m driftless.headless.demo_backbones PATH/TO/ComfyUI/models`."""
 
 
-def start(info: dict, profile: str, name: str, note: str, height: int, photos: int, metrics: bool = False):
+PHOTOS_TEXT = ("photos of your subject in `input/` as `my_subject_1.png`, `my_subject_2.png`, … (**Driftless Load "
+               "Images**\ntakes every file matching `my_subject_*.png`, centre-cropped to 512 x 512; {count} are "
+               "enough, more are fine).")
+
+
+def start(info: dict, profile: str, name: str, note: str, height: int, photos: int, metrics: bool = False,
+          photos_text: str = PHOTOS_TEXT):
     """(profile settings, workflow, model loader node) with the explanatory note in the first column."""
     p = PROFILES[profile]
     w = UIWorkflow(info)
@@ -68,9 +75,16 @@ def start(info: dict, profile: str, name: str, note: str, height: int, photos: i
     else:
         model = w.node("CheckpointLoaderSimple", 0, ckpt_name=CHECKPOINT)
         headless = f"./driftless run example_workflows/{name}.json --extra-model-paths-config your_paths.yaml"
-        text = note.format(suffix="", folder=p["folder"], headless=headless) + REAL_NOTE.format(ckpt=CHECKPOINT, count=photos)
+        text = note.format(suffix="", folder=p["folder"], headless=headless) + REAL_NOTE.format(ckpt=CHECKPOINT, photos_text=photos_text.format(count=photos))
         w.note(0, text + (REAL_METRICS_NOTE if metrics else ""), height=height + (290 if metrics else 90))
     return p, w, model
+
+
+def photos(w: UIWorkflow, p: dict, column: int, files: str | None = None, title: str | None = None):
+    """The subject's photos as one batch: Driftless Load Images (current on every tested ComfyUI release, where the core
+    Batch Images node is deprecated from 0.33 on) naming the profile's files or pattern."""
+    extra = {"title": title} if title else {}
+    return w.node("DriftlessLoadImages", column, files=files or p["photos"], size=p["photo_size"], **extra)
 
 
 def backbones(p: dict) -> dict:
@@ -95,9 +109,7 @@ Headless: `{headless}`."""
 
 def demo(info: dict, profile: str = "tiny") -> dict:
     p, w, model = start(info, profile, "personalize_and_guide", DEMO_NOTE, height=500, photos=3, metrics=True)
-    photos = [w.node("LoadImage", 1, image=name) for name in p["photos"]]
-    pair = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
-    batch = w.node("ImageBatch", 1, image1=pair, image2=photos[2])
+    batch = photos(w, p, 1)
     data = w.node("DriftlessTrainingData", 2, clip=model.out(1), captions=p["caption"], images=batch, vae=model.out(2))
     train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=p["train_steps"],
                    learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]), run_name=p["folder"],
@@ -151,9 +163,8 @@ Headless: `{headless}`."""
 
 
 def guidance_grid(info: dict, profile: str = "tiny") -> dict:
-    p, w, model = start(info, profile, "guidance_grid", GRID_NOTE, height=300, photos=2)
-    photos = [w.node("LoadImage", 0, image=name) for name in p["photos"][:2]]
-    batch = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
+    p, w, model = start(info, profile, "guidance_grid", GRID_NOTE, height=300, photos=3)
+    batch = photos(w, p, 0)
     data = w.node("DriftlessTrainingData", 1, clip=model.out(1), captions=p["caption"], images=batch, vae=model.out(2))
     train = w.node("DriftlessTrainLoRA", 1, model=model, training_data=data, steps=p["train_steps"],
                    learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]), run_name=p["folder"] + "_grid",
@@ -164,18 +175,15 @@ def guidance_grid(info: dict, profile: str = "tiny") -> dict:
     sampler = w.node("KSamplerSelect", 2, sampler_name="euler")
     sigmas = w.node("BasicScheduler", 2, model=model, scheduler="normal", steps=p["sample_steps"], denoise=1.0)
     latent = w.node("EmptyLatentImage", 2, width=p["size"], height=p["size"], batch_size=1)
-    images = []
     for s in (0.0, 0.25, 0.5, 1.0):
+        w.align(3, 4, 5, 6)
         guider = w.node("DriftlessPersonalizationGuider", 3, title=f"Guider s = {s}", model=train.out(0), lora=train.out(1),
                         positive=pos, null=null, cfg=5.0, weak_strength=s, schedule="constant", weak_strength_end=s,
                         start=0.0, end=1.0, mode="personalization")
         sampled = w.node("SamplerCustomAdvanced", 4, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
                          latent_image=latent)
-        images.append(w.node("VAEDecode", 5, samples=sampled.out(0), vae=model.out(2)))
-    row = images[0]
-    for image in images[1:]:
-        row = w.node("ImageBatch", 6, image1=row, image2=image)
-    w.node("SaveImage", 7, title="s = 0, 0.25, 0.5, 1", images=row, filename_prefix=f"{p['folder']}_grid/s")
+        image = w.node("VAEDecode", 5, samples=sampled.out(0), vae=model.out(2))
+        w.node("SaveImage", 6, title=f"s = {s:g}", images=image, filename_prefix=f"{p['folder']}_grid/s{s:g}")
     return w.to_json()
 
 
@@ -208,9 +216,7 @@ def regularizer_comparison(info: dict, profile: str = "tiny") -> dict:
     p, w, model = start(info, profile, "regularizer_comparison", COMPARE_NOTE, height=560, photos=3, metrics=True)
     if profile == "tiny":  # five trainings: keep the twin the tests run short
         p = {**p, "train_steps": 10, "sample_steps": 4, "class_images": 2}
-    photos = [w.node("LoadImage", 1, image=name) for name in p["photos"]]
-    pair = w.node("ImageBatch", 1, image1=photos[0], image2=photos[1])
-    batch = w.node("ImageBatch", 1, image1=pair, image2=photos[2])
+    batch = photos(w, p, 1)
     data = w.node("DriftlessTrainingData", 1, clip=model.out(1), captions=p["caption"], images=batch, vae=model.out(2))
     class_images = w.node("DriftlessClassImages", 2, model=model, clip=model.out(1), vae=model.out(2),
                           class_prompt=p["class_prompt"], count=p["class_images"], seed=0, width=p["size"],
@@ -301,19 +307,19 @@ def continual(info: dict, profile: str = "tiny") -> dict:
     if profile == "real":
         note += ("\n\n**Second subject**: put 3 photos of it in `input/` as `my_second_subject_1.png` … `_3.png`. "
                  "The third photo of each subject is held out for the retention report, not trained on.")
-    p, w, model = start(info, profile, "continual", note, height=560, photos=3)
+    p, w, model = start(info, profile, "continual", note, height=560, photos=3,
+                        photos_text="3 photos of your subject in `input/` as `my_subject_1.png` … `my_subject_3.png`.")
     p = {**p, **{k: c[k] for k in ("train_steps", "sample_steps") if k in c}}
 
-    def photos(column, names, caption):
-        loads = [w.node("LoadImage", column, image=name) for name in names]
-        images = w.node("ImageBatch", column, image1=loads[0], image2=loads[1])
+    def training_data(column, names, caption):
+        images = photos(w, p, column, files="\n".join(names))
         return w.node("DriftlessTrainingData", column, clip=model.out(1), captions=caption, images=images, vae=model.out(2))
 
     pool = w.node("DriftlessConceptPool", 1, model=model, method="EWC-DC", pretrained_prompt="a photo", score_temperature=1.0)
     trained = []
     for i, (trigger, prompt, names) in enumerate(((first, first_prompt, first_photos), (second, second_prompt, second_photos))):
         column = 1 + 2 * i
-        data = photos(column, names[:2], prompt)
+        data = training_data(column, names[:2], prompt)
         regularizer = w.node("DriftlessContinualRegularizer", column + 1, title=f"Continual Regularizer ({trigger})", pool=pool,
                              clip=model.out(1))
         train = w.node("DriftlessTrainLoRA", column + 1, title=f"Train LoRA ({trigger})", model=model, training_data=data,
@@ -325,8 +331,8 @@ def continual(info: dict, profile: str = "tiny") -> dict:
                       fisher_draws=c["fisher_draws"], fisher_decay=0.9, seed=0)
         trained.append(train)
     w.node("DriftlessSaveConceptPool", 5, pool=pool, filename=f"{p['folder']}_concepts", overwrite=True)
-    held_out = [w.node("LoadImage", 5, image=names[2]) for names in (first_photos, second_photos)]
-    held_out = w.node("ImageBatch", 5, image1=held_out[0], image2=held_out[1])
+    held_out = photos(w, p, 5, files="\n".join(names[2] for names in (first_photos, second_photos)),
+                      title="Held-out photos (the third of each subject)")
     evaluation = w.node("DriftlessTrainingData", 5, title="Held-out photos (evaluation only)", clip=model.out(1),
                         captions=f"{first_prompt}\n{second_prompt}", images=held_out, vae=model.out(2))
     w.node("DriftlessRetentionReport", 6, pool=pool, model=model, clip=model.out(1), evaluation_data=evaluation,
@@ -379,10 +385,8 @@ def shapes_demo(info: dict) -> dict:
     w = UIWorkflow(info)
     w.note(0, SHAPES_NOTE, height=560)
     model = w.node("DriftlessPretrainedShapesModel", 0, preset="full")
-    loads = [w.node("LoadImage", 1, image=f"{DEMO_FOLDER}/{name}") for name in SHAPE_NAMES]
-    pictures = loads[0]
-    for load in loads[1:]:
-        pictures = w.node("ImageBatch", 1, image1=pictures, image2=load)
+    pictures = w.node("DriftlessLoadImages", 1, title="Load the subject's pictures",
+                      files="\n".join(f"{DEMO_FOLDER}/{name}" for name in SHAPE_NAMES), size=0)
     caption = dataset.subject_caption()
     data = w.node("DriftlessTrainingData", 2, clip=model.out(1), captions=caption, images=pictures, vae=model.out(2))
     train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=300, learning_rate=1e-3, rank=8,

@@ -28,14 +28,16 @@ def _placeholders(prompt: dict, base) -> list:
     made = []
     for node in prompt.values():
         inputs = node["inputs"]
+        assert node["class_type"] != "LoadImage", "the examples load photos with Driftless Load Images"
         if node["class_type"] == "CheckpointLoaderSimple":
             path = base / "models" / "checkpoints" / inputs["ckpt_name"]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"")
-        if node["class_type"] == "LoadImage":
-            path = base / "input" / inputs["image"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (8, 8)).save(path)
+        if node["class_type"] == "DriftlessLoadImages":  # a file for each name or pattern (its * as 1)
+            for line in inputs["files"].splitlines():
+                path = base / "input" / line.strip().replace("*", "1")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8)).save(path)
         if node["class_type"] in METRICS_NODES:
             for role, model_type in (("clip", "clip"), ("dino", "vit")):
                 folder = base / "models" / "driftless_metrics" / inputs[f"{role}_model"]

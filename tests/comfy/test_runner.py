@@ -21,10 +21,9 @@ def test_ui_demo_converts_to_the_api_graph_it_draws(comfy_host, repo):
     for node_id, node in prompt.items():
         by_type.setdefault(node["class_type"], []).append(node_id)
     assert "MarkdownNote" not in by_type  # frontend-only
-    assert len(by_type["LoadImage"]) == 3 and len(by_type["KSampler"]) == 3 and len(by_type["SaveImage"]) == 4
-    assert sorted(prompt[i]["inputs"]["image"] for i in by_type["LoadImage"]) == [
-        f"driftless_demo/sks_cat_{k}.png" for k in (1, 2, 3)
-    ]  # the UI-only upload widget value is dropped
+    assert len(by_type["DriftlessLoadImages"]) == 1 and len(by_type["KSampler"]) == 3 and len(by_type["SaveImage"]) == 4
+    photos_id = by_type["DriftlessLoadImages"][0]
+    assert prompt[photos_id]["inputs"] == {"files": "driftless_demo/sks_cat_*.png", "size": 0}
     train_id = by_type["DriftlessTrainLoRA"][0]
     train = prompt[train_id]["inputs"]
     assert (train["steps"], train["learning_rate"], train["rank"], train["target_layers"]) == (30, 1e-3, 8, "attention")
@@ -42,7 +41,7 @@ def test_ui_demo_converts_to_the_api_graph_it_draws(comfy_host, repo):
     metrics = prompt[by_type["DriftlessPersonalizationMetrics"][0]]["inputs"]
     guided_decode = prompt[metrics["generated_images"][0]]["inputs"]
     assert prompt[guided_decode["samples"][0]]["class_type"] == "SamplerCustomAdvanced"
-    assert prompt[metrics["reference_images"][0]]["class_type"] == "ImageBatch"
+    assert metrics["reference_images"] == [photos_id, 0]  # the training photos
     assert (metrics["prompts"], metrics["identifier"], metrics["class_noun"]) == ("a photo of sks cat on a beach", "sks", "cat")
     assert (metrics["clip_model"], metrics["dino_model"]) == (demo_backbones.CLIP, demo_backbones.DINO)
     drift = prompt[by_type["DriftlessDriftMetrics"][0]]["inputs"]
@@ -193,6 +192,6 @@ def test_cli_dry_run_saves_the_api_prompt_and_runs_nothing(repo, tmp_path):
     out = _cli(["run", str(repo / "example_workflows" / "tiny" / "guidance_grid_tiny.json"), "--dry-run",
                 "--save-api", str(out_file), "--base-directory", str(tmp_path / "base")], repo)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "is valid (28 nodes" in out.stdout and "[runner] node 1/" not in out.stdout
+    assert "is valid (26 nodes" in out.stdout and "[runner] node 1/" not in out.stdout
     prompt = json.loads(out_file.read_text())
     assert sum(n["class_type"] == "DriftlessPersonalizationGuider" for n in prompt.values()) == 4
