@@ -7,7 +7,6 @@ output, temp, user, custom_nodes), so nothing is written into the ComfyUI instal
 Where the ComfyUI releases differ, comfy_host.py adapts.
 """
 
-import asyncio
 import json
 import logging
 import os
@@ -142,7 +141,9 @@ def boot(base_directory: str | os.PathLike, comfyui: str | os.PathLike | None = 
 
     if not os.path.samefile(folder_paths.base_path, base):
         raise RuntimeError(f"folder_paths was imported before boot() (base {folder_paths.base_path}, wanted {base})")
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    from .. import comfy_host
+
+    comfy_host.init_extra_nodes()
     if SENTINEL_NODE not in nodes.NODE_CLASS_MAPPINGS:
         raise PackLoadError(
             f"the Driftless pack did not load into ComfyUI from {base / 'custom_nodes' / PACK_NAME}; "

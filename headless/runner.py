@@ -103,8 +103,13 @@ def output_files(outputs: dict, kinds: tuple[str, ...] = ("output", "temp", "inp
 
 
 def validate(prompt: dict, prompt_id: str) -> tuple[list[str], dict]:
-    """ComfyUI's own validation; returns (output node ids, node_errors). Fails on any error at all."""
+    """ComfyUI's own validation; returns (output node ids, node_errors). Fails on any error at all. Nodes the
+    release has removed are first replaced by their successors, as POST /prompt does."""
     import execution
+
+    from .. import comfy_host
+
+    comfy_host.apply_node_replacements(prompt)
 
     valid, error, good_outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     problems = {}
