@@ -40,6 +40,11 @@ ALLOWED_CONSOLE_ERRORS = [
         r"^Connecting to 'https://api\.comfy\.org/.*' violates the following Content Security Policy directive",
         r".*",
     ),
+    (  # frontend 1.49.6 (ComfyUI 0.33.0): its setting store reads the graph while the app boots, before it exists
+        r"boot",
+        r"^ComfyApp graph accessed before initialization$",
+        r"/assets/settingStore-[\w-]+\.js$",
+    ),
     (  # frontend 1.32.9 bug: useRenderModeSetting stores a setting before its definition is registered
         r"boot",
         r"^TypeError: Cannot read properties of undefined \(reading 'id'\)\n\s+at onChange .*\n\s+at Proxy\.set ",
@@ -47,11 +52,15 @@ ALLOWED_CONSOLE_ERRORS = [
     ),
 ]
 
+CONTROL_DEPRECATED = "PerpNeg"  # a core node both tested releases mark deprecated (superseded by the Perp-Neg guider)
 CONTROL_WORKFLOW = {
-    "last_node_id": 1, "last_link_id": 0, "links": [], "groups": [], "config": {}, "extra": {}, "version": 0.4,
+    "last_node_id": 2, "last_link_id": 0, "links": [], "groups": [], "config": {}, "extra": {}, "version": 0.4,
     "nodes": [{
         "id": 1, "type": "DriftlessNoSuchNode", "pos": [100, 100], "size": [240, 80], "flags": {}, "order": 0,
         "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [],
+    }, {
+        "id": 2, "type": CONTROL_DEPRECATED, "pos": [400, 100], "size": [240, 80], "flags": {}, "order": 1,
+        "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [1.0],
     }],
 }
 
@@ -120,14 +129,28 @@ def ui_run(browser_tools, comfy_server, repo, artifacts_dir, tmp_path_factory):
 def test_missing_node_detection_fires_on_an_unknown_type(ui_run):
     control = ui_run["control"]
     assert control["missing"] == ["DriftlessNoSuchNode"]
-    assert any("missing nodes" in text.lower() for text in control["dialogs"]), control["dialogs"]
+    # ComfyUI 0.3.75's frontend opens a "missing nodes" dialog, 0.33.0's shows a "Missing node: <type>" toast
+    assert any("missing node" in text.lower() for text in control["notices"]), control["notices"]
+
+
+def test_deprecated_node_detection_fires(ui_run, comfy_server):
+    """The control workflow's deprecated core node is seen as deprecated, as the host declares it."""
+    assert comfy_server.get(f"/object_info/{CONTROL_DEPRECATED}")[CONTROL_DEPRECATED].get("deprecated") is True
+    assert ui_run["control"]["deprecated"] == [CONTROL_DEPRECATED]
+
+
+def _node_toasts(step) -> list[str]:
+    """Toasts about the workflow's nodes (missing, replaceable by another node), not about model files it names."""
+    return [text for text in step["toasts"] if "missing node" in text.lower() or "can be replaced" in text.lower()]
 
 
 @pytest.mark.parametrize("name", [*EXAMPLES, *sorted(TWINS)])
-def test_example_loads_with_every_node_type_known(ui_run, repo, name):
+def test_example_loads_with_every_node_type_known_and_current(ui_run, repo, name):
     step = next(s for s in ui_run["steps"] if s["name"] == name)
     assert step["missing"] == [], f"{name}: the web UI reports missing node types {step['missing']}"
+    assert step["deprecated"] == [], f"{name}: the web UI marks {step['deprecated']} deprecated: use current nodes"
     assert step["dialogs"] == [], f"{name}: a dialog opened on load: {step['dialogs']}"
+    assert _node_toasts(step) == [], f"{name}: the web UI says {_node_toasts(step)}"
     on_disk = json.loads((repo / "example_workflows" / f"{name}.json").read_text())
     assert step["nodes"] == len(on_disk["nodes"])
     assert (ui_run["artifacts"] / f"{name.split('/')[-1]}.png").stat().st_size > 10_000

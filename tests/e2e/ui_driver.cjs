@@ -6,7 +6,7 @@
 //        control: a UI workflow with an unknown node type, timeout_s}
 // For each workflow it opens, the driver records the node types the frontend reports missing (its
 // `afterConfigureGraph` extension hook receives them; nodes whose type is not registered are counted too),
-// whether the missing-nodes dialog opened, and a screenshot. It then clicks the Run button on `queue`,
+// whether the frontend told the user (its missing-nodes dialog or toast), and a screenshot. It then clicks the Run button on `queue`,
 // takes the prompt id from the UI's own POST /prompt, waits on /history for the end and screenshots the
 // result. Console errors and uncaught page errors are recorded per step. The report (JSON) is the last
 // line of stdout; the Python test asserts on it.
@@ -57,14 +57,21 @@ async function load(page, name, workflow) {
         }
         await window.app.loadGraphData(graph, true, true, name);
         await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        await new Promise(r => setTimeout(r, 300));  // notices (toasts) the loader raises after the first frames
         const registered = window.LiteGraph.registered_node_types;
         const unregistered = window.app.graph.nodes.filter(n => !(n.type in registered)).map(n => n.type);
+        // what the frontend marks deprecated (its [DEPR] badge): the node definition it registered for the type
+        const deprecated = window.app.graph.nodes.filter(n => registered[n.type]?.nodeData?.deprecated).map(n => n.type);
         const dialogs = [...document.querySelectorAll('.p-dialog')].map(d => d.innerText.slice(0, 500));
+        // newer frontends report missing nodes, replaceable nodes and missing models as toasts, not dialogs
+        const toasts = [...document.querySelectorAll('.p-toast-message')].map(t => t.innerText.slice(0, 500));
         return {
             nodes: window.app.graph.nodes.length,
             expected_nodes: graph.nodes.length,
             missing: [...new Set([...window.__missing, ...unregistered])],
+            deprecated: [...new Set(deprecated)],
             dialogs,
+            toasts,
         };
     }, { name, workflow });
 }
@@ -82,6 +89,12 @@ async function closeDialogs(page) {
     for (let i = 0; i < 3 && await page.locator('.p-dialog').count(); i++) {
         await page.keyboard.press('Escape');
         await page.waitForTimeout(200);
+    }
+    // toasts of this workflow must not be read as the next one's
+    await page.evaluate(() => window.app.extensionManager?.toast?.removeAll?.());
+    for (let i = 0; i < 10 && await page.locator('.p-toast-message').count(); i++) {
+        await page.locator('.p-toast-message button').first().click({ timeout: 1000 }).catch(() => {});
+        await page.waitForTimeout(100);
     }
 }
 
@@ -130,6 +143,13 @@ async function queueFromUi(page, name) {
         step = 'control';  // a node type nobody registered: proves the detection below can fail
         const control = await load(page, 'control', plan.control);
         control.name = 'control';
+        // what the user is told, wherever the frontend says it: a dialog (frontend 1.32, ComfyUI 0.3.75) or a
+        // notice in the corner (1.49, ComfyUI 0.33): the page's visible lines that speak of a missing node
+        const said = () => document.body.innerText.split('\n').filter(line => /missing node/i.test(line));
+        await page.waitForFunction(() => /missing node/i.test(document.body.innerText), null, { timeout: 5000 }).catch(() => {});
+        control.notices = await page.evaluate(said);
+        control.reported = await page.evaluate(() => [...window.__missing]);
+        control.screenshot = await screenshot(page, 'control');
         await closeDialogs(page);
         report.control = control;
 
