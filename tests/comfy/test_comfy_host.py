@@ -49,3 +49,23 @@ def test_node_replacements_as_post_prompt_applies_them(comfy_host, monkeypatch):
     else:
         assert replaced["b"]["class_type"] == "BatchImagesNode"
         assert sorted(replaced["b"]["inputs"]) == ["images.image0", "images.image1"]
+
+
+def test_every_comfy_api_name_the_pack_uses_exists_on_this_release(comfy_host, repo):
+    """The pack's V3 surface (io.X, io.X.Input/Output, ui.X), scanned from its source, against the running release:
+    what requires-comfyui promises, checked on each tested release."""
+    import re
+
+    from comfy_api.latest import io, ui
+
+    rooms = ("nodes", "guidance", "trainers", "metrics", "lora", "shapes", "tinymodels")
+    used = set()
+    for path in [repo / "__init__.py", *(p for room in rooms for p in (repo / room).rglob("*.py"))]:
+        used |= set(re.findall(r"\b(io|ui)\.([A-Z][A-Za-z]+)(?:\.([A-Za-z_]+))?", path.read_text()))
+    assert len(used) >= 30, used
+    missing = []
+    for module, name, member in sorted(used):
+        owner = getattr({"io": io, "ui": ui}[module], name, None)
+        if owner is None or (member and not hasattr(owner, member)):
+            missing.append(".".join(p for p in (module, name, member) if p))
+    assert not missing, f"ComfyUI {comfy_host.version} lacks {missing}"

@@ -28,6 +28,20 @@ def test_registry_metadata(pyproject):
     assert {"test", "dev"} <= set(project["optional-dependencies"])
 
 
+def test_requires_comfyui_is_the_oldest_tested_release(repo, pyproject):
+    """The Registry floor is a release the suite runs on (comfy_host.py names them), not a guess below it; and never
+    below 0.3.48, where comfy_api.latest (the V3 API every node uses) first appeared."""
+    import ast
+
+    tree = ast.parse((repo / "comfy_host.py").read_text())
+    tested = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", "") == "TESTED_COMFYUI_VERSIONS")
+    version = lambda text: tuple(int(x) for x in text.split("."))  # noqa: E731
+    floor = pyproject["tool"]["comfy"]["requires-comfyui"]
+    assert floor == f">={min(tested, key=version)}", (floor, tested)
+    assert version(floor[2:]) >= (0, 3, 48)
+
+
 def test_no_hard_pins_on_frameworks(pyproject):
     """torch/numpy/transformers belong to ComfyUI: lower bounds at most, never == or an upper bound."""
     project = pyproject["project"]
