@@ -32,7 +32,8 @@ def find_comfyui(path: str | os.PathLike | None = None) -> pathlib.Path:
     """The ComfyUI folder to use, checked; the error says how to get one."""
     raw = path or os.environ.get("DRIFTLESS_COMFYUI")
     hint = (
-        "Run `./driftless setup` (it installs ComfyUI 0.3.75 into a cache and sets DRIFTLESS_COMFYUI), "
+        "Run `./driftless setup` (it installs ComfyUI 0.3.75, or 0.33.0 with `./driftless setup 0.33.0`, into a "
+        "cache and sets DRIFTLESS_COMFYUI), "
         "or point DRIFTLESS_COMFYUI at a ComfyUI checkout (the folder holding main.py and comfy/)."
     )
     if not raw:

@@ -34,3 +34,14 @@ def test_python_subcommand_has_comfyui_importable_in_cpu_mode(repo, tmp_path):
 def test_unknown_benchmark_lists_the_available_ones(repo):
     out = _driftless(repo, "bench", "no-such-bench")
     assert out.returncode == 2 and "unknown benchmark 'no-such-bench'" in out.stderr
+
+
+def test_host_option_picks_one_release(repo):
+    """--host H runs any command on ComfyUI H (its own cached environment); a missing or unknown release is refused."""
+    for host in ("0.3.75", "0.33.0"):
+        out = _driftless(repo, "--host", host, "python", "-c", "import comfyui_version as v; print('on', v.__version__)")
+        assert out.returncode == 0 and f"on {host}" in out.stdout, out.stderr[-2000:]
+    out = _driftless(repo, "--host")
+    assert out.returncode == 2 and "--host needs a release: 0.3.75 or 0.33.0" in out.stderr
+    out = _driftless(repo, "--host", "9.9", "python", "-c", "pass")
+    assert out.returncode == 2 and "unknown ComfyUI host '9.9': choose one of 0.3.75 0.33.0" in out.stderr
