@@ -5,8 +5,10 @@ handing over, so `import comfy.model_management, nodes` works in scripts and in 
 """
 
 import code
+import pathlib
 import runpy
 import sys
+import tempfile
 
 from . import host
 
@@ -15,9 +17,12 @@ def main(argv: list[str]) -> None:
     host.configure_args(host.find_comfyui(), cpu=None)
     if not argv:
         code.interact(banner=f"Python {sys.version.split()[0]} with ComfyUI ({host.find_comfyui()}) importable")
-    elif argv[0] == "-c":
+    elif argv[0] == "-c":  # the code runs from a file as a script would (no exec: comfy node validate flags it)
         sys.argv = ["-c", *argv[2:]]
-        exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        with tempfile.TemporaryDirectory(prefix="driftless_c_") as folder:
+            script = pathlib.Path(folder) / "command.py"
+            script.write_text(argv[1])
+            runpy.run_path(str(script), run_name="__main__")
     elif argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)

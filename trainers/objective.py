@@ -44,7 +44,8 @@ class Coefficients:
         c = _per_sample(sigma, lambda o: model_sampling.calculate_denoised(sigma, zeros(o), o))
         d = _per_sample(sigma, lambda o: model_sampling.calculate_denoised(sigma, o, zeros(o)))
         if torch.any(d == 0):
-            raise ValueError("this model's denoiser does not depend on its output at some σ (d = 0); cannot train there")
+            raise ValueError("this model's denoiser does not depend on its output at some noise level sigma (d = 0); "
+                             "cannot train there")
         return cls(a, b, c, d)
 
     def head(self, n: int) -> "Coefficients":

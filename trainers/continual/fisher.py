@@ -44,7 +44,7 @@ def unit_sum(fisher: list[torch.Tensor]) -> list[torch.Tensor]:
 def fold(previous: list[torch.Tensor] | None, new: list[torch.Tensor], decay: float) -> list[torch.Tensor]:
     """Online EWC: γ·F_previous + F_new."""
     if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"the Fisher decay γ must be in [0, 1], got {decay}")
+        raise ValueError(f"the Fisher decay gamma must be in [0, 1], got {decay}")
     if previous is None:
         return [f.clone() for f in new]
     return [decay * p.to(n.device) + n for p, n in zip(previous, new)]
