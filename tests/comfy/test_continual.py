@@ -30,7 +30,7 @@ def _learn(pool, model, clip, data, trigger, config, *, ewc_weight=1000.0, draws
     regularizer = Continual(pool, [encode(c.prompt) for c in pool.concepts], encode(pool.pretrained_prompt), ewc_weight=ewc_weight)
     result = train_lora(model, data, config, [regularizer])
     grown = add_concept(pool, model, result.adapter.lora_state_dict(), data, encode, trigger=trigger, draws=draws, k=5,
-                        seed=seed, metadata=_metadata(config, result, data, [regularizer]))
+                        decay=0.9, seed=seed, metadata=_metadata(config, result, data, [regularizer]))
     return grown, result
 
 

@@ -53,7 +53,8 @@ class World:
         metadata = lora_metadata(config, result.base_fingerprint, result.steps_done, self.data.captions, [])
         empty = ConceptPool(model_fingerprint(self.model.model.diffusion_model), "EWC-DC", "a photo", 1.0)
         return add_concept(empty, self.model, result.adapter.lora_state_dict(), self.data, self.encode,
-                           trigger="zq cat", draws=2, k=1, seed=0, metadata=metadata)
+                           trigger="zq cat", draws=2, k=1, decay=0.9, seed=0,
+                           metadata=metadata)
 
     def continual(self, **overrides):
         from driftless.trainers.regularizers.continual import Continual

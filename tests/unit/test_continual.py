@@ -120,9 +120,9 @@ def test_dsc_loss_by_hand():
     h = lambda p, q: -(p * q.log()).sum().item()  # noqa: E731
     scores = h(p1, ps) + h(ps, ps)
     # noise: current = 2 (student [1,1] vs t1 [0,0] -> mean 1), past = 1 (student == t2 -> 0)
-    total = dsc_loss(student, t1, t2, target, current=2, past=1, score_weight=0.5, noise_weight=3.0)
+    total = dsc_loss(student, t1, t2, target, current=2, past=1, temperature=1.0, score_weight=0.5, noise_weight=3.0)
     assert total.item() == pytest.approx(0.5 * scores + 3.0 * 1.0, rel=1e-6)
-    only_noise = dsc_loss(student, t1, t2, target, current=2, past=1, score_weight=0.0, noise_weight=1.0)
+    only_noise = dsc_loss(student, t1, t2, target, current=2, past=1, temperature=1.0, score_weight=0.0, noise_weight=1.0)
     assert only_noise.item() == pytest.approx(1.0)
 
 

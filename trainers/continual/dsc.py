@@ -18,10 +18,10 @@ from .scores import dc_logits, soft_cross_entropy
 
 
 def dsc_loss(student: torch.Tensor, teacher_current: torch.Tensor, teacher_past: torch.Tensor, target: torch.Tensor, *,
-             current: int, past: int, temperature: float = 1.0, score_weight: float = 1.0,
-             noise_weight: float = 1.0) -> torch.Tensor:
+             current: int, past: int, temperature: float, score_weight: float, noise_weight: float) -> torch.Tensor:
     """student / teacher predictions [K, B, ...] over C_sub (same order), target [B, ...];
-    `current` and `past` index c_n and c_j in C_sub."""
+    `current` and `past` index c_n and c_j in C_sub; the weights come from the continual regularizer's settings
+    (ContinualConfig) and the temperature from the pool."""
     teacher_current, teacher_past = teacher_current.detach(), teacher_past.detach()
     total = student.new_zeros((), dtype=torch.float32)
     if score_weight:

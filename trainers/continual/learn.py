@@ -58,7 +58,7 @@ def concept_fisher(seam: AdaptedModel, adapter: LoraAdapter, x0: torch.Tensor, c
 
 
 def add_concept(pool: ConceptPool, model_patcher, lora: dict, data: TrainingData, encode: Callable, *, trigger: str,
-                prompt: str = "", draws: int = 50, decay: float = 0.9, k: int = 5, seed: int = 0,
+                prompt: str = "", draws: int, decay: float, k: int, seed: int,
                 metadata: dict | None = None) -> ConceptPool:
     """The pool with the new concept: its LoRA snapshot and, for EWC methods, the folded Fisher."""
     pool.check_base(patcher_fingerprint(model_patcher))
