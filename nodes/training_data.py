@@ -91,9 +91,11 @@ class LoadImages(CheckedNode):
         )
 
     @classmethod
-    def validate_inputs(cls, files, **_) -> bool | str:
+    def validate_inputs(cls, files=None, **_) -> bool | str:
         from ..trainers.photos import find_photos
 
+        if files is None:  # from a link: checked when the node runs
+            return True
         try:
             find_photos(_input_folder(), files)
         except ValueError as e:

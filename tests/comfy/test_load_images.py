@@ -27,3 +27,14 @@ def test_missing_photos_are_refused_at_validation_naming_the_pattern(run_prompt)
     }
     text = runner.format_validation_errors(run_prompt(prompt, expect_valid=False), prompt)
     assert "matches 'nobody/my_subject_*.png': put the photos there" in text
+
+
+def test_names_from_a_link_are_checked_when_the_node_runs(run_prompt):
+    """Validation cannot see a linked value; the node refuses it when it starts, naming the pattern."""
+    prompt = {
+        "names": {"class_type": "PrimitiveString", "inputs": {"value": "nobody/*.png"}},
+        "photos": {"class_type": "DriftlessLoadImages", "inputs": {"files": ["names", 0], "size": 0}},
+        "preview": {"class_type": "PreviewImage", "inputs": {"images": ["photos", 0]}},
+    }
+    result = run_prompt(prompt)
+    assert not result.success and "matches 'nobody/*.png'" in result.error["exception_message"]
