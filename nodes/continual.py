@@ -81,7 +81,7 @@ class ConceptPool(CheckedNode):
         return io.NodeOutput(Pool(patcher_fingerprint(model), method, pretrained_prompt, score_temperature))
 
 
-class LoadConceptPool(io.ComfyNode):
+class LoadConceptPool(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -119,7 +119,7 @@ class LoadConceptPool(io.ComfyNode):
         return io.NodeOutput(pool, pool.describe())
 
 
-class ContinualRegularizer(io.ComfyNode):
+class ContinualRegularizer(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -156,7 +156,7 @@ class ContinualRegularizer(io.ComfyNode):
         return io.NodeOutput(append(chain, regularizer))
 
 
-class AddConcept(io.ComfyNode):
+class AddConcept(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -219,7 +219,7 @@ def _pool_lora(pool, index: int):
     })
 
 
-class SaveConceptPool(io.ComfyNode):
+class SaveConceptPool(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -264,7 +264,7 @@ class SaveConceptPool(io.ComfyNode):
         return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name} ({len(pool)} concepts) in {folder}"))
 
 
-class ConceptPoolLoRA(io.ComfyNode):
+class ConceptPoolLoRA(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -290,7 +290,7 @@ class ConceptPoolLoRA(io.ComfyNode):
         return io.NodeOutput(_pool_lora(pool, index))
 
 
-class RetentionReport(io.ComfyNode):
+class RetentionReport(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -74,7 +74,7 @@ class DCO(CheckedNode):
         return io.NodeOutput(append(chain, Dco(DCOConfig(**settings))))
 
 
-class PriorPreservation(io.ComfyNode):
+class PriorPreservation(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -116,7 +116,7 @@ class PriorPreservation(io.ComfyNode):
         return io.NodeOutput(append(chain, Prior(latents.clone(), conditioning, class_prompt, PriorPreservationConfig(weight=weight))))
 
 
-class APT(io.ComfyNode):
+class APT(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
