@@ -1,11 +1,14 @@
 """Where the shapes model's weights come from: shipped with the pack, or pretrained once into the cache.
 
-The "full" preset ships in `weights/` beside this file: the checkpoint in fp16 (12 MB; every score the demo
-prints was within 0.001 of the fp32 checkpoint's when measured) and the classifier in fp32 (0.75 MB). Each file's metadata records the
-recipe hash (`recipe_hash`: the code of dataset.py, classifier.py and pretrain.py with comments and docstrings
-left out, the preset's settings and the model config). Shipped weights whose hash is not the current recipe's
-are not used: that preset is then pretrained into ~/.cache/driftless/shapes-<hash>/ like any other, and the
-test suite fails until the shipped files are rebuilt with `./driftless bench drift --rebuild-weights`.
+The "full" preset ships in `weights/` beside this file as what was trained: the UNet (3.4 MB) and the VAE (1.8 MB) in
+fp16, each a file of its own, and the classifier in fp32 (0.75 MB); every score the demo prints was within 0.001 of
+the fp32 checkpoint's when measured. The text encoder is not shipped: the recipe never trains it (pretrain.py), so
+it is rebuilt from the recipe's seed, and the UNet file records its fingerprint, checked at load. Each file records
+the recipe hash (`recipe_hash`: the code of dataset.py, classifier.py and pretrain.py with comments and docstrings
+left out, the preset's settings and the model config). Shipped weights whose hash is not the current recipe's are
+not used: that preset is then pretrained into ~/.cache/driftless/shapes-<hash>/ like any other (one checkpoint
+file there), and the test suite fails until the shipped files are rebuilt with `./driftless bench drift
+--rebuild-weights`.
 """
 
 import ast
@@ -20,6 +23,8 @@ from . import pretrain
 SHIPPED = pathlib.Path(__file__).resolve().parent / "weights"
 SHIPPED_PRESET = "full"
 RECIPE_KEY = "recipe"
+TEXT_ENCODER_KEY = "text_encoder"  # the seeded text encoder's fingerprint, in the shipped UNet file
+SHIPPED_UNET, SHIPPED_VAE = "unet.safetensors", "vae.safetensors"
 RECIPE_FILES = ("dataset.py", "classifier.py", "pretrain.py")
 # CPU seconds per unit, measured with one torch thread (time.process_time) on the development machine,
 # from the full preset's build on a quiet machine (builds under heavy load measured up to ~35% slower rates)
@@ -57,15 +62,26 @@ def cache_dir(settings: pretrain.Settings) -> pathlib.Path:
 
 
 def is_built(folder: pathlib.Path) -> bool:
+    """A cache folder with its checkpoint, classifier and report (the report is written last)."""
     return all((folder / name).is_file() for name in (pretrain.CHECKPOINT, pretrain.CLASSIFIER, pretrain.REPORT))
 
 
+def is_shipped_layout(folder: pathlib.Path) -> bool:
+    return all((folder / name).is_file() for name in (SHIPPED_UNET, SHIPPED_VAE, pretrain.CLASSIFIER, pretrain.REPORT))
+
+
+def _weight_files(folder: pathlib.Path) -> tuple[str, ...]:
+    if is_shipped_layout(folder):
+        return SHIPPED_UNET, SHIPPED_VAE, pretrain.CLASSIFIER
+    return pretrain.CHECKPOINT, pretrain.CLASSIFIER
+
+
 def recorded_recipe(folder: pathlib.Path) -> str | None:
-    """The recipe hash both weight files of `folder` record, or None if they are missing or disagree."""
+    """The recipe hash every weight file of `folder` records, or None if they are missing or disagree."""
     from safetensors import safe_open
 
     found = set()
-    for name in (pretrain.CHECKPOINT, pretrain.CLASSIFIER):
+    for name in _weight_files(folder):
         if not (folder / name).is_file():
             return None
         with safe_open(str(folder / name), framework="pt", device="cpu") as f:
@@ -74,7 +90,7 @@ def recorded_recipe(folder: pathlib.Path) -> str | None:
 
 
 def shipped_is_current() -> bool:
-    return is_built(SHIPPED) and recorded_recipe(SHIPPED) == recipe_hash(pretrain.PRESETS[SHIPPED_PRESET])
+    return is_shipped_layout(SHIPPED) and recorded_recipe(SHIPPED) == recipe_hash(pretrain.PRESETS[SHIPPED_PRESET])
 
 
 def folder_for(preset: str) -> pathlib.Path | None:
@@ -117,23 +133,57 @@ def estimate_minutes(settings: pretrain.Settings) -> int:
 
 
 def ship(built: pathlib.Path, target: pathlib.Path = SHIPPED) -> None:
-    """Copy a built "full" folder into the shipped folder: the checkpoint's floating-point tensors as fp16, the
-    classifier as it is, the report; the recipe hash kept in each file's metadata."""
+    """Copy a built "full" folder into the shipped folder: the UNet and the VAE as fp16 files of their own, the
+    classifier as it is, the report; the recipe hash in each file's metadata. Refuses a build whose text encoder is
+    not the seeded one the loader rebuilds."""
+    from ..lora.fingerprint import lora_fingerprint
     from ..lora.storage import load_safetensors, save_safetensors_atomic
 
+    model, clip, vae = pretrain.load_checkpoint(built / pretrain.CHECKPOINT)
+    text_encoder = lora_fingerprint(clip.cond_stage_model.state_dict())
+    if text_encoder != _seeded_text_encoder_fingerprint():
+        raise ValueError(f"{built}: its text encoder is not the recipe's seeded one, so it cannot be rebuilt at load")
+    recipe = {RECIPE_KEY: json.loads(load_safetensors(built / pretrain.CLASSIFIER)[1][RECIPE_KEY])}
+    half = lambda sd: {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}  # noqa: E731
     target.mkdir(parents=True, exist_ok=True)
-    sd, meta = load_safetensors(built / pretrain.CHECKPOINT)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    save_safetensors_atomic(half, target / pretrain.CHECKPOINT, {"dtype": "fp16"}, raw_metadata=meta)
+    save_safetensors_atomic(half(model.model.diffusion_model.state_dict()), target / SHIPPED_UNET,
+                            {**recipe, TEXT_ENCODER_KEY: text_encoder, "dtype": "fp16"})
+    save_safetensors_atomic(half(vae.first_stage_model.state_dict()), target / SHIPPED_VAE, {**recipe, "dtype": "fp16"})
     sd, meta = load_safetensors(built / pretrain.CLASSIFIER)
     save_safetensors_atomic(sd, target / pretrain.CLASSIFIER, raw_metadata=meta)
-    report = json.loads((built / pretrain.REPORT).read_text())
-    (target / pretrain.REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    (target / pretrain.REPORT).write_text((built / pretrain.REPORT).read_text())
+    (target / pretrain.CHECKPOINT).unlink(missing_ok=True)  # the one-file layout of earlier builds
+
+
+def _seeded_model():
+    from ..tinymodels.build import build_tiny_model
+
+    return build_tiny_model(pretrain.ARCHITECTURE, pretrain.PRESETS[SHIPPED_PRESET].seed)
+
+
+def _seeded_text_encoder_fingerprint() -> str:
+    from ..lora.fingerprint import lora_fingerprint
+
+    return lora_fingerprint(_seeded_model()[1].cond_stage_model.state_dict())
 
 
 def load_model(folder: pathlib.Path):
-    """(MODEL, CLIP, VAE) from a weights folder, in fp32 whatever the file's dtype."""
-    return pretrain.load_checkpoint(pathlib.Path(folder) / pretrain.CHECKPOINT)
+    """(MODEL, CLIP, VAE) from a weights folder, in fp32 whatever the files' dtype: a cache folder's checkpoint, or
+    the shipped UNet and VAE on the seeded model (whose text encoder must be the one the UNet was trained with)."""
+    folder = pathlib.Path(folder)
+    if not is_shipped_layout(folder):
+        return pretrain.load_checkpoint(folder / pretrain.CHECKPOINT)
+    from ..lora.fingerprint import lora_fingerprint
+    from ..lora.storage import load_safetensors
+
+    model, clip, vae = _seeded_model()
+    unet, meta = load_safetensors(folder / SHIPPED_UNET)
+    if json.loads(meta.get(TEXT_ENCODER_KEY, "null")) != lora_fingerprint(clip.cond_stage_model.state_dict()):
+        raise ValueError(f"{folder / SHIPPED_UNET} was trained with another text encoder than this torch builds from the "
+                         "recipe's seed: rebuild the weights with ./driftless bench drift --rebuild-weights")
+    model.model.diffusion_model.load_state_dict(unet, strict=True)  # copied into the fp32 parameters
+    vae.first_stage_model.load_state_dict(load_safetensors(folder / SHIPPED_VAE)[0], strict=True)
+    return model, clip, vae
 
 
 def load_classifier(folder: pathlib.Path):
@@ -141,4 +191,3 @@ def load_classifier(folder: pathlib.Path):
     from . import classifier
 
     return classifier.load({k: v.float() for k, v in load_safetensors(pathlib.Path(folder) / pretrain.CLASSIFIER)[0].items()})
-

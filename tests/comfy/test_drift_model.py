@@ -97,7 +97,7 @@ def test_shipped_weights_were_made_by_the_current_recipe():
     shapes/weights/."""
     from driftless.shapes import pretrain, weights
 
-    assert weights.is_built(weights.SHIPPED), f"no shipped weights in {weights.SHIPPED}"
+    assert weights.is_shipped_layout(weights.SHIPPED), f"no shipped weights in {weights.SHIPPED}"
     assert weights.recorded_recipe(weights.SHIPPED) == weights.recipe_hash(pretrain.PRESETS["full"]), (
         "the shipped shapes model was made by another recipe: rebuild it with ./driftless bench drift --rebuild-weights")
     assert weights.folder_for("full") == weights.SHIPPED
@@ -116,6 +116,26 @@ def test_shipped_weights_load_as_fp32_and_read_shapes_as_when_built(comfy_host):
     assert min(report["classifier_accuracy"].values()) > 0.95
     latent = vae.encode(torch.rand(1, 32, 32, 3))
     assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()
+
+
+def test_shipped_text_encoder_is_the_seeded_one_and_another_is_refused(comfy_host, tmp_path):
+    """The text encoder is not shipped (never trained): the loader rebuilds it from the recipe's seed and refuses
+    UNet weights recorded with another one."""
+    import shutil
+
+    from driftless.lora.storage import load_safetensors, save_safetensors_atomic
+    from driftless.shapes import pretrain, weights
+    from driftless.tinymodels.build import build_tiny_model
+
+    _, clip, _ = weights.load_model(weights.SHIPPED)
+    _, seeded, _ = build_tiny_model(pretrain.ARCHITECTURE, pretrain.PRESETS["full"].seed)
+    a, b = clip.cond_stage_model.state_dict(), seeded.cond_stage_model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shutil.copytree(weights.SHIPPED, tmp_path / "w")
+    unet, meta = load_safetensors(tmp_path / "w" / weights.SHIPPED_UNET)
+    save_safetensors_atomic(unet, tmp_path / "w" / weights.SHIPPED_UNET, raw_metadata={**meta, weights.TEXT_ENCODER_KEY: '"0"'})
+    with pytest.raises(ValueError, match="another text encoder.*--rebuild-weights"):
+        weights.load_model(tmp_path / "w")
 
 
 def test_first_use_builds_the_model_with_progress_then_loads_it(comfy_host, tmp_path, monkeypatch):
