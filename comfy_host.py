@@ -72,3 +72,15 @@ def apply_node_replacements(prompt: dict) -> dict:
     if _REPLACEMENTS is not None:
         _REPLACEMENTS.apply_replacements(prompt)
     return prompt
+
+
+def flux_unet_config(config: dict) -> dict:
+    """`config` (Flux.1's diffusion-model settings) with the keys this release's model detection adds for a plain
+    Flux.1 checkpoint: from 0.33 on `FluxParams` requires `txt_ids_dims` (the text position-id axes; none for
+    Flux.1), which 0.3.75 does not know."""
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    return {**config, "txt_ids_dims": []} if "txt_ids_dims" in fields else config
