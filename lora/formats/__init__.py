@@ -16,7 +16,7 @@ from ..files import FORMAT as NATIVE_TAG
 from ..files import LoraWeights
 from . import comfyui, diffusers, kohya
 from .architecture import Architecture, guess
-from .layers import LayerWeights, fits, shaped_for
+from .layers import LayerWeights, RowBlock, fits, join_rows, shaped_for
 
 FORMATS = {m.NAME: m for m in (comfyui, diffusers, kohya)}
 DEFAULT_FORMAT = comfyui.NAME
@@ -88,15 +88,26 @@ def to_native(lora: dict, layout) -> LoraWeights:
     """
     fmt, layers, left_out = read_layers(lora)
     names = FORMATS[fmt].module_names(layout)
-    mapped, unknown, misshaped = {}, [], []
+    blocks, unknown, misshaped = {}, [], []
     for name, weights in layers.items():
-        module = names.get(name)
-        if module is None:
+        target = names.get(name)
+        if target is None:
             unknown.append(name)
-        elif not fits(weights, layout.shapes[module]):
-            misshaped.append((name, weights, layout.shapes[module]))
-        else:
-            mapped[module] = shaped_for(weights, layout.shapes[module])
+            continue
+        # a whole layer, or (layer, DiffusersPart): a block of a fused layer's rows (diffusers' to_q of a qkv)
+        module, part = (target, None) if isinstance(target, str) else target
+        shape = layout.shapes[module]
+        rows = (part.rows, *shape[1:]) if part is not None else shape
+        if not fits(weights, rows):
+            misshaped.append((name, weights, rows))
+            continue
+        start, swapped = (part.start, part.swap_halves) if part is not None else (0, False)
+        blocks.setdefault(module, []).append(RowBlock(start, rows[0], swapped, weights))
+    mapped = {}
+    for module, found in blocks.items():
+        shape = layout.shapes[module]
+        whole = len(found) == 1 and found[0].rows == shape[0] and not found[0].swapped
+        mapped[module] = shaped_for(found[0].weights if whole else join_rows(found, shape[0]), shape)
     if unknown or misshaped:
         raise LoraDoesNotFit(_does_not_fit(fmt, layers, unknown, misshaped, layout, left_out))
     if left_out:

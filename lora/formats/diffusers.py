@@ -1,36 +1,49 @@
-"""diffusers/PEFT LoRA keys: what `pipe.load_lora_weights` and `UNet2DConditionModel.load_lora_adapter` read.
+"""diffusers/PEFT LoRA keys: what `pipe.load_lora_weights` and `<model>.load_lora_adapter` read.
 
-    unet.<diffusers module>.lora_A.weight   A  [r, in] or [r, in, kh, kw]   (PEFT's lora_A = our down)
-    unet.<diffusers module>.lora_B.weight   B  [out, r] or [out, r, 1, 1]   (PEFT's lora_B = our up)
+    <component>.<diffusers module>.lora_A.weight   A  [r, in] or [r, in, kh, kw]   (PEFT's lora_A = our down)
+    <component>.<diffusers module>.lora_B.weight   B  [out, r] or [out, r, 1, 1]   (PEFT's lora_B = our up)
 
-<diffusers module> is the module's name in diffusers' `UNet2DConditionModel` (down_blocks.…, mid_block.…,
-up_blocks.…). The scale is PEFT's lora_alpha / r (lora_alpha / √r with use_rslora), taken from the
-adapter config (a peft `LoraConfig` as a dict):
+<component> is `unet` for SD1.x/SD2.x/SDXL (`UNet2DConditionModel`: down_blocks.…, mid_block.…, up_blocks.…)
+and `transformer` for SD3 (`SD3Transformer2DModel`) and Flux (`FluxTransformer2DModel`: transformer_blocks.…,
+single_transformer_blocks.…), as diffusers' pipelines and ai-toolkit write them. The scale is PEFT's
+lora_alpha / r (lora_alpha / √r with use_rslora), taken from the adapter config (a peft `LoraConfig` as a dict):
 - written and read as the safetensors metadata entry `lora_adapter_metadata` (JSON, keys prefixed
-  `unet.`), which diffusers ≥ 0.34 writes with `save_lora_weights(..., unet_lora_adapter_metadata=…)` and
-  reads in `load_lora_weights` / `load_lora_adapter`; one file holds everything;
+  `unet.` / `transformer.`), which diffusers ≥ 0.34 writes with `save_lora_weights(...,
+  unet_lora_adapter_metadata=…)` (`transformer_lora_adapter_metadata=…`) and reads in `load_lora_weights` /
+  `load_lora_adapter`; one file holds everything;
 - read from an `adapter_config.json` beside an `adapter_model.safetensors` (a PEFT `save_pretrained`
   folder, keys `base_model.model.<module>.lora_A.weight`), which `load_lora` puts in the metadata as
   `adapter_config`;
-- without either, lora_alpha = r for every layer (scale 1), as diffusers assumes.
+- read from per-layer `<module>.alpha` keys where a file has them (kohya-converted Flux files);
+- without any of these, lora_alpha = r for every layer (scale 1), as diffusers assumes.
 Per-layer exceptions are PEFT's rank_pattern / alpha_pattern, matched the way peft matches them
 (`peft.utils.other.get_pattern_key`: the pattern is a regex for the end of the module name).
+
+On SD3 and Flux one ComfyUI layer may be several diffusers layers (fused q/k/v; Flux's single-block linear1 is
+q, k, v and the MLP input; the final modulation with its halves swapped): the export writes each with the
+layer's A and its block of B's rows (exact), the import joins them back (layers.join_rows; the layout says
+which rows each holds). Transformer exports carry scale 1 (alpha = r, the scale folded into B where alpha
+differs from the rank): ComfyUI's loader reads these files but not the PEFT config, and diffusers' SD3 loader
+takes no per-layer alphas, so a file every reader applies alike cannot rely on alpha there.
 """
 
 import json
 import math
 import re
 
-from .layers import LayerWeights, common_value, group_keys, layer_from_parts
+from .layers import LayerWeights, common_value, group_keys, layer_from_parts, split_rows
 
 NAME = "diffusers"
-DESCRIPTION = ("diffusers/PEFT 'unet.<diffusers module>.lora_A.weight' / '.lora_B.weight' with the adapter config "
-               "(also 'base_model.model.…' and unprefixed PEFT keys)")
-PREFIX = "unet."
+DESCRIPTION = ("diffusers/PEFT 'unet.<diffusers module>.lora_A.weight' / '.lora_B.weight' ('transformer.…' for SD3 "
+               "and Flux, as ai-toolkit writes them too) with the adapter config (also 'base_model.model.…' and "
+               "unprefixed PEFT keys)")
+PREFIX = "unet."  # the UNet families'; SD3's and Flux's is "transformer." (layout.diffusers_component)
+COMPONENT_PREFIXES = ("unet.", "transformer.")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
-KEY = re.compile(r"^(?:unet\.base_model\.model\.|base_model\.model\.|unet\.)?"
+KEY = re.compile(r"^(?:unet\.base_model\.model\.|base_model\.model\.|unet\.|transformer\.)?"
                  r"(?P<name>.+)\.(?P<part>lora_A|lora_B)(?:\.default)?\.weight$")
-ALPHA_KEY = re.compile(r"^(?:unet\.base_model\.model\.|base_model\.model\.|unet\.)?(?P<name>.+)\.(?P<part>alpha)$")
+ALPHA_KEY = re.compile(r"^(?:unet\.base_model\.model\.|base_model\.model\.|unet\.|transformer\.)?"
+                       r"(?P<name>.+)\.(?P<part>alpha)$")
 TEXT_ENCODER = re.compile(r"^(text_encoder(_\d)?|te\d?)\.")
 
 
@@ -51,7 +64,12 @@ def adapter_config(metadata: dict) -> dict:
     if isinstance(raw, str):
         raw = json.loads(raw)
     if raw:
-        return {k.removeprefix(PREFIX): v for k, v in raw.items() if k.startswith(PREFIX) or "." not in k}
+        config = {}
+        for key, value in raw.items():
+            prefix = next((p for p in COMPONENT_PREFIXES if key.startswith(p)), None)
+            if prefix is not None or "." not in key:
+                config[key.removeprefix(prefix or "")] = value
+        return config
     return dict(metadata.get("adapter_config") or {})
 
 
@@ -85,20 +103,31 @@ def read(tensors: dict, metadata: dict) -> dict[str, LayerWeights]:
     return layers
 
 
-def module_names(layout) -> dict[str, str]:
-    """diffusers names, and ComfyUI's own names with PEFT suffixes (`diffusion_model.<layer>.lora_A.weight`,
-    the generic layout ComfyUI's loader also accepts)."""
-    return {**layout.from_diffusers(), **{f"diffusion_model.{m}": m for m in layout.shapes}}
+def module_names(layout) -> dict:
+    """diffusers names (a ComfyUI module, or (module, DiffusersPart) for a block of a fused layer's rows), and
+    ComfyUI's own names with PEFT suffixes (`diffusion_model.<layer>.lora_A.weight`, the generic layout
+    ComfyUI's loader also accepts)."""
+    names = {name: (module if part.start == 0 and part.rows == layout.shapes[module][0] and not part.swap_halves
+                    else (module, part))
+             for name, (module, part) in layout.diffusers_part_names().items()}
+    return {**names, **{f"diffusion_model.{m}": m for m in layout.shapes}}
 
 
 def write(layers: dict[str, LayerWeights], layout) -> tuple[dict, dict[str, str]]:
-    """PEFT keys with the `unet.` prefix, and the LoraConfig in the metadata the way diffusers saves it."""
+    """PEFT keys with the model's component prefix (`unet.`, `transformer.`), and the LoraConfig in the
+    metadata the way diffusers saves it. A fused layer becomes its diffusers layers (split_rows)."""
+    component = getattr(layout, "diffusers_component", "unet")
+    prefix = f"{component}."
     tensors, ranks, alphas = {}, {}, {}
     for module, w in layers.items():
-        name = layout.diffusers_name(module)
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = w.down
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = w.up
-        ranks[name], alphas[name] = w.rank, w.alpha
+        parts = layout.diffusers_parts(module)
+        blocks = [(p.start, p.rows, p.swap_halves) for p in parts]
+        for part, pw in zip(parts, split_rows(w, blocks, fold_scale=component != "unet")):
+            if len(parts) == 1 and not part.swap_halves and pw.alpha == w.alpha:
+                pw = w  # the layer's own tensors, bit for bit
+            tensors[f"{prefix}{part.name}.lora_A.weight"] = pw.down
+            tensors[f"{prefix}{part.name}.lora_B.weight"] = pw.up
+            ranks[part.name], alphas[part.name] = pw.rank, pw.alpha
     r, alpha = common_value(ranks), common_value(alphas)
     config = {
         "r": r,
@@ -112,5 +141,5 @@ def write(layers: dict[str, LayerWeights], layout) -> tuple[dict, dict[str, str]
         "use_dora": False,
         "init_lora_weights": True,
     }
-    packed = {f"{PREFIX}{k}": v for k, v in config.items()}
+    packed = {f"{prefix}{k}": v for k, v in config.items()}
     return tensors, {METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}

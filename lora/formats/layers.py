@@ -80,3 +80,68 @@ def common_value(values: dict[str, float]):
     for v in values.values():
         counts[v] = counts.get(v, 0) + 1
     return min(counts, key=lambda v: (-counts[v], v))
+
+
+def swap_halves(rows: torch.Tensor) -> torch.Tensor:
+    """The rows with their two halves exchanged (ComfyUI's (shift, scale) <-> diffusers' (scale, shift)); its own
+    inverse."""
+    first, second = rows.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+class RowBlock(NamedTuple):
+    """A LoRA layer that patches a block of output rows of a larger layer (one of fused q/k/v, say)."""
+
+    start: int
+    rows: int
+    swapped: bool  # its rows are the block's rows with the two halves exchanged
+    weights: LayerWeights
+
+
+def split_rows(weights: LayerWeights, blocks: list[tuple[int, int, bool]], fold_scale: bool = False) -> list[LayerWeights]:
+    """One LoRA per (start, rows, swapped) block of the layer's output rows: the same down (A) for each, up (B)
+    cut into those rows. Exact: the blocks' ΔW are the rows of the layer's ΔW. With `fold_scale` the scale
+    alpha/rank moves into up and alpha becomes the rank (scale 1), for readers that ignore alpha."""
+    scale = weights.alpha / weights.rank
+    out = []
+    for start, rows, swapped in blocks:
+        up = weights.up.flatten(1)[start:start + rows]
+        if swapped:
+            up = swap_halves(up)
+        alpha = weights.alpha
+        if fold_scale and scale != 1.0:
+            up, alpha = up * scale, float(weights.rank)
+        out.append(LayerWeights(weights.down.clone(), up.clone().reshape(rows, *weights.up.shape[1:]), alpha))
+    return out
+
+
+def join_rows(blocks: list[RowBlock], out_rows: int) -> LayerWeights:
+    """The one LoRA of a layer whose output rows other LoRA layers patch block by block (the inverse of
+    `split_rows`): ΔW = the blocks' ΔW stacked in their rows, zero where no block is.
+
+    Where every row is covered, in order, by blocks that share one down (A) and one alpha, as `split_rows`
+    writes them, the result is exact and keeps the rank: A, the ups stacked, alpha. Otherwise the ranks
+    concatenate: A = the downs stacked ([Σr, in]), B block-diagonal in the blocks' rows ([out, Σr]), each block's
+    scale kept (one alpha for all when the scales agree, else folded into B with alpha = Σr).
+    """
+    blocks = sorted(blocks, key=lambda b: b.start)
+    ups = [swap_halves(b.weights.up.flatten(1)) if b.swapped else b.weights.up.flatten(1) for b in blocks]
+    first = blocks[0].weights
+    tiled = [b.start for b in blocks] == [0, *(b.start + b.rows for b in blocks[:-1])] and \
+        blocks[-1].start + blocks[-1].rows == out_rows
+    shared = all(b.weights.alpha == first.alpha and b.weights.down.shape == first.down.shape
+                 and torch.equal(b.weights.down, first.down) for b in blocks)
+    if tiled and shared:
+        return LayerWeights(first.down, torch.cat(ups, dim=0), first.alpha)
+    total = sum(b.weights.rank for b in blocks)
+    scales = [b.weights.alpha / b.weights.rank for b in blocks]
+    same_scale = all(s == scales[0] for s in scales)
+    down = torch.cat([b.weights.down.flatten(1) for b in blocks], dim=0)
+    up = torch.zeros(out_rows, total, dtype=ups[0].dtype, device=ups[0].device)
+    column = 0
+    for block, b, s in zip(blocks, ups, scales):
+        r = block.weights.rank
+        up[block.start:block.start + block.rows, column:column + r] = b if same_scale else b * s
+        column += r
+    alpha = scales[0] * total if same_scale else float(total)
+    return LayerWeights(down.reshape(total, *first.down.shape[1:]), up, float(alpha))
