@@ -1,4 +1,4 @@
-"""Driftless Tiny Model: a seeded random-init SD1.5- or SDXL-shaped MODEL, CLIP and VAE for demos and tests."""
+"""Driftless Tiny Model: a seeded random-init SD1.5-, SDXL-, SD3.5- or Flux-shaped MODEL, CLIP and VAE for demos and tests."""
 
 from comfy_api.latest import io
 
@@ -14,9 +14,9 @@ class TinyModel(CheckedNode):
             display_name="Driftless Tiny Model (demo, random weights)",
             category="Driftless/demo",
             description=(
-                "Builds a small random-initialised model with ComfyUI's own SD1.5 or SDXL classes "
-                "(same UNet code, latent format, noise schedule, tokenizer and conditioning path as a real "
-                "checkpoint), so a workflow can be tried or tested in seconds on a CPU with no weights. "
+                "Builds a small random-initialised model with ComfyUI's own SD1.5, SDXL, SD3 or Flux classes "
+                "(same diffusion-model code, latent format, noise schedule, tokenizers and conditioning path as a "
+                "real checkpoint), so a workflow can be tried or tested in seconds on a CPU with no weights. "
                 "It draws noise, not pictures: swap it for Load Checkpoint to work on a real model."
             ),
             inputs=[
@@ -28,6 +28,12 @@ class TinyModel(CheckedNode):
                         "sd15-tiny: SD1.5-shaped (one text encoder, 3 UNet levels). "
                         "sdxl-tiny: SDXL-shaped (CLIP-L + CLIP-G, pooled embedding and size conditioning). "
                         "sd15-bench / sdxl-bench: the larger SD1.5- and SDXL-shaped sizes the speed benchmarks use. "
+                        "sd35-tiny: SD3.5-shaped MMDiT (CLIP-L + CLIP-G + T5, two joint blocks, the first with "
+                        "SD3.5 Medium's second self-attention; 16-channel latents, use an SD3 empty latent). "
+                        "flux-dev-tiny: Flux.1 [dev]-shaped (CLIP-L + T5, double- and single-stream blocks, a "
+                        "guidance embedding: set it with FluxGuidance, sample at CFG 1). flux-tiny: the same without "
+                        "the guidance embedding (an undistilled Flux, sampled with real CFG). "
+                        "sd35-bench / flux-dev-bench: the speed benchmarks' DiT sizes. "
                         "drift-bench: the drift benchmark's 32x32 model with a 4x VAE, untrained here "
                         "(Driftless Pretrained Shapes Model loads it pretrained)."
                     ),
@@ -43,7 +49,7 @@ class TinyModel(CheckedNode):
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The diffusion model, as Load Checkpoint returns it."),
                 io.Clip.Output(display_name="CLIP", tooltip="The text encoder(s) with the real tokenizer."),
-                io.Vae.Output(display_name="VAE", tooltip="An 8x-downscaling AutoencoderKL with 4 latent channels."),
+                io.Vae.Output(display_name="VAE", tooltip="An 8x-downscaling AutoencoderKL: 4 latent channels (SD1.5, SDXL) or 16 (SD3.5, Flux)."),
             ],
         )
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .configs import CONFIGS, TinyModelConfig
+from .configs import CONFIGS, TinyDiTConfig, TinyModelConfig
 
 
 def init_weights_(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -32,19 +32,40 @@ def init_weights_(module: torch.nn.Module, generator: torch.Generator) -> None:
                 p.fill_(1.0)
 
 
-def _supported_model(cfg: TinyModelConfig):
-    import comfy.supported_models
+def supported_model_class(cfg: TinyModelConfig | TinyDiTConfig):
+    """The comfy.supported_models class a checkpoint of `cfg`'s shape is detected as."""
+    import comfy.supported_models as sm
 
-    cls = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}[cfg.family]
-    model_config = cls(cfg.unet_config())
-    # the class's own head settings are for full-width models; a tiny width needs its own
-    model_config.unet_config["num_heads"] = -1
-    model_config.unet_config["num_head_channels"] = cfg.head_channels
+    if cfg.family == "flux":
+        return sm.Flux if cfg.guidance_embed else sm.FluxSchnell
+    return {"sd15": sm.SD15, "sdxl": sm.SDXL, "sd3": sm.SD3}[cfg.family]
+
+
+def _supported_model(cfg: TinyModelConfig | TinyDiTConfig):
+    from ..comfy_host import flux_unet_config
+
+    unet_config = cfg.unet_config()
+    model_config = supported_model_class(cfg)(flux_unet_config(unet_config) if cfg.family == "flux" else unet_config)
+    if isinstance(cfg, TinyModelConfig):
+        # the class's own head settings are for full-width models; a tiny width needs its own
+        model_config.unet_config["num_heads"] = -1
+        model_config.unet_config["num_head_channels"] = cfg.head_channels
     return model_config
 
 
-def build_unet(cfg: TinyModelConfig, seed: int):
-    """A ModelPatcher around a random-init model of `cfg`, as CheckpointLoaderSimple would return it."""
+def _clip_target(cfg: TinyModelConfig | TinyDiTConfig, model_config):
+    """The family's text encoders. SD3's class picks its encoders from the checkpoint's keys; all three here."""
+    if cfg.family != "sd3":
+        return model_config.clip_target()
+    import comfy.supported_models_base
+    import comfy.text_encoders.sd3_clip as sd3_clip
+
+    model = sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=True, dtype_t5=torch.float32)
+    return comfy.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, model)
+
+
+def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
+    """A ModelPatcher around a random-init diffusion model of `cfg`, as CheckpointLoaderSimple would return it."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
@@ -52,32 +73,59 @@ def build_unet(cfg: TinyModelConfig, seed: int):
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, device=mm.unet_offload_device())
     init_weights_(model.diffusion_model, torch.Generator().manual_seed(seed))
+    if cfg.family == "sd3":
+        _fill_position_embedding_(model.diffusion_model)
+    _check_finite(model.diffusion_model)
     model.diffusion_model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
-def build_clip(cfg: TinyModelConfig, seed: int):
+def _fill_position_embedding_(mmdit: torch.nn.Module) -> None:
+    """SD3 keeps its patch position table as a buffer that ComfyUI allocates empty and checkpoints fill: the fixed
+    2-D sine-cosine embedding (as in DiT, Peebles & Xie 2023) over its pos_embed_max_size² grid."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+    table = mmdit.pos_embed
+    grid = round(table.shape[1] ** 0.5)
+    table.copy_(torch.from_numpy(get_2d_sincos_pos_embed(table.shape[2], grid)).to(table.dtype).unsqueeze(0))
+
+
+def _check_finite(module: torch.nn.Module) -> None:
+    """Every weight and buffer was written: a tensor left as allocated could hold anything."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise RuntimeError(f"tiny model tensor {name} was left uninitialised")
+
+
+def build_clip(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
     """A comfy.sd.CLIP with the family's real tokenizer(s) and tiny random text transformers."""
     import comfy.sd
 
     model_config = _supported_model(cfg)
-    model_options = {f"clip_{name}_model_config": te.as_comfy_overrides() for name, te in cfg.text_encoders.items()}
+    model_options = {f"{_option_name(name)}_model_config": te.as_comfy_overrides() for name, te in cfg.text_encoders.items()}
     model_options["dtype"] = torch.float32
-    clip = comfy.sd.CLIP(target=model_config.clip_target(), model_options=model_options)
+    clip = comfy.sd.CLIP(target=_clip_target(cfg, model_config), model_options=model_options)
     init_weights_(clip.cond_stage_model, torch.Generator().manual_seed(seed + 1))
+    _check_finite(clip.cond_stage_model)
     return clip
 
 
-def build_vae(cfg: TinyModelConfig, seed: int):
-    """A comfy.sd.VAE (AutoencoderKL, 8x downscale, 4 latent channels) with random weights."""
+def _option_name(text_encoder: str) -> str:
+    """ComfyUI's model_options prefix for a text encoder's config overrides (clip_l, clip_g, t5xxl)."""
+    return text_encoder if text_encoder == "t5xxl" else f"clip_{text_encoder}"
+
+
+def build_vae(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
+    """A comfy.sd.VAE (AutoencoderKL, 8x downscale, 4 or 16 latent channels) with random weights."""
     import comfy.sd
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    config = {"params": {"ddconfig": cfg.vae_ddconfig(), "embed_dim": 4}}
+    config = {"params": {"ddconfig": cfg.vae_ddconfig(), "embed_dim": cfg.latent_channels}}
     reference = AutoencoderKL(**config["params"])
     init_weights_(reference, torch.Generator().manual_seed(seed + 2))
     vae = comfy.sd.VAE(sd=reference.state_dict(), config=config, dtype=torch.float32)
     vae.downscale_ratio = vae.upscale_ratio = cfg.vae_downscale  # comfy.sd.VAE assumes 8x when given a config
+    vae.latent_channels = cfg.latent_channels  # and 4 latent channels
     return vae
 
 

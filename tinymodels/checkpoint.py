@@ -1,4 +1,4 @@
-"""A tiny model as one checkpoint file in the SD1.5 / SDXL layout, and back.
+"""A tiny model as one checkpoint file in the layout of its family (SD1.5, SDXL, SD3.5, Flux), and back.
 
 The file is what ComfyUI's own saving path writes (`state_dict_for_saving`: `model.diffusion_model.*`, the
 text encoders under their checkpoint prefixes, `first_stage_model.*`), with the architecture's name in the

@@ -1,6 +1,6 @@
 """Architecture configs for the built-in tiny models: plain data, no ComfyUI or torch import.
 
-Two sizes per family:
+UNet families (SD1.5, SDXL: `TinyModelConfig`) and DiT families (SD3.5, Flux.1: `TinyDiTConfig`), two sizes each:
 - ``tiny``: the smallest model that keeps every structural feature (down/up levels with and without
   attention, cross-attention, a mid block; for SDXL the two text encoders and the pooled ADM path).
   A sampling step takes milliseconds on a CPU; used by the tests and the demo.
@@ -51,6 +51,7 @@ class TinyModelConfig:
     vae_channel_mult: tuple[int, ...] = (1, 1, 2, 2)  # one downsampling between levels: 4 levels = 8x
     default_resolution: int = 64  # pixels; latents are 1/(2 ** (len(vae_channel_mult) - 1)) of it
     extra: dict = field(default_factory=dict)
+    latent_channels = 4
 
     @property
     def vae_downscale(self) -> int:
@@ -97,21 +98,125 @@ class TinyModelConfig:
 
     def vae_ddconfig(self) -> dict:
         """comfy.ldm.models.autoencoder.AutoencoderKL ddconfig (default: 3 downsamplings = the real 8x factor)."""
+        return vae_ddconfig(self)
+
+
+def vae_ddconfig(cfg) -> dict:
+    """An AutoencoderKL ddconfig of `cfg`'s width, depth and latent channels (4 for the UNets, 16 for the DiTs)."""
+    return {
+        "double_z": True,
+        "z_channels": cfg.latent_channels,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": cfg.vae_channels,
+        "ch_mult": list(cfg.vae_channel_mult),
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class T5Config:
+    """Overrides for ComfyUI's T5-XXL json config (comfy/text_encoders/t5_config_xxl.json keys): the tokenizer
+    and vocabulary stay T5's, the transformer shrinks."""
+
+    d_model: int
+    num_layers: int = 1
+    num_heads: int = 2
+    d_kv: int = 16
+    d_ff: int = 64
+
+    def as_comfy_overrides(self) -> dict:
+        return {"d_model": self.d_model, "num_layers": self.num_layers, "num_heads": self.num_heads,
+                "d_kv": self.d_kv, "d_ff": self.d_ff}
+
+
+# SD3's text encoder pads CLIP-L+G to 4096 channels and joins T5's tokens after them (comfy sd3_clip), so its T5
+# keeps T5-XXL's width: one layer, but the 32128 × 4096 embedding (131M numbers) comes with it
+SD3_CONTEXT_WIDTH = 4096
+
+
+@dataclass(frozen=True)
+class TinyDiTConfig:
+    """A rectified-flow transformer of ComfyUI's SD3 (MMDiT) or Flux.1 classes.
+
+    family "sd3": `supported_models.SD3`, joint blocks; ComfyUI derives the width from the depth (64 · depth,
+    one 64-wide head per block), as its checkpoint detector does, so only `depth` sets the size; SD3.5's
+    q/k RMS norms and MMDiT-X's second self-attention (in `dual_attention_blocks`) are on.
+    family "flux": `supported_models.Flux` (guidance-distilled "dev": a guidance embedding) or `FluxSchnell`
+    (`guidance_embed=False`: no guidance input, sampled with real CFG); `depth` double-stream blocks and
+    `depth_single_blocks` single-stream blocks of width `hidden_size`, RoPE over (index, row, column) axes
+    `axes_dim`, whose sum is the head width.
+    """
+
+    family: str  # "sd3" | "flux"
+    depth: int
+    text_encoders: dict  # "l", "g" (SD3) -> TextEncoderConfig; "t5xxl" -> T5Config
+    hidden_size: int = 0  # flux only
+    num_heads: int = 0  # flux only
+    depth_single_blocks: int = 0  # flux only
+    axes_dim: tuple[int, ...] = ()  # flux only
+    guidance_embed: bool = False  # flux only
+    dual_attention_blocks: tuple[int, ...] = ()  # sd3 only
+    pos_embed_max_size: int = 16  # sd3 only: the largest latent side / 2 it can place
+    vae_channels: int = 32
+    vae_channel_mult: tuple[int, ...] = (1, 1, 2, 2)
+    default_resolution: int = 64
+    latent_channels = 16
+
+    @property
+    def vae_downscale(self) -> int:
+        return 2 ** (len(self.vae_channel_mult) - 1)
+
+    @property
+    def width(self) -> int:
+        return 64 * self.depth if self.family == "sd3" else self.hidden_size
+
+    def unet_config(self) -> dict:
+        """The diffusion-model config ComfyUI's model detection reads from a checkpoint of this shape."""
+        if self.family == "sd3":
+            l, g = self.text_encoders["l"], self.text_encoders["g"]
+            return {
+                "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": self.depth, "input_size": None,
+                "adm_in_channels": (l.hidden_size) + (g.projection_dim or g.hidden_size),
+                "context_embedder_config": {"target": "torch.nn.Linear",
+                                            "params": {"in_features": SD3_CONTEXT_WIDTH, "out_features": self.width}},
+                "num_patches": self.pos_embed_max_size ** 2, "pos_embed_max_size": self.pos_embed_max_size,
+                "qk_norm": "rms", "pos_embed_scaling_factor": None,
+                "x_block_self_attn_layers": list(self.dual_attention_blocks),
+            }
         return {
-            "double_z": True,
-            "z_channels": 4,
-            "resolution": 256,
-            "in_channels": 3,
-            "out_ch": 3,
-            "ch": self.vae_channels,
-            "ch_mult": list(self.vae_channel_mult),
-            "num_res_blocks": 1,
-            "attn_resolutions": [],
-            "dropout": 0.0,
+            "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
+            "vec_in_dim": self.text_encoders["l"].hidden_size, "context_in_dim": self.text_encoders["t5xxl"].d_model,
+            "hidden_size": self.hidden_size, "mlp_ratio": 4.0, "num_heads": self.num_heads, "depth": self.depth,
+            "depth_single_blocks": self.depth_single_blocks, "axes_dim": list(self.axes_dim), "theta": 10000,
+            "qkv_bias": True, "guidance_embed": self.guidance_embed,
         }
 
+    def vae_ddconfig(self) -> dict:
+        return vae_ddconfig(self)
 
-CONFIGS: dict[str, TinyModelConfig] = {
+
+def _flux(guidance_embed: bool, hidden: int, depth: int, single: int, axes: tuple, resolution: int, text: int):
+    return TinyDiTConfig(
+        family="flux", depth=depth, depth_single_blocks=single, hidden_size=hidden, num_heads=hidden // sum(axes),
+        axes_dim=axes, guidance_embed=guidance_embed, default_resolution=resolution,
+        text_encoders={"l": TextEncoderConfig(hidden_size=text), "t5xxl": T5Config(d_model=text)},
+    )
+
+
+def _sd3(depth: int, resolution: int, text: int):
+    return TinyDiTConfig(
+        family="sd3", depth=depth, dual_attention_blocks=(0,), default_resolution=resolution,
+        pos_embed_max_size=max(16, resolution // 16),
+        text_encoders={"l": TextEncoderConfig(hidden_size=text), "g": TextEncoderConfig(hidden_size=text),
+                       "t5xxl": T5Config(d_model=SD3_CONTEXT_WIDTH, num_heads=1, d_ff=32)},
+    )
+
+
+CONFIGS: dict[str, TinyModelConfig | TinyDiTConfig] = {
     "sd15-tiny": TinyModelConfig(
         family="sd15",
         model_channels=32,
@@ -172,4 +277,17 @@ CONFIGS: dict[str, TinyModelConfig] = {
         vae_channel_mult=(1, 2, 2),
         default_resolution=32,
     ),
+    # SD3.5-shaped MMDiT (two joint blocks, width 128, the first with MMDiT-X's second attention) and Flux.1-shaped
+    # transformers (two double- and two single-stream blocks of width 64, two 32-wide heads), 16 latent channels
+    "sd35-tiny": _sd3(depth=2, resolution=64, text=32),
+    "flux-dev-tiny": _flux(True, hidden=64, depth=2, single=2, axes=(8, 12, 12), resolution=64, text=32),
+    "flux-tiny": _flux(False, hidden=64, depth=2, single=2, axes=(8, 12, 12), resolution=64, text=32),
+    # the speed benchmarks' DiTs: a training step of ~0.5 s on 2 CPU cores at 256 px (32x32 latents, 256 tokens)
+    "sd35-bench": _sd3(depth=4, resolution=256, text=128),
+    "flux-dev-bench": _flux(True, hidden=256, depth=2, single=4, axes=(16, 24, 24), resolution=256, text=128),
 }
+
+
+def is_dit(name: str) -> bool:
+    """True for the transformer (SD3.5, Flux) tiny models."""
+    return isinstance(CONFIGS[name], TinyDiTConfig)

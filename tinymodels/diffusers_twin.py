@@ -1,14 +1,16 @@
-"""The diffusers twin of a tiny model: a `UNet2DConditionModel` of the same shape holding the same weights.
+"""The diffusers twin of a tiny model: a `UNet2DConditionModel`, `SD3Transformer2DModel` or `FluxTransformer2DModel`
+of the same shape holding the same weights.
 
-Weights move with ComfyUI's own map between its UNet and diffusers' (`comfy.utils.unet_to_diffusers`,
-the one its checkpoint loader uses for diffusers UNets), so the two compute the same function: the
-reference that LoRA files are checked against (tests/comfy/test_lora_interop.py). Needs diffusers (the
-`test` extra); nothing here runs in the pack itself.
+Weights move with ComfyUI's own maps between its modules and diffusers' (`comfy.utils.unet_to_diffusers`,
+`mmdit_to_diffusers`, `flux_to_diffusers`: the ones its loaders use for diffusers-format checkpoints, fused q/k/v
+rows and swapped modulation halves included), so the two compute the same function: the reference that LoRA
+files are checked against (tests/comfy/test_lora_interop*.py). Needs diffusers (the `test` extra); nothing here
+runs in the pack itself.
 """
 
 import torch
 
-from .configs import CONFIGS, TinyModelConfig
+from .configs import CONFIGS, TinyDiTConfig, TinyModelConfig
 
 
 def diffusers_unet_config(cfg: TinyModelConfig) -> dict:
@@ -43,11 +45,13 @@ def diffusers_unet_config(cfg: TinyModelConfig) -> dict:
 
 
 def diffusers_twin(model_patcher, name: str):
-    """A float32 UNet2DConditionModel with the weights of `model_patcher` (a tiny model called `name`)."""
+    """A float32 diffusers model with the weights of `model_patcher` (a tiny model called `name`)."""
     import comfy.utils
     from diffusers import UNet2DConditionModel
 
     cfg = CONFIGS[name]
+    if isinstance(cfg, TinyDiTConfig):
+        return _dit_twin(model_patcher, cfg, name)
     unet = UNet2DConditionModel(**diffusers_unet_config(cfg)).eval()
     comfy_state = model_patcher.model.diffusion_model.state_dict()
     wanted = unet.state_dict()
@@ -70,3 +74,76 @@ def sdxl_adm(text_embeds: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
     embed = Timestep(256)
     flat = embed(time_ids.flatten()).reshape(time_ids.shape[0], -1)
     return torch.cat([text_embeds, flat.to(text_embeds.dtype)], dim=1)
+
+
+def diffusers_dit_config(cfg: TinyDiTConfig) -> dict:
+    """SD3Transformer2DModel / FluxTransformer2DModel arguments for a tiny DiT config."""
+    unet = cfg.unet_config()
+    if cfg.family == "sd3":
+        return dict(sample_size=cfg.pos_embed_max_size * 2, patch_size=2, in_channels=16, out_channels=16,
+                    num_layers=cfg.depth, attention_head_dim=64, num_attention_heads=cfg.depth,
+                    joint_attention_dim=unet["context_embedder_config"]["params"]["in_features"],
+                    caption_projection_dim=cfg.width, pooled_projection_dim=unet["adm_in_channels"],
+                    pos_embed_max_size=cfg.pos_embed_max_size, dual_attention_layers=tuple(cfg.dual_attention_blocks),
+                    qk_norm="rms_norm")
+    return dict(patch_size=1, in_channels=16 * 4, num_layers=cfg.depth, num_single_layers=cfg.depth_single_blocks,
+                attention_head_dim=sum(cfg.axes_dim), num_attention_heads=cfg.num_heads,
+                joint_attention_dim=unet["context_in_dim"], pooled_projection_dim=unet["vec_in_dim"],
+                guidance_embeds=cfg.guidance_embed, axes_dims_rope=tuple(cfg.axes_dim))
+
+
+def _dit_twin(model_patcher, cfg: TinyDiTConfig, name: str):
+    """The twin of a DiT: every diffusers weight read through ComfyUI's key map, which names for each one a
+    ComfyUI weight, a row slice of a fused one (q/k/v, Flux's linear1), or a weight to transform (shift/scale)."""
+    import comfy.utils
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    unet = model_patcher.model.model_config.unet_config
+    if cfg.family == "sd3":
+        twin, key_map = SD3Transformer2DModel(**diffusers_dit_config(cfg)), comfy.utils.mmdit_to_diffusers(unet)
+    else:
+        twin, key_map = FluxTransformer2DModel(**diffusers_dit_config(cfg)), comfy.utils.flux_to_diffusers(unet)
+    comfy_state = model_patcher.model.diffusion_model.state_dict()
+    wanted = twin.state_dict()
+    state = {}
+    for diffusers_key, source in key_map.items():
+        if diffusers_key in wanted:
+            state[diffusers_key] = _read(comfy_state, source).detach().clone().float()
+    missing = sorted(set(wanted) - set(state))
+    if missing:
+        raise RuntimeError(f"the diffusers twin of {name} lacks {len(missing)} weights, e.g. {missing[:3]}")
+    twin.load_state_dict(state, strict=True)
+    return twin.eval()
+
+
+def _read(comfy_state: dict, source) -> torch.Tensor:
+    """One entry of ComfyUI's diffusers key map: a key, (key, (dim, start, size)) or (key, None, transform)."""
+    if isinstance(source, str):
+        return comfy_state[source]
+    key, rows, *transform = source
+    weight = comfy_state[key]
+    if rows is not None:
+        weight = weight.narrow(*rows)
+    return transform[0](weight) if transform else weight
+
+
+def flux_ids(height: int, width: int, text_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flux's position ids as ComfyUI makes them for one image of `height` x `width` patches (axis 0 index, axis
+    1 row, axis 2 column) and text tokens at 0: what diffusers' pipeline passes as img_ids / txt_ids."""
+    img = torch.zeros(height, width, 3)
+    img[..., 1] = torch.arange(height)[:, None]
+    img[..., 2] = torch.arange(width)[None, :]
+    return img.reshape(-1, 3), torch.zeros(text_tokens, 3)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2·W/2, C·4]: Flux's 2x2 patches, in the (c, ph, pw) order both ComfyUI and diffusers use."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of `pack_latents` for latents of `height` x `width`."""
+    b, _, d = packed.shape
+    c = d // 4
+    return packed.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)

@@ -2,10 +2,13 @@
 
 import pytest
 
-from driftless.tinymodels.configs import CONFIGS, SDXL_SIZE_EMBEDDING_WIDTH
+from driftless.tinymodels.configs import CONFIGS, SD3_CONTEXT_WIDTH, SDXL_SIZE_EMBEDDING_WIDTH, is_dit
+
+UNETS = sorted(n for n in CONFIGS if not is_dit(n))
+DITS = sorted(n for n in CONFIGS if is_dit(n))
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", UNETS)
 def test_widths(name):
     cfg = CONFIGS[name]
     unet = cfg.unet_config()
@@ -28,3 +31,27 @@ def test_family_specific_conditioning():
     assert sdxl.adm_in_channels == sdxl.text_encoders["g"].hidden_size + 6 * 256 == 32 + SDXL_SIZE_EMBEDDING_WIDTH
     assert sdxl.unet_config()["use_linear_in_transformer"] and not sd15.unet_config()["use_linear_in_transformer"]
     assert sdxl.transformer_depth[0] == 0  # like SDXL: no attention at the full-resolution level
+
+
+@pytest.mark.parametrize("name", DITS)
+def test_dit_widths(name):
+    """The DiT configs keep the rules ComfyUI's classes and detector assume: SD3 is 64 wide per block with one
+    64-wide head per block and CLIP-L+G padded to T5-XXL's 4096; Flux splits its width into heads whose width
+    is the sum of the RoPE axes (each even), reads CLIP-L's pooled output and T5's tokens."""
+    cfg = CONFIGS[name]
+    unet = cfg.unet_config()
+    assert unet["in_channels"] == unet["out_channels"] == cfg.latent_channels == 16
+    if cfg.family == "sd3":
+        assert cfg.width == 64 * cfg.depth
+        assert unet["context_embedder_config"]["params"] == {"in_features": SD3_CONTEXT_WIDTH, "out_features": cfg.width}
+        assert cfg.text_encoders["t5xxl"].d_model == SD3_CONTEXT_WIDTH
+        l, g = cfg.text_encoders["l"], cfg.text_encoders["g"]
+        assert l.hidden_size + g.hidden_size <= SD3_CONTEXT_WIDTH
+        assert unet["adm_in_channels"] == l.hidden_size + (g.projection_dim or g.hidden_size)
+        assert cfg.default_resolution // cfg.vae_downscale // 2 <= cfg.pos_embed_max_size
+    else:
+        assert cfg.num_heads * sum(cfg.axes_dim) == cfg.hidden_size
+        assert all(axis % 2 == 0 for axis in cfg.axes_dim)
+        assert unet["vec_in_dim"] == cfg.text_encoders["l"].hidden_size
+        assert unet["context_in_dim"] == cfg.text_encoders["t5xxl"].d_model
+        assert unet["guidance_embed"] == name.startswith("flux-dev")
