@@ -4,12 +4,12 @@ import pytest
 import torch
 
 
-def _lora(model, seed=0):
-    """A LoRA with non-zero B on every attention layer of `model` (ComfyUI-native keys)."""
+def _lora(model, seed=0, preset="attention+ff"):
+    """A LoRA with non-zero B on every attention and feed-forward layer of `model` (ComfyUI-native keys)."""
     from driftless.lora.adapter import LoraAdapter
 
     g = torch.Generator().manual_seed(seed)
-    adapter = LoraAdapter.for_model(model.model.diffusion_model, "attention+ff", 4, 4.0, g)
+    adapter = LoraAdapter.for_model(model.model.diffusion_model, preset, 4, 4.0, g)
     with torch.no_grad():
         for layer in adapter.layers:
             layer.up.copy_(torch.randn(layer.up.shape, generator=g) * 0.2)
@@ -28,7 +28,7 @@ def _sample(guider, model, seed=5, steps=4, sampler="euler"):
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-    latent = torch.zeros(1, 4, 8, 8)
+    latent = torch.zeros(1, model.model.latent_format.latent_channels, 8, 8)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
     noise = Noise_RandomNoise(seed).generate_noise({"samples": latent})
     return guider.sample(noise, latent, comfy.samplers.sampler_object(sampler), sigmas, disable_pbar=True, seed=seed)
@@ -60,6 +60,26 @@ def test_equals_the_conditioning_hooks_construction(comfy_host, architecture, s)
     model, positive, null, lora = _setup(architecture)
     ours = _sample(make_guider(model, positive, null, lora, cfg=4.0, s_start=s, s_end=s), model)
     oracle = _sample(_hooks_oracle(model, positive, null, lora, s, 4.0), model)
+    _close(ours, oracle)
+
+
+@pytest.mark.parametrize("architecture", ["sd35-tiny", "flux-tiny", "flux-dev-tiny"])
+@pytest.mark.parametrize("s", [0.0, 0.3])
+def test_equals_the_conditioning_hooks_construction_on_dits(comfy_host, architecture, s):
+    """The same identity on the DiT families, the LoRA on every linear layer of the joint and single-stream blocks
+    (fused q/k/v included). For the guidance-distilled Flux dev the distilled guidance (3.5, ComfyUI's default)
+    goes into both branches and CFG 4 runs real CFG on top, as "true CFG" does: the weak model replaces the
+    unconditional branch there as on any model."""
+    from driftless.guidance.guider import make_guider
+    from driftless.tinymodels.build import build_tiny_model
+
+    model, clip, _ = build_tiny_model(architecture, 0)
+    positive, null = (clip.encode_from_tokens_scheduled(clip.tokenize(t)) for t in ("a photo of sks dog", ""))
+    lora = _lora(model, preset="all linear+conv")
+    ours = _sample(make_guider(model, positive, null, lora, cfg=4.0, s_start=s, s_end=s), model)
+    oracle = _sample(_hooks_oracle(model, positive, null, lora, s, 4.0), model)
+    plain_cfg = _sample(_hooks_oracle(model, positive, null, lora, 1.0, 4.0), model)
+    assert (oracle - plain_cfg).abs().max() > 1e-3 * oracle.abs().max()  # the weak branch changes the sample
     _close(ours, oracle)
 
 
