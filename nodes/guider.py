@@ -27,7 +27,8 @@ class PersonalizationGuider(CheckedNode):
                 io.Conditioning.Input("positive", tooltip="The prompt with the trigger word."),
                 io.Conditioning.Input("null", optional=True, tooltip="The null prompt's conditioning (CLIP Text Encode of an empty text)."),
                 io.Clip.Input("clip", optional=True, tooltip="Encodes the empty prompt when `null` is not connected."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip="Guidance scale. At 1 ComfyUI runs no unconditional branch, so s has no effect: "
+                               "on a guidance-distilled Flux dev (sampled at CFG 1), use 2-4 with FluxGuidance lowered to about 1-2."),
                 io.Float.Input("weak_strength", default=0.3, min=0.0, max=1.0, step=0.01,
                                tooltip="s: LoRA strength of the weak (unconditional) model at the start of the schedule. "
                                "1 = plain CFG, 0 = the base model. The paper's ω is 1 − s."),
