@@ -71,7 +71,7 @@ def detect_format(tensors: dict) -> str:
 
 
 def read_layers(lora: dict) -> tuple[str, dict[str, LayerWeights], list[str]]:
-    """(format, {name in that format: weights}, keys left out as not UNet LoRA layers)."""
+    """(format, {name in that format: weights}, keys left out as not diffusion-model LoRA layers (text encoders, …))."""
     fmt = detect_format(lora)
     module = FORMATS[fmt]
     # an export not yet written keeps its format's entries (the PEFT config) in raw_metadata
@@ -111,7 +111,7 @@ def to_native(lora: dict, layout) -> LoraWeights:
     if unknown or misshaped:
         raise LoraDoesNotFit(_does_not_fit(fmt, layers, unknown, misshaped, layout, left_out))
     if left_out:
-        logging.warning("Driftless: %d keys of this %s LoRA are not UNet LoRA layers and are left out (%s)",
+        logging.warning("Driftless: %d keys of this %s LoRA are not diffusion-model LoRA layers and are left out (%s)",
                         len(left_out), fmt, _sample(left_out, 3))
     metadata = dict(getattr(lora, "metadata", {}) or {})
     if metadata.get("format") != NATIVE_TAG:

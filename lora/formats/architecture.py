@@ -2,8 +2,11 @@
 
 Used only to say something useful when a LoRA does not fit: "this LoRA is for an SDXL-style UNet, the
 model is SD1.5". The signs, in the order they are read:
-- DiT families by their block names: Flux (double_blocks / single_blocks, single_transformer_blocks),
-  SD3 (joint_blocks, context_block);
+- DiT families by their block names: Flux (double_blocks / single_blocks, single_transformer_blocks, and
+  in diffusers names x_embedder / guidance_embedder), SD3 (joint_blocks, context_block, and in diffusers
+  names pos_embed.proj, a second attention attn2 in transformer_blocks, or a last block whose text stream
+  has q/k/v but no output projection or feed-forward: SD3's context_pre_only block; Flux's have both);
+  diffusers transformer_blocks names with none of these signs are "a transformer", which fits either;
 - UNets by where attention starts: SD1.x/SD2.x have transformer blocks from the first level on
   (input_blocks.1.1 / down_blocks.0.attentions); SDXL has none there (and an ADM embedding,
   label_emb / add_embedding); a second text encoder's layers (lora_te2_, text_encoder_2) also mean SDXL;
@@ -43,6 +46,8 @@ class Architecture:
             return False
         if {self.kind, other.kind} <= {"unet", "sd1-unet", "sdxl-unet"} and "unet" in (self.kind, other.kind):
             kinds_differ = False  # a bare "UNet" is compatible with either layout
+        elif {self.kind, other.kind} <= {"dit", "flux", "sd3"} and "dit" in (self.kind, other.kind):
+            kinds_differ = False  # so is a bare "transformer" with Flux and SD3
         else:
             kinds_differ = self.kind != other.kind
         widths_differ = self.width is not None and other.width is not None and self.width != other.width
@@ -55,6 +60,24 @@ def _normal(name: str) -> str:
     return "." + name.replace("_", ".") + "."
 
 
+def _sd3_second_attention(joined: str) -> bool:
+    """diffusers names with `attn` and `attn2` in transformer_blocks: SD3.5's MMDiT-X blocks (PixArt-style
+    blocks name theirs attn1 and attn2)."""
+    return bool(re.search(r"^\.transformer\.blocks\.\d+\.attn2\.", joined, re.M)
+                and re.search(r"^\.transformer\.blocks\.\d+\.attn\.", joined, re.M))
+
+
+def _sd3_last_text_block(normal: list[str]) -> bool:
+    """diffusers names where the last block's text stream has q/k/v LoRAs but no output projection or
+    feed-forward while an earlier block has them: SD3's last joint block (context_pre_only)."""
+    qkv, rest = set(), set()
+    for name in normal:
+        match = re.match(r"^\.transformer\.blocks\.(\d+)\.(attn\.add\.[qkv]\.proj|attn\.to\.add\.out|ff\.context)\.", name)
+        if match:
+            (qkv if match[2].startswith("attn.add.") else rest).add(int(match[1]))
+    return bool(qkv and rest) and max(qkv) not in rest and max(qkv) > max(rest)
+
+
 def guess(names, cross_attention_widths: dict[str, int] | None = None, text_encoder_keys=()) -> Architecture:
     """The architecture that layer `names` (any convention) belong to; `cross_attention_widths` maps
     names to the input width of their layer, used for attn2.to_k."""
@@ -65,9 +88,11 @@ def guess(names, cross_attention_widths: dict[str, int] | None = None, text_enco
         if ".attn2.to.k." in _normal(name):
             width = w
             break
-    if re.search(r"\.(double\.blocks|single\.blocks|single\.transformer\.blocks)\.", joined):
+    if re.search(r"\.(double\.blocks|single\.blocks|single\.transformer\.blocks|guidance\.embedder)\.", joined) or \
+            re.search(r"^\.x\.embedder\.$", joined, re.M):  # Flux's img_in (SD3's x_embedder is x_embedder.proj)
         return Architecture("flux")
-    if re.search(r"\.(joint\.blocks|context\.block)\.", joined):
+    if re.search(r"\.(joint\.blocks|context\.block|pos\.embed\.proj)\.", joined) or \
+            _sd3_second_attention(joined) or _sd3_last_text_block(normal):
         return Architecture("sd3")
     second_text_encoder = any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in text_encoder_keys)
     unet = re.search(r"\.(input\.blocks|down\.blocks|middle\.block|mid\.block|output\.blocks|up\.blocks)\.", joined)

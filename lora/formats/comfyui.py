@@ -4,7 +4,9 @@
     diffusion_model.<module>.lora_up.weight     B  [out, r] or [out, r, 1, 1]
     diffusion_model.<module>.alpha              scalar; scale = alpha / r (absent: alpha = r)
 
-<module> is the module's name inside ComfyUI's diffusion model (LDM names for UNets).
+<module> is the module's name inside ComfyUI's diffusion model: LDM names for UNets, SAI's MMDiT names for
+SD3 (`joint_blocks.0.x_block.attn.qkv`), BFL's for Flux (`double_blocks.0.img_attn.qkv`); a fused q/k/v
+projection is one layer.
 """
 
 import re

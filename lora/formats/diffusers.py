@@ -48,7 +48,7 @@ TEXT_ENCODER = re.compile(r"^(text_encoder(_\d)?|te\d?)\.")
 
 
 def classify(key: str) -> str | None:
-    """'lora' for a UNet layer's A/B, 'extra' for a per-layer alpha, 'ignored' for text-encoder layers."""
+    """'lora' for a diffusion-model layer's A/B, 'extra' for a per-layer alpha, 'ignored' for text-encoder layers."""
     if TEXT_ENCODER.match(key) and (KEY.match(key) or ALPHA_KEY.match(key)):
         return "ignored"
     if KEY.match(key):
@@ -59,7 +59,7 @@ def classify(key: str) -> str | None:
 
 
 def adapter_config(metadata: dict) -> dict:
-    """The UNet's LoraConfig fields from the file's metadata (diffusers' entry, or a PEFT adapter_config)."""
+    """The diffusion model's LoraConfig fields from the file's metadata (diffusers' entry, or a PEFT adapter_config)."""
     raw = metadata.get(METADATA_KEY)
     if isinstance(raw, str):
         raw = json.loads(raw)

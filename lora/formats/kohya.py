@@ -9,7 +9,7 @@ LDM name for SDXL (sd-scripts' SDXL UNet keeps those), and ComfyUI's own name fo
 and BFL's Flux names, which sd-scripts and ai-toolkit's kohya-style files use: fused q/k/v stays one layer,
 `lora_unet_double_blocks_0_img_attn_qkv`, `lora_unet_single_blocks_0_linear1`); `_` for `.` cannot be undone
 by string replacement, so both directions go through ComfyUI's own key map (`comfy.lora.model_lora_keys_unet`,
-see layout.py). Text-encoder layers (`lora_te_`, `lora_te1_`, `lora_te2_`) are not part of a UNet
+see layout.py). Text-encoder layers (`lora_te_`, `lora_te1_`, `lora_te2_`) are not part of a diffusion-model
 adapter: they are reported and left out. Metadata follows sd-scripts (`ss_network_module`,
 `ss_network_dim`, `ss_network_alpha`, `ss_base_model_version`, and `conv_dim`/`conv_alpha` in
 `ss_network_args` when convolutions are adapted, as LoCon writes them; for Flux `networks.lora_flux` and

@@ -27,7 +27,7 @@ from typing import NamedTuple
 FAMILY_NAMES = {
     "SD15": "SD1.5", "SD20": "SD2.x", "SD21UnclipL": "SD2.1 unCLIP", "SD21UnclipH": "SD2.1 unCLIP",
     "SDXL": "SDXL", "SDXLRefiner": "SDXL refiner", "SSD1B": "SSD-1B", "Segmind_Vega": "Segmind Vega",
-    "SD3": "SD3", "Flux": "Flux", "FluxSchnell": "Flux schnell", "AuraFlow": "AuraFlow", "HunyuanDiT": "Hunyuan-DiT",
+    "SD3": "SD3/SD3.5", "Flux": "Flux", "FluxSchnell": "Flux schnell", "AuraFlow": "AuraFlow", "HunyuanDiT": "Hunyuan-DiT",
 }
 
 
