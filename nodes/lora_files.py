@@ -1,6 +1,7 @@
 """Driftless Save LoRA / Load LoRA: LoRA files in models/loras, safetensors only, written atomically.
 
-Formats (lora/formats): ComfyUI-native (the default), diffusers/PEFT and kohya, both ways.
+Formats (lora/formats): ComfyUI-native (the default), diffusers/PEFT and kohya, both ways, for SD1.x/SD2.x/SDXL,
+SD3/SD3.5 and Flux.
 """
 
 from comfy_api.latest import io, ui
@@ -10,9 +11,11 @@ from .validation import CheckedNode
 
 FORMAT_CHOICES = {
     "comfyui": "ComfyUI-native keys: the stock Load LoRA and every Driftless node read it",
-    "diffusers": "diffusers/PEFT keys (unet.<module>.lora_A/lora_B) with the adapter config in the metadata: "
-                 "pipe.load_lora_weights(file) in diffusers",
-    "kohya": "kohya/sd-scripts keys (lora_unet_…, with .alpha): A1111/Forge, kohya's tools, diffusers, ComfyUI",
+    "diffusers": "diffusers/PEFT keys (unet.<module>.lora_A/lora_B; transformer.<module> for SD3 and Flux, fused q/k/v "
+                 "split into to_q/to_k/to_v as ai-toolkit writes them) with the adapter config in the metadata: "
+                 "pipe.load_lora_weights(file) in diffusers; ComfyUI's Load LoRA reads the SD3/Flux ones too",
+    "kohya": "kohya/sd-scripts keys (lora_unet_…, with .alpha; SD3 and Flux with their own layer names, fused q/k/v as "
+             "one layer, as sd-scripts writes them): A1111/Forge, kohya's tools, diffusers, ComfyUI",
 }
 assert set(FORMAT_CHOICES) == set(FORMATS)
 

@@ -63,8 +63,8 @@ def _normal(name: str) -> str:
 def _sd3_second_attention(joined: str) -> bool:
     """diffusers names with `attn` and `attn2` in transformer_blocks: SD3.5's MMDiT-X blocks (PixArt-style
     blocks name theirs attn1 and attn2)."""
-    return bool(re.search(r"^\.transformer\.blocks\.\d+\.attn2\.", joined, re.M)
-                and re.search(r"^\.transformer\.blocks\.\d+\.attn\.", joined, re.M))
+    return bool(re.search(r"^\.transformer\.blocks\.\d+\.attn2\.", joined, re.MULTILINE)
+                and re.search(r"^\.transformer\.blocks\.\d+\.attn\.", joined, re.MULTILINE))
 
 
 def _sd3_last_text_block(normal: list[str]) -> bool:
@@ -89,7 +89,7 @@ def guess(names, cross_attention_widths: dict[str, int] | None = None, text_enco
             width = w
             break
     if re.search(r"\.(double\.blocks|single\.blocks|single\.transformer\.blocks|guidance\.embedder)\.", joined) or \
-            re.search(r"^\.x\.embedder\.$", joined, re.M):  # Flux's img_in (SD3's x_embedder is x_embedder.proj)
+            re.search(r"^\.x\.embedder\.$", joined, re.MULTILINE):  # Flux's img_in (SD3's x_embedder is x_embedder.proj)
         return Architecture("flux")
     if re.search(r"\.(joint\.blocks|context\.block|pos\.embed\.proj)\.", joined) or \
             _sd3_second_attention(joined) or _sd3_last_text_block(normal):

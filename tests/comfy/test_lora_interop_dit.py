@@ -174,7 +174,7 @@ def _pipeline(name, twin):
 # ---- layout ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", DITS)
 def test_every_layer_has_diffusers_and_kohya_names_that_fit_the_twin(comfy_host, name):
-    model, layout, twin = _model(name)
+    _, layout, twin = _model(name)
     twin_layers = {n: m for n, m in twin.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
     assert layout.diffusers_component == "transformer" and layout.kohya_spelling == "ldm"
     covered = set()
@@ -350,10 +350,10 @@ PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", 
 PEFT_VARIANTS = {
     # q, k, v with their own A (peft draws each), k with another rank and scale: the ranks concatenate, each
     # block's scale folded into its B; the modulations, with swapped halves in the final and SD3's last text one
-    "patterns": dict(target_modules=PEFT_TARGETS, r=4, lora_alpha=6, rank_pattern={"to_k": 2},
-                     alpha_pattern={"to_k": 1}),
+    "patterns": {"target_modules": PEFT_TARGETS, "r": 4, "lora_alpha": 6, "rank_pattern": {"to_k": 2},
+                 "alpha_pattern": {"to_k": 1}},
     # only q and v of the attention (a common choice): the k rows of the fused LoRA stay zero
-    "q and v": dict(target_modules=["to_q", "to_v", "add_v_proj"], r=3, lora_alpha=3),
+    "q and v": {"target_modules": ["to_q", "to_v", "add_v_proj"], "r": 3, "lora_alpha": 3},
 }
 
 

@@ -20,7 +20,8 @@ from driftless.lora.formats import (
     to_native,
 )
 from driftless.lora.formats.architecture import guess
-from driftless.lora.formats.layout import UnetLayout
+from driftless.lora.formats.layers import LayerWeights, RowBlock, join_rows, split_rows
+from driftless.lora.formats.layout import DiffusersPart, ModelLayout, UnetLayout
 
 Q = "input_blocks.1.1.transformer_blocks.0.attn1.to_q"
 K2 = "input_blocks.1.1.transformer_blocks.0.attn2.to_k"
@@ -275,3 +276,159 @@ def test_raw_metadata_is_written_as_plain_strings(tmp_path):
     _, raw = load_safetensors(path)
     assert raw["ss_network_module"] == "networks.lora"  # not JSON-quoted: sd-scripts' readers take it as is
     assert json.loads(raw["lora_format"]) == "kohya"
+
+
+# ---- transformers (SD3, Flux): fused layers split into diffusers layers and joined back ------------------
+
+QKV, LINEAR1, FINAL, PROJ = "double_blocks.0.img_attn.qkv", "single_blocks.0.linear1", "final_layer.adaLN_modulation.1", \
+    "double_blocks.0.img_attn.proj"
+H = 4  # hidden width of the hand-made Flux layout: qkv [3H, H], linear1 [3H + 4H, H]
+
+
+def _flux_layout() -> ModelLayout:
+    def blocks(names, prefix, sizes):
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return tuple(DiffusersPart(f"{prefix}.{n}", s, r) for n, s, r in zip(names, starts, sizes))
+
+    return ModelLayout(
+        family="Flux",
+        shapes={QKV: (3 * H, H), LINEAR1: (7 * H, H), FINAL: (2 * H, H), PROJ: (H, H)},
+        diffusers_names={PROJ: "transformer_blocks.0.attn.to_out.0"},
+        diffusers_splits={
+            QKV: blocks(["to_q", "to_k", "to_v"], "transformer_blocks.0.attn", [H, H, H]),
+            LINEAR1: blocks(["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"], "single_transformer_blocks.0",
+                            [H, H, H, 4 * H]),
+            FINAL: (DiffusersPart("norm_out.linear", 0, 2 * H, swap_halves=True),),
+        },
+        kohya_names={"lora_unet_" + m.replace(".", "_"): m for m in (QKV, LINEAR1, FINAL, PROJ)},
+        kohya_spelling="ldm",
+        diffusers_component="transformer",
+    )
+
+
+def _flux_native(alpha_of=lambda module, r: 2.0 * r, seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for module, shape in _flux_layout().shapes.items():
+        r = 2 if module == PROJ else 3
+        out[f"diffusion_model.{module}.lora_down.weight"] = torch.randn(r, shape[1], generator=g)
+        out[f"diffusion_model.{module}.lora_up.weight"] = torch.randn(shape[0], r, generator=g)
+        out[f"diffusion_model.{module}.alpha"] = torch.tensor(alpha_of(module, r))
+    return out
+
+
+def test_split_rows_then_join_rows_is_exact_and_the_blocks_hold_the_rows():
+    g = torch.Generator().manual_seed(0)
+    w = LayerWeights(torch.randn(3, 5, generator=g), torch.randn(12, 3, generator=g), 3.0)
+    blocks = [(0, 4, False), (4, 4, False), (8, 4, True)]
+    parts = split_rows(w, blocks)
+    delta = w.up @ w.down
+    for (start, rows, swapped), p in zip(blocks, parts):
+        assert torch.equal(p.down, w.down) and p.alpha == 3.0  # the same A for every block
+        want = delta[start:start + rows]
+        torch.testing.assert_close(p.up @ p.down, torch.cat(want.chunk(2)[::-1]) if swapped else want)
+    joined = join_rows([RowBlock(s, r, sw, p) for (s, r, sw), p in zip(blocks, parts)], 12)
+    assert joined.rank == 3 and torch.equal(joined.down, w.down) and torch.equal(joined.up, w.up) and joined.alpha == 3.0
+
+
+def test_split_rows_folds_the_scale_into_up_for_readers_without_alpha():
+    w = LayerWeights(torch.ones(2, 3), torch.ones(4, 2), 8.0)  # scale 4
+    parts = split_rows(w, [(0, 2, False), (2, 2, False)], fold_scale=True)
+    assert all(p.alpha == 2.0 and torch.equal(p.up, torch.full((2, 2), 4.0)) for p in parts)
+
+
+def test_join_rows_concatenates_ranks_for_separate_downs_missing_blocks_and_scales():
+    """q with rank 2 (scale 1), v with rank 1 (scale 3), no k: ΔW's q rows, zero k rows, v rows."""
+    g = torch.Generator().manual_seed(1)
+    q = LayerWeights(torch.randn(2, 5, generator=g), torch.randn(4, 2, generator=g), 2.0)
+    v = LayerWeights(torch.randn(1, 5, generator=g), torch.randn(4, 1, generator=g), 3.0)
+    joined = join_rows([RowBlock(8, 4, False, v), RowBlock(0, 4, False, q)], 12)
+    assert joined.down.shape == (3, 5) and joined.up.shape == (12, 3) and joined.alpha == 3.0  # scales folded, alpha = Σr
+    delta = joined.alpha / joined.rank * joined.up @ joined.down
+    torch.testing.assert_close(delta[:4], q.up @ q.down)
+    assert torch.count_nonzero(delta[4:8]) == 0
+    torch.testing.assert_close(delta[8:], 3.0 * v.up @ v.down)
+    same = join_rows([RowBlock(0, 4, False, q), RowBlock(4, 4, False, LayerWeights(v.down, v.up, 1.0))], 12)
+    assert same.alpha == 3.0 and same.rank == 3  # one scale (1) for both: kept as alpha = scale · Σr
+
+
+def test_flux_diffusers_export_splits_fused_layers_with_the_transformer_prefix():
+    layout = _flux_layout()
+    native = _flux_native()
+    exported = export(native, layout, "diffusers")
+    names = {k.rsplit(".lora_", 1)[0] for k in exported}
+    assert names == {"transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.0.attn.to_k",
+                     "transformer.transformer_blocks.0.attn.to_v", "transformer.transformer_blocks.0.attn.to_out.0",
+                     "transformer.single_transformer_blocks.0.attn.to_q", "transformer.single_transformer_blocks.0.attn.to_k",
+                     "transformer.single_transformer_blocks.0.attn.to_v", "transformer.single_transformer_blocks.0.proj_mlp",
+                     "transformer.norm_out.linear"}
+    up = native[f"diffusion_model.{LINEAR1}.lora_up.weight"]
+    assert torch.equal(exported["transformer.single_transformer_blocks.0.proj_mlp.lora_B.weight"], 2.0 * up[3 * H:])
+    final = native[f"diffusion_model.{FINAL}.lora_up.weight"]
+    assert torch.equal(exported["transformer.norm_out.linear.lora_B.weight"], 2.0 * torch.cat([final[H:], final[:H]]))
+    config = json.loads(exported.raw_metadata["lora_adapter_metadata"])
+    assert config["transformer.r"] == 3 and config["transformer.lora_alpha"] == 3  # scale 1: the scale is in B
+    assert config["transformer.rank_pattern"] == {"transformer_blocks.0.attn.to_out.0": 2}
+    assert sorted(config["transformer.target_modules"]) == sorted(n.removeprefix("transformer.") for n in names)
+    back = to_native(exported, layout)
+    for module in layout.shapes:
+        _assert_deltas(back, {module: _delta(native, module)})
+
+
+def test_flux_diffusers_export_with_scale_one_comes_back_bit_for_bit():
+    layout = _flux_layout()
+    native = _flux_native(alpha_of=lambda module, r: float(r))
+    back = to_native(export(native, layout, "diffusers"), layout)
+    assert set(back) == set(native) and all(torch.equal(back[k], native[k]) for k in native)
+
+
+def test_flux_kohya_export_keeps_fused_layers_and_writes_sd_scripts_flux_metadata():
+    layout = _flux_layout()
+    native = _flux_native()
+    exported = export(native, layout, "kohya")
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in exported
+    assert "lora_unet_single_blocks_0_linear1.alpha" in exported
+    assert exported.raw_metadata["ss_network_module"] == "networks.lora_flux"
+    assert exported.raw_metadata["ss_base_model_version"] == "flux1"
+    assert exported.raw_metadata["modelspec.architecture"] == "flux-1-dev/lora"
+    back = to_native(exported, layout)
+    assert all(torch.equal(back[k], native[k]) for k in native)
+
+
+def test_a_transformer_prefixed_peft_config_is_read():
+    """diffusers' Flux/SD3 pipelines write the LoraConfig with `transformer.`-prefixed keys."""
+    layout = _flux_layout()
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(2, H, generator=g), torch.randn(H, 2, generator=g)
+    lora = LoraWeights({"transformer.transformer_blocks.0.attn.to_k.lora_A.weight": a,
+                        "transformer.transformer_blocks.0.attn.to_k.lora_B.weight": b},
+                       {"lora_adapter_metadata": {"transformer.r": 2, "transformer.lora_alpha": 6}})
+    native = to_native(lora, layout)
+    delta = _delta(native, QKV)
+    assert torch.count_nonzero(delta[:H]) == 0 and torch.count_nonzero(delta[2 * H:]) == 0
+    torch.testing.assert_close(delta[H:2 * H], 3.0 * b @ a)
+
+
+@pytest.mark.parametrize("names, kind", [
+    (["transformer.transformer_blocks.0.attn.to_q", "transformer.x_embedder"], "flux"),
+    (["transformer.time_text_embed.guidance_embedder.linear_1"], "flux"),
+    (["x_embedder.proj", "final_layer.linear"], None),  # no block: nothing to tell
+    (["transformer.pos_embed.proj"], "sd3"),
+    (["transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.0.attn2.to_q"], "sd3"),
+    (["transformer.transformer_blocks.0.attn.add_q_proj", "transformer.transformer_blocks.0.attn.to_add_out",
+      "transformer.transformer_blocks.1.attn.add_q_proj"], "sd3"),  # the last block's text stream is pre-only
+    (["transformer.transformer_blocks.0.attn.add_q_proj", "transformer.transformer_blocks.1.attn.add_q_proj",
+      "transformer.transformer_blocks.1.attn.to_add_out"], "dit"),
+    (["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn2.to_q"], "dit"),  # PixArt-style, not SD3.5
+])
+def test_transformer_architecture_signs(names, kind):
+    assert guess(names).kind == kind
+
+
+def test_a_bare_transformer_fits_either_family_but_flux_and_sd3_differ():
+    from driftless.lora.formats.architecture import Architecture
+
+    assert not Architecture("dit").differs_from(Architecture("flux"))
+    assert not Architecture("sd3").differs_from(Architecture("dit"))
+    assert Architecture("sd3").differs_from(Architecture("flux"))
+    assert Architecture("flux").differs_from(Architecture("sdxl-unet"))
