@@ -390,6 +390,26 @@ def test_a_lora_made_by_peft_on_the_twin_joins_into_fused_layers(comfy_host, tmp
     assert relative_error(inputs.comfy(model, native), want) < RELATIVE
 
 
+def test_a_flux_diffusers_export_with_peft_alone(comfy_host):
+    """Without diffusers' loaders: LoraConfig from the file's metadata, peft's inject_adapter_in_model and
+    set_peft_model_state_dict with the `transformer.` prefix removed."""
+    import json
+
+    from driftless.lora.formats import export
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    model, layout, twin = _model("flux-dev-tiny")
+    inputs = Inputs("flux-dev-tiny")
+    native = random_lora(layout, seed=8)
+    exported = export(native, layout, "diffusers")
+    config = json.loads(exported.raw_metadata["lora_adapter_metadata"])
+    config = LoraConfig(**{k.removeprefix("transformer."): v for k, v in config.items()})
+    inject_adapter_in_model(config, twin)
+    result = set_peft_model_state_dict(twin, {k.removeprefix("transformer."): v for k, v in exported.items()})
+    assert not result.unexpected_keys
+    assert relative_error(inputs.diffusers(twin), inputs.comfy(model, native)) < RELATIVE
+
+
 def test_a_flux_diffusers_file_with_per_layer_alphas(comfy_host, tmp_path):
     """kohya-converted Flux files in diffusers' layout carry `transformer.<layer>.alpha` keys (diffusers' Flux
     loader reads them as network alphas): imported with those scales, the twin's output through the pipeline."""
@@ -418,20 +438,19 @@ def test_a_flux_diffusers_file_with_per_layer_alphas(comfy_host, tmp_path):
 @pytest.mark.parametrize("fmt", ["comfyui", "diffusers", "kohya"])
 @pytest.mark.parametrize("name", ["sd35-tiny", "flux-dev-tiny"])
 def test_every_format_imports_through_load_lora_and_initial_lora(comfy_host, name, fmt):
-    """Driftless Load LoRA with the model connected, without it (then the guider converts), and Train LoRA's
-    initial_lora: the same function as the LoRA that was exported."""
+    """Written by Driftless Save LoRA (the model connected), read by Driftless Load LoRA with the model connected,
+    without it (then the guider converts), and by Train LoRA's initial_lora: the same function as the LoRA saved."""
     from driftless.guidance.guider import adapter_for
     from driftless.lora.files import load_lora
-    from driftless.lora.formats import export
-    from driftless.nodes.lora_files import LoadLora
+    from driftless.nodes.lora_files import LoadLora, SaveLora
     from driftless.trainers.start import InitialLora
 
     model, layout, _ = _model(name)
     native = random_lora(layout, seed=7)
     inputs = Inputs(name)
     want = inputs.comfy(model, native)
-    path = _save(comfy_host, export(native, layout, fmt), f"{name}_{fmt}_import")
-    lora_name = path.relative_to(comfy_host.base_directory / "models" / "loras").as_posix()
+    lora_name = SaveLora.execute(lora=native, filename=f"interop_dit/{name}_{fmt}_node", overwrite=True, format=fmt,
+                                 model=model).result[0]
     converted = LoadLora.execute(lora_name=lora_name, model=model).result[0]
     assert converted.metadata["lora_format"] == fmt and set(converted) == set(native)
     assert relative_error(inputs.comfy(model, converted), want) < 1e-6
@@ -439,7 +458,7 @@ def test_every_format_imports_through_load_lora_and_initial_lora(comfy_host, nam
     assert as_is.metadata["lora_format"] == fmt
     from_guider = adapter_for(model, as_is, "lora").lora_state_dict()
     assert all(torch.equal(from_guider[k], converted[k]) for k in converted)
-    initial = InitialLora.of(model, load_lora(path))
+    initial = InitialLora.of(model, load_lora(comfy_host.base_directory / "models" / "loras" / lora_name))
     assert all(torch.equal(initial.weights[k], converted[k]) for k in converted)
 
 
