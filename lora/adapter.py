@@ -9,6 +9,13 @@ only while that clone is the loaded one and are removed when ComfyUI unloads it:
 never modified. Strength s is a float (training, inference) or a per-sample tensor (batched guidance);
 s = 0 is a bit-exact frozen base forward.
 
+Models that update a tensor in place after a layer has read it (Flux's DoubleStreamBlock and SingleStreamBlock
+normalise their input, then `img += …` / `x += …` into it) break autograd once a LoRA upstream makes that tensor
+require grad: the norm saved it for backward and the add bumped its version ("modified by an inplace operation
+… output 0 of Add"). While a graph is being recorded, `install` hands such modules (lora/targets.py names them
+per family) a copy of their input, so what they saved is never written to; with no graph (sampling) they get the
+tensor itself. The copy costs what an out-of-place residual add would keep anyway.
+
 Parameters use ComfyUI's native LoRA key names, so the state dict is what LoraLoader, the LORA_MODEL
 socket and `comfy.lora.load_lora` read: `diffusion_model.<module>.lora_down.weight` (A, [r, in, kh, kw]),
 `.lora_up.weight` (B, [out, r, 1, 1] or [out, r]) and `.alpha`.
@@ -167,6 +174,7 @@ class LoraAdapter(torch.nn.Module):
         self.alpha_value = float(alpha)
         self.strength: float | torch.Tensor = 1.0
         self._handles: list = []
+        self._guarded: list = []  # modules given the in-place guard by `install`
 
     # ---- construction and state -------------------------------------------------------------
     @classmethod
@@ -235,21 +243,62 @@ class LoraAdapter(torch.nn.Module):
         return hook
 
     def install(self, diffusion_model: torch.nn.Module) -> None:
-        """Register the hooks on the (shared) modules. Idempotent."""
+        """Register the hooks on the (shared) modules, and the in-place guards the model needs. Idempotent."""
+        from .targets import inplace_input_modules
+
         self.remove()
         modules = dict(diffusion_model.named_modules())
         self._handles = [modules[n].register_forward_hook(self._hook(layer)) for n, layer in zip(self.names, self.layers)]
+        self._guarded = inplace_input_modules(diffusion_model)
+        for module in self._guarded:
+            _guard_input(module)
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for module in self._guarded:
+            _unguard_input(module)
+        self._guarded = []
+
+
+GUARD = "_driftless_inplace_guard"  # [hook handle, number of installed adapters using it], in the module's __dict__
+
+
+def _copy_recorded_input(module, args):
+    """Forward pre-hook: the module reads a copy of its input when autograd records it (see the module docstring)."""
+    if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad and torch.is_grad_enabled():
+        return (args[0].clone(), *args[1:])
+    return None
+
+
+def _guard_input(module: torch.nn.Module) -> None:
+    """One guard per module, however many adapters are installed on the model (counted)."""
+    guard = module.__dict__.get(GUARD)
+    if guard is None:
+        guard = module.__dict__[GUARD] = [module.register_forward_pre_hook(_copy_recorded_input), 0]
+    guard[1] += 1
+
+
+def _unguard_input(module: torch.nn.Module) -> None:
+    guard = module.__dict__.get(GUARD)
+    if guard is None:
+        return
+    guard[1] -= 1
+    if guard[1] <= 0:
+        guard[0].remove()
+        del module.__dict__[GUARD]
 
 
 def attach(patcher, adapters: list[LoraAdapter]) -> None:
     """Install the adapters' hooks through one injection on `patcher`: present only while that clone is
-    the loaded model, removed when ComfyUI unloads it."""
+    the loaded model, removed when ComfyUI unloads it. A model of a family the pack does not support is refused
+    here, naming it, before anything is hooked (every node that trains or guides attaches through this)."""
     from comfy.patcher_extension import PatcherInjection
+
+    from .targets import check_supported
+
+    check_supported(patcher, "attach a LoRA to")
 
     def inject(p):
         for adapter in adapters:

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..trainers.config import DTYPES, OPTIMIZERS, TrainConfig
 from ..trainers.schedules import SCHEDULES
-from ..lora.targets import TARGET_PRESETS
+from ..lora.targets import TARGET_PRESETS, describe_presets
 from .training_data import TRAINING_DATA
 from .validation import CheckedNode
 
@@ -44,7 +44,8 @@ class TrainLora(CheckedNode):
                 io.Float.Input("alpha", default=d.alpha, min=0.01, max=1024.0, step=0.5,
                                tooltip="LoRA alpha: the update is scaled by alpha/rank. alpha = rank gives scale 1."),
                 io.Combo.Input("target_layers", options=list(TARGET_PRESETS), default=d.targets,
-                               tooltip=_describe(TARGET_PRESETS)),
+                               tooltip="Which layers get a LoRA; what each preset means depends on the model family. "
+                               + describe_presets()),
                 io.Int.Input("batch_size", default=d.batch_size, min=1, max=64,
                              tooltip="Examples per micro-batch (drawn without replacement within an epoch)."),
                 io.Int.Input("gradient_accumulation", default=d.grad_accumulation, min=1, max=256,
@@ -57,7 +58,8 @@ class TrainLora(CheckedNode):
                                tooltip="Precision of the forward pass (autocast). fp32 is exact and slowest; bf16 is "
                                "the usual choice on recent GPUs; fp16 uses loss scaling on CUDA. LoRA weights stay fp32."),
                 io.Boolean.Input("gradient_checkpointing", default=d.gradient_checkpointing,
-                                 tooltip="Recompute UNet blocks in the backward pass: much less memory, ~30% slower."),
+                                 tooltip="Recompute each block in the backward pass (UNet layers; SD3 joint blocks; Flux "
+                                 "double and single blocks): much less memory, ~30% slower."),
                 io.Int.Input("seed", default=d.seed, min=0, max=2**63 - 1,
                              tooltip="Seeds the LoRA init, data order, noise, timesteps and dropout: same seed, same run."),
                 io.Float.Input("null_prompt_dropout", default=d.null_prompt_dropout, min=0.0, max=1.0, step=0.01,
@@ -133,12 +135,14 @@ class TrainLora(CheckedNode):
                 validation_every=0, validation_prompt="", validation_seed=0, validation_steps=20, validation_cfg=5.0,
                 clip=None, vae=None, initial_lora=None, **knobs):
         from ..lora.files import LoraWeights, lora_metadata, save_lora
+        from ..lora.targets import check_supported
         from ..trainers.loop import train_lora
         from ..trainers.start import InitialLora, with_initial_lora
         from ..trainers.report import loss_plot
         from ..trainers.state import ResumeState, checkpoint_paths, latest_state, save_state
         from .host import check_interrupt, lora_folder, progress_reporter, resolve_in_loras
 
+        check_supported(model)  # before anything else: a family the pack cannot train is named, not crashed on
         config = _config(checkpoint_every=checkpoint_every, **knobs)
         if initial_lora is not None:
             initial_lora = InitialLora.of(model, initial_lora)

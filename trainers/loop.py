@@ -16,6 +16,7 @@ import torch
 
 from ..lora.adapter import LoraAdapter, attach
 from ..lora.fingerprint import patcher_fingerprint
+from ..lora.targets import check_supported
 from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
 from .data import IndexStream, TrainingData
@@ -78,6 +79,7 @@ def train_lora(
     `initial_lora` is the starting point instead of a fresh LoRA: its layers, ranks and alphas replace the config's
     targets, rank and alpha. Give an `InitialLora` (converted once, start.py) or a LoRA in any format the pack reads.
     """
+    check_supported(model_patcher)
     config.check()
     check_latents(model_patcher, data)
     base_fingerprint = patcher_fingerprint(model_patcher)

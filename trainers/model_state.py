@@ -31,12 +31,16 @@ def release_inference_tensors(module: torch.nn.Module) -> int:
 
 @contextmanager
 def frozen_base(module: torch.nn.Module):
-    """No gradients for the base weights while training (restored afterwards): only the LoRA learns."""
+    """No gradients for the base weights while training (restored afterwards): only the LoRA learns.
+
+    ComfyUI is told it is training meanwhile (`comfy_training`): every pass that backpropagates through the
+    model (the training loop, continual learning's Fisher) runs inside this context."""
     changed = [p for p in module.parameters() if p.requires_grad]
     for p in changed:
         p.requires_grad_(False)
     try:
-        yield
+        with comfy_training():
+            yield
     finally:
         for p in changed:
             if not p.is_inference():  # a flag on an inference tensor cannot be set back, nor does it matter
@@ -44,27 +48,43 @@ def frozen_base(module: torch.nn.Module):
 
 
 @contextmanager
-def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool):
-    """Recompute each UNet layer (res block, transformer, up/downsampler) in backward instead of storing its activations.
+def comfy_training():
+    """Set ComfyUI's own training switch, `comfy.model_management.in_training`, as its TrainLoraNode does; restored
+    afterwards. From 0.33 on, Flux attention applies RoPE with comfy_kitchen's fused kernel, which has no backward
+    ("no autograd formula was registered"), unless the switch is on. Releases without the switch: nothing to do."""
+    import comfy.model_management as mm
 
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
+
+
+@contextmanager
+def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool):
+    """Recompute each block in backward instead of storing its activations (Chen et al. 2016, "Training Deep Nets
+    with Sublinear Memory Cost"): the UNet's layers (res block, transformer, up/downsampler), the DiTs' transformer
+    blocks (SD3 joint blocks, Flux double- and single-stream blocks); lora/targets.py lists them per family.
+
+    Flux's blocks add into the tensors they are given (`img += …`): each checkpointed call hands its block copies
+    of its tensor inputs, made inside the recomputed region, so the recomputation reads the inputs as they were.
     Installed on the loaded model only for the duration of training and removed in `finally`.
     """
-    blocks = []
-    if enabled:
-        stages = list(getattr(diffusion_model, "input_blocks", [])) + list(getattr(diffusion_model, "output_blocks", []))
-        if hasattr(diffusion_model, "middle_block"):
-            stages.append(diffusion_model.middle_block)
-        for stage in stages:
-            # the UNet iterates its stages' layers itself (forward_timestep_embed): wrap those layers
-            is_container = isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList))
-            blocks += list(stage.children()) if is_container else [stage]
+    from ..lora.targets import checkpoint_blocks
+
+    blocks, updates_inputs = checkpoint_blocks(diffusion_model) if enabled else ([], False)
     for block in blocks:
         original = block.forward
+        recomputed = _fresh_inputs(original) if updates_inputs else original
 
-        def checkpointed(*args, _original=original, **kwargs):
+        def checkpointed(*args, _original=original, _recomputed=recomputed, **kwargs):
             if not torch.is_grad_enabled():
                 return _original(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_recomputed, *args, use_reentrant=False, **kwargs)
 
         block.forward = checkpointed
     try:
@@ -72,6 +92,18 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool):
     finally:
         for block in blocks:
             del block.forward  # back to the class's forward
+
+
+def _fresh_inputs(forward):
+    """`forward` called on copies of its floating-point tensor arguments (the caller's tensors stay as they were)."""
+
+    def copy(value):
+        return value.clone() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    def call(*args, **kwargs):
+        return forward(*[copy(a) for a in args], **{k: copy(v) for k, v in kwargs.items()})
+
+    return call
 
 
 def outside_inference_mode(method):
