@@ -8,7 +8,14 @@ not by version number, each with the release that brought it:
 - `prompt_executor`: `PromptExecutor`'s `cache_args` gained "ram_inactive", read on every prompt since 0.33;
 - `init_extra_nodes`: since 0.33 a built-in extension (comfy_extras/nodes_replacements.py) registers node
   replacements on `PromptServer.instance` at start-up, which an in-process boot has not got;
-  `apply_node_replacements` rewrites a prompt's removed nodes as POST /prompt does since then.
+  `apply_node_replacements` rewrites a prompt's removed nodes as POST /prompt does since then;
+- dynamic VRAM (`ModelPatcherDynamic`, 0.16 on; main.py turns it on for NVIDIA and recent AMD GPUs): the stock
+  loaders wrap models in `comfy.model_patcher.CoreModelPatcher`, which main.py points at ModelPatcherDynamic
+  (`model_patcher_class`, `dynamic_vram_enabled`, `enable_dynamic_vram` for in-process boots on a GPU). Such a
+  patcher never patches weights in place: a layer's weight patches (a merged LoRA) are applied when the weight is
+  cast for the forward (`loaded_weight` gives a weight as the model computes with it), and with it on, comfy.ops
+  layers built without a state dict have no weights until one is loaded (`eager_weights` for models built from
+  a config).
 
 Everything else uses surfaces stable across both. Imports ComfyUI inside functions only.
 """
@@ -84,3 +91,104 @@ def flux_unet_config(config: dict) -> dict:
 
     fields = {f.name for f in dataclasses.fields(FluxParams)}
     return {**config, "txt_ids_dims": []} if "txt_ids_dims" in fields else config
+
+
+def model_patcher_class():
+    """The ModelPatcher class the release's stock loaders wrap a diffusion model in (CheckpointLoaderSimple's
+    MODEL): `CoreModelPatcher`, which is ModelPatcherDynamic once dynamic VRAM is on (0.16 on), else ModelPatcher."""
+    import comfy.model_patcher
+
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
+def is_dynamic(model_patcher) -> bool:
+    """Whether `model_patcher` loads its weights dynamically (ModelPatcherDynamic): no weight patched in place."""
+    return bool(getattr(model_patcher, "is_dynamic", lambda: False)())
+
+
+def dynamic_vram_enabled() -> bool:
+    """Whether this ComfyUI loads models with ModelPatcherDynamic (main.py enabled it, or `enable_dynamic_vram`).
+    False on releases without it (before 0.16) and under --cpu, --highvram, --gpu-only, --novram or
+    --disable-dynamic-vram."""
+    import comfy.model_patcher
+
+    dynamic = getattr(comfy.model_patcher, "ModelPatcherDynamic", None)
+    return dynamic is not None and model_patcher_class() is dynamic
+
+
+def enable_dynamic_vram() -> str | None:
+    """Turn dynamic VRAM loading on as main.py does at start-up, for an in-process boot on a GPU: comfy_aimdo's
+    library loaded and its devices initialised, the stock loaders' class pointed at ModelPatcherDynamic,
+    `comfy.memory_management.aimdo_enabled` set; under main.py's conditions (not --cpu, --highvram, --gpu-only,
+    --novram or --disable-dynamic-vram; an NVIDIA GPU or ROCm >= 7.14 unless --enable-dynamic-vram; torch >= 2.8).
+    Call it after `headless.host.configure_args` and before anything imports comfy.model_management (comfy_aimdo's
+    modules bind its library when first imported), then boot. Returns None once enabled, else why not."""
+    import sys
+
+    if "comfy.model_management" in sys.modules:
+        raise RuntimeError("enable_dynamic_vram() must run before comfy.model_management is imported: "
+                           "call it right after headless.host.configure_args, before host.boot")
+    import comfy.cli_args
+
+    if not hasattr(comfy.cli_args, "enables_dynamic_vram"):
+        return "this ComfyUI release has no dynamic VRAM (ModelPatcherDynamic came with 0.16)"
+    args = comfy.cli_args.args
+    if not comfy.cli_args.enables_dynamic_vram():
+        return "off by ComfyUI's arguments (--cpu, --highvram, --gpu-only, --novram or --disable-dynamic-vram)"
+    import comfy_aimdo.control
+
+    headroom = None if args.reserve_vram is None else int(args.reserve_vram * 1024 ** 3)
+    comfy_aimdo.control.init(simple_vram_headroom=headroom, nvml_pressure=not args.disable_nvml_pressure)
+    import comfy.memory_management
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    supported = mm.is_nvidia() or (mm.is_amd() and mm.rocm_version >= (7, 14))
+    if not (args.enable_dynamic_vram or supported):
+        return f"not supported on {mm.get_torch_device_name(mm.get_torch_device())} (NVIDIA, or AMD with ROCm >= 7.14)"
+    if not args.enable_dynamic_vram and mm.torch_version_numeric < (2, 8):
+        return f"torch {mm.torch_version_numeric} is older than 2.8"
+    devices = [(d.index, int(args.vram_headroom * 1024 ** 3)) for d in mm.get_all_torch_devices()]
+    if not comfy_aimdo.control.init_devices(devices):
+        return "comfy_aimdo did not initialise the GPUs (main.py then falls back to ModelPatcher too)"
+    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+    comfy.memory_management.aimdo_enabled = True
+    return None
+
+
+def eager_weights():
+    """A context (or decorator) in which comfy.ops layers allocate their weights when built, as they always did
+    before dynamic VRAM: with it on (0.16 on), a layer built without a state dict has `weight = None` until one
+    is loaded, which a model built from a config and filled in place (the tiny models) never gets. No-op where
+    dynamic VRAM is off or absent; the model then loads dynamically all the same."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def context():
+        try:
+            import comfy.memory_management as mem
+        except ImportError:  # before 0.16
+            yield
+            return
+        previous = getattr(mem, "aimdo_enabled", False)
+        mem.aimdo_enabled = False
+        try:
+            yield
+        finally:
+            mem.aimdo_enabled = previous
+
+    return context()
+
+
+def loaded_weight(model_patcher, key: str):
+    """The weight `key` ("diffusion_model.….weight") of the loaded `model_patcher`, its patches (a merged LoRA)
+    included. A ModelPatcher patches weights in place when it loads, so that is the module's tensor. A
+    ModelPatcherDynamic applies them as each layer's weight is cast for the forward (only its small, pre-loaded layers
+    are patched in place, their originals kept in `backup`): the patched weight is computed here with ModelPatcher's
+    own function, so it is what ModelPatcher would have loaded (on a GPU ModelPatcher patches in
+    `lora_compute_dtype`, fp16 where supported, the dynamic cast in the weight's dtype)."""
+    import comfy.utils
+
+    if not is_dynamic(model_patcher) or key not in model_patcher.patches or key in model_patcher.backup:
+        return comfy.utils.get_attr(model_patcher.model, key)
+    return model_patcher.patch_weight_to_device(key, device_to=model_patcher.load_device, return_weight=True)
