@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ..comfy_host import eager_weights, model_patcher_class
 from .configs import CONFIGS, TinyDiTConfig, TinyModelConfig
 
 
@@ -64,10 +65,10 @@ def _clip_target(cfg: TinyModelConfig | TinyDiTConfig, model_config):
     return comfy.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, model)
 
 
+@eager_weights()  # built from a config: weights allocated now even with dynamic VRAM on
 def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
     """A ModelPatcher around a random-init diffusion model of `cfg`, as CheckpointLoaderSimple would return it."""
     import comfy.model_management as mm
-    import comfy.model_patcher
 
     model_config = _supported_model(cfg)
     model_config.set_inference_dtype(torch.float32, None)
@@ -77,7 +78,7 @@ def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
         _fill_position_embedding_(model.diffusion_model)
     _check_finite(model.diffusion_model)
     model.diffusion_model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return model_patcher_class()(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
 def _fill_position_embedding_(mmdit: torch.nn.Module) -> None:
@@ -97,6 +98,7 @@ def _check_finite(module: torch.nn.Module) -> None:
             raise RuntimeError(f"tiny model tensor {name} was left uninitialised")
 
 
+@eager_weights()
 def build_clip(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
     """A comfy.sd.CLIP with the family's real tokenizer(s) and tiny random text transformers."""
     import comfy.sd
@@ -115,6 +117,7 @@ def _option_name(text_encoder: str) -> str:
     return text_encoder if text_encoder == "t5xxl" else f"clip_{text_encoder}"
 
 
+@eager_weights()
 def build_vae(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
     """A comfy.sd.VAE (AutoencoderKL, 8x downscale, 4 or 16 latent channels) with random weights."""
     import comfy.sd
