@@ -192,3 +192,17 @@ def loaded_weight(model_patcher, key: str):
     if not is_dynamic(model_patcher) or key not in model_patcher.patches or key in model_patcher.backup:
         return comfy.utils.get_attr(model_patcher.model, key)
     return model_patcher.patch_weight_to_device(key, device_to=model_patcher.load_device, return_weight=True)
+
+
+def forget_cast_weights(module) -> int:
+    """Mark every layer's GPU copy of its weight stale, as ComfyUI marks them when a model's patches change. With
+    dynamic VRAM a layer keeps the weight it cast to the GPU (`_v_weight`, reused while `_v_signature` says its pages
+    are still resident); a copy made during an inference-mode forward (any sampling) is an inference tensor, which
+    autograd refuses to save for backward and which the next patched cast may not update in place. The next forward
+    casts again, in the mode it runs in. Returns how many layers held one (none without dynamic VRAM, or on a CPU)."""
+    count = 0
+    for layer in module.modules():
+        if getattr(layer, "_v_signature", None) is not None:
+            layer._v_signature = None
+            count += 1
+    return count

@@ -13,8 +13,14 @@ def release_inference_tensors(module: torch.nn.Module) -> int:
     ComfyUI builds and loads models inside torch.inference_mode, and autograd refuses to save an
     inference tensor for backward (the base weights are needed for the input gradients that reach
     the LoRA). Each tensor is copied and the original dropped one at a time, so the extra memory is
-    one tensor at most; the model computes bit-identical outputs afterwards. Returns the count.
+    one tensor at most; the model computes bit-identical outputs afterwards. Under dynamic VRAM (ComfyUI 0.16 on)
+    the weights a forward computes with are GPU copies that a layer keeps between forwards: those made while
+    sampling are dropped too, so the next forward casts them again (comfy_host.forget_cast_weights). Returns the
+    count of tensors re-created.
     """
+    from ..comfy_host import forget_cast_weights
+
+    forget_cast_weights(module)
     count = 0
     with torch.inference_mode(False):
         for sub in module.modules():

@@ -364,6 +364,27 @@ def test_fingerprint_of_a_merged_lora_model_matches_model_patcher(dynamic, tiny_
     assert patcher_fingerprint(merged[0]) == patcher_fingerprint(merged[1]) != base
 
 
+def test_training_drops_weights_cast_while_sampling(dynamic, tiny_data):
+    """A dynamic layer keeps the weight it cast to the GPU (trusted while its `_v_signature` says the pages are
+    resident); one cast while sampling is an inference tensor, which backward cannot save. A TrainingRun drops every
+    such copy before its first forward. The CPU has no GPU copies: here each comfy.ops layer is marked as holding
+    one after sampling, and the run must clear every mark; the GPU check's graph test (sample, then train) is the
+    real case."""
+    from driftless.trainers.loop import TrainingRun
+
+    world = _world(tiny_data, "sd15-tiny", dynamic)
+    _sample(_cfg(world.model, world), world.model)
+    layers = [m for m in world.model.model.diffusion_model.modules() if hasattr(m, "comfy_cast_weights")]
+    if _on_gpu():
+        assert any(getattr(layer, "_v_signature", None) is not None for layer in layers)
+    else:
+        for layer in layers:
+            layer._v_signature = "resident"
+    run = TrainingRun(world.model, world.data, TrainConfig(steps=1, **FAST))
+    assert [layer for layer in layers if getattr(layer, "_v_signature", None) is not None] == []
+    assert len(layers) > 100 and torch.isfinite(torch.tensor(run.step()))
+
+
 def test_graph_after_sampling_trains_and_guides_as_under_model_patcher(dynamic, run_prompt):
     """One graph through ComfyUI's executor (inference mode, as the server runs it; the tiny model node built under
     the loaders' class): sample the tiny model, train a LoRA on the sample, guide with it. The dynamic run saves the
