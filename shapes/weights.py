@@ -183,7 +183,14 @@ def load_model(folder: pathlib.Path):
                          "recipe's seed: rebuild the weights with ./driftless bench drift --rebuild-weights")
     model.model.diffusion_model.load_state_dict(unet, strict=True)  # copied into the fp32 parameters
     vae.first_stage_model.load_state_dict(load_safetensors(folder / SHIPPED_VAE)[0], strict=True)
+    model.cached_patcher_init = (load_diffusion_model, (folder,))
     return model, clip, vae
+
+
+def load_diffusion_model(folder: pathlib.Path, disable_dynamic: bool = False):
+    """The MODEL of `load_model(folder)`: how ComfyUI 0.33's deep clones (its TrainLoraNode, multi-GPU) build it
+    again, as they do a checkpoint's (`cached_patcher_init`). They take its module, not its patcher class."""
+    return load_model(folder)[0]
 
 
 def load_classifier(folder: pathlib.Path):

@@ -66,9 +66,12 @@ def _clip_target(cfg: TinyModelConfig | TinyDiTConfig, model_config):
 
 
 @eager_weights()  # built from a config: weights allocated now even with dynamic VRAM on
-def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
-    """A ModelPatcher around a random-init diffusion model of `cfg`, as CheckpointLoaderSimple would return it."""
+def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int, disable_dynamic: bool = False):
+    """A ModelPatcher around a random-init diffusion model of `cfg`, as CheckpointLoaderSimple would return it:
+    the class the stock loaders use (a plain ModelPatcher with `disable_dynamic`), and, as they do, how to build
+    it again (`cached_patcher_init`, which ComfyUI 0.33's deep clones call: its own TrainLoraNode, multi-GPU)."""
     import comfy.model_management as mm
+    import comfy.model_patcher
 
     model_config = _supported_model(cfg)
     model_config.set_inference_dtype(torch.float32, None)
@@ -78,7 +81,10 @@ def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
         _fill_position_embedding_(model.diffusion_model)
     _check_finite(model.diffusion_model)
     model.diffusion_model.eval()
-    return model_patcher_class()(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else model_patcher_class()
+    patcher = patcher_class(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    patcher.cached_patcher_init = (build_unet, (cfg, seed))
+    return patcher
 
 
 def _fill_position_embedding_(mmdit: torch.nn.Module) -> None:

@@ -1,6 +1,7 @@
 """The built-in tiny models: checkpoint-shaped, seeded, and runnable through ComfyUI's executor."""
 
 import hashlib
+import inspect
 
 import pytest
 import torch
@@ -207,3 +208,22 @@ def test_dit_checkpoint_round_trip(comfy_host, tmp_path):
     for a, b in zip((model.model.diffusion_model, clip.cond_stage_model, vae.first_stage_model),
                     (loaded[0].model.diffusion_model, loaded[1].cond_stage_model, loaded[2].first_stage_model)):
         assert _params_digest(a) == _params_digest(b)
+
+
+@pytest.mark.parametrize("source", ["flux-dev-tiny", "shapes"])
+def test_a_deep_clone_rebuilds_the_same_weights(comfy_host, source):
+    """ComfyUI 0.33's deep clones (its own TrainLoraNode, multi-GPU) rebuild a model from the loader's recipe
+    (`cached_patcher_init`), as the core loaders register it: the pack's tiny and shapes models register theirs,
+    and the rebuilt module holds the same weights in a separate copy."""
+    from driftless.shapes import weights
+    from driftless.tinymodels.build import build_tiny_model
+
+    model = build_tiny_model(source, 2)[0] if source != "shapes" else weights.load_model(weights.SHIPPED)[0]
+    factory, args = model.cached_patcher_init[:2]
+    rebuilt = factory(*args, disable_dynamic=True)
+    assert rebuilt.model is not model.model
+    assert _params_digest(rebuilt.model.diffusion_model) == _params_digest(model.model.diffusion_model)
+    if "force_deepcopy" in inspect.signature(model.clone).parameters:  # 0.33 on
+        clone = model.clone(force_deepcopy=True)
+        assert clone.model is not model.model
+        assert _params_digest(clone.model.diffusion_model) == _params_digest(model.model.diffusion_model)
