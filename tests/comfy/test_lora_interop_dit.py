@@ -133,11 +133,7 @@ def random_lora(layout, modules=None, seed=0) -> dict:
 def _preset_lora(model, layout, preset, seed=0) -> dict:
     from driftless.lora.targets import select_targets
 
-    try:
-        targets = select_targets(model.model.diffusion_model, preset)
-    except ValueError as e:  # TEMPORARY, until lora/targets.py has its DiT presets (issue 21 item 2)
-        pytest.skip(f"no DiT preset yet: {e}")
-    return random_lora(layout, list(targets), seed)
+    return random_lora(layout, list(select_targets(model.model.diffusion_model, preset)), seed)
 
 
 def _stock_load(comfy_host, model, lora_file, caplog):
