@@ -22,7 +22,8 @@ def cache_key(**settings) -> str:
 
 def generate_class_latents(model, positive, negative, *, count, seed, width, height, steps, cfg, sampler, scheduler,
                            cache_folder: pathlib.Path, base_fingerprint: str, prompt: str) -> tuple[torch.Tensor, bool]:
-    """(latents [count, 4, h, w], whether they came from the cache). Chunk k uses seed + k."""
+    """(latents [count, C, h, w], whether they came from the cache). Chunk k uses seed + k. C and the downscale
+    (h = height / 8) are the model's own latent format's (4 channels for SD1.x/SDXL, 16 for SD3 and Flux)."""
     import nodes
 
     key = cache_key(model=base_fingerprint, prompt=prompt, count=count, seed=seed, width=width, height=height,
@@ -33,9 +34,16 @@ def generate_class_latents(model, positive, negative, *, count, seed, width, hei
     chunks = []
     for k, start in enumerate(range(0, count, CHUNK)):
         n = min(CHUNK, count - start)
-        empty = {"samples": torch.zeros(n, 4, height // 8, width // 8)}
+        empty = {"samples": empty_latents(model, n, width, height)}
         out = nodes.common_ksampler(model, seed + k, steps, cfg, sampler, scheduler, positive, negative, empty)[0]
         chunks.append(out["samples"].cpu())
     latents = torch.cat(chunks)
     save_safetensors_atomic({"latents": latents}, path, {"prompt": prompt, "count": count, "seed": seed})
     return latents, False
+
+
+def empty_latents(model, n: int, width: int, height: int) -> torch.Tensor:
+    """Zeros in the shape of n latents of the model's family, as its empty-latent node makes them."""
+    latent_format = model.get_model_object("latent_format")
+    down = getattr(latent_format, "spacial_downscale_ratio", 8)
+    return torch.zeros(n, latent_format.latent_channels, height // down, width // down)

@@ -358,3 +358,83 @@ def test_settings_are_checked_converted_and_overridden_by_name():
         ParameterAnchor(DCOConfig())
     with pytest.raises(dataclasses.FrozenInstanceError):
         DCOConfig().beta = 2.0
+
+
+# ---- APT on DiTs: the image-query × text-key block of a joint attention (trainers/regularizers/dit.py) ------------
+
+def _joint_map_by_hand(q, k, text, image, bias=None):
+    """softmax over all keys written out per sample and head, then the image rows × text columns, head mean."""
+    b, heads, _, d = q.shape
+    rows = []
+    for i in range(b):
+        per_head = []
+        for h in range(heads):
+            logits = q[i, h] @ k[i, h].T / math.sqrt(d)
+            if bias is not None:
+                logits = logits + bias[min(i, bias.shape[0] - 1), min(h, bias.shape[1] - 1)]
+            weights = torch.exp(logits - logits.max(dim=-1, keepdim=True).values)
+            per_head.append((weights / weights.sum(dim=-1, keepdim=True))[image][:, text])
+        rows.append(torch.stack(per_head).mean(dim=0))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("chunk_bytes", [32 << 20, 1])  # every query in one chunk, or one query at a time
+@pytest.mark.parametrize("text_first", [True, False])  # SD3 and Flux put the text first; a flipped Flux block last
+def test_joint_text_map_by_hand(monkeypatch, chunk_bytes, text_first):
+    """The map and its gradients equal the softmax over all keys written out, restricted to image queries × text
+    keys and averaged over heads, in both of ComfyUI's q/k layouts ([B, H, N, d] with skip_reshape, as Flux passes
+    them, and [B, N, H·d], as SD3 does); the rows sum to the attention paid to the text (< 1)."""
+    from driftless.trainers.regularizers import dit
+
+    monkeypatch.setattr(dit, "JOINT_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(6)
+    b, heads, d, n_txt, n_img = 2, 3, 4, 5, 7
+    text, image = (slice(0, n_txt), slice(n_txt, n_txt + n_img)) if text_first else \
+        (slice(n_img, n_img + n_txt), slice(0, n_img))
+    q, k = (torch.randn(b, heads, n_txt + n_img, d, generator=g, requires_grad=True) for _ in range(2))
+    got = dit.joint_text_map(q, k, heads, True, text, image)
+    want = _joint_map_by_hand(q, k, text, image)
+    assert got.shape == (b, n_img, n_txt) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert float(got.detach().sum(-1).max()) < 1 and float(got.detach().sum(-1).min()) > 0
+    weights = torch.randn(b, n_img, n_txt, generator=g)
+    for a, c in zip(torch.autograd.grad((got * weights).sum(), (q, k)), torch.autograd.grad((want * weights).sum(), (q, k))):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+    flat = lambda t: t.transpose(1, 2).reshape(b, n_txt + n_img, heads * d)  # noqa: E731
+    torch.testing.assert_close(dit.joint_text_map(flat(q), flat(k), heads, False, text, image), got, rtol=1e-6, atol=1e-7)
+
+
+def test_joint_text_map_gradcheck_and_masks(monkeypatch):
+    """float64 gradcheck of the chunked backward (chunks of two queries); a boolean mask (True attends) and a float
+    mask (added to the logits) act as ComfyUI's attention functions apply them."""
+    from driftless.trainers.regularizers import dit
+
+    g = torch.Generator().manual_seed(7)
+    b, heads, d, n_txt, n_img = 1, 2, 3, 4, 5
+    n = n_txt + n_img
+    monkeypatch.setattr(dit, "JOINT_CHUNK_BYTES", 2 * b * heads * n * 4)
+    text, image = slice(0, n_txt), slice(n_txt, n)
+    q, k = (torch.randn(b, heads, n, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda q, k: dit.joint_text_map(q, k, heads, True, text, image), (q, k))
+    keep = torch.rand(b, n, n, generator=g) > 0.3
+    keep[..., 0] = True  # every query attends somewhere
+    bias = torch.zeros(b, 1, n, n, dtype=torch.float64).masked_fill(~keep[:, None], float("-inf"))
+    torch.testing.assert_close(dit.joint_text_map(q, k, heads, True, text, image, mask=keep),
+                               _joint_map_by_hand(q, k, text, image, bias))
+    additive = torch.randn(n, n, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(dit.joint_text_map(q, k, heads, True, text, image, mask=additive),
+                               _joint_map_by_hand(q, k, text, image, additive[None, None]))
+    assert torch.autograd.gradcheck(lambda q, k: dit.joint_text_map(q, k, heads, True, text, image, mask=additive), (q, k))
+
+
+def test_joint_text_map_of_bf16_inputs_is_float32_with_bf16_gradients():
+    from driftless.trainers.regularizers import dit
+
+    g = torch.Generator().manual_seed(8)
+    q, k = (torch.randn(1, 2, 9, 4, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(2))
+    got = dit.joint_text_map(q, k, 2, True, slice(0, 4), slice(4, 9))
+    want = _joint_map_by_hand(q.detach().float(), k.detach().float(), slice(0, 4), slice(4, 9))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(got.sum(), (q, k))
+    assert all(grad.dtype == torch.bfloat16 for grad in grads)

@@ -8,19 +8,34 @@
    down-weights its denoising loss by (1 − γ_b). A bin's EMAs start at their first observation; γ is 0
    until then.
 2. Representation stabilization (RS): the per-channel mean and standard deviation (over tokens) of every
-   self-attention output are matched to the frozen model's:
+   watched feature h_l are matched to the frozen model's:
        λ_dist·Σ_l (mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)²).
-3. Attention alignment (AA): every cross-attention probability map softmax(QKᵀ/√d), averaged over
-   heads, is matched to the frozen model's: λ_attn·(1/L)·Σ_l mean_(b,q,k) (A_θ − A_pre)².
+3. Attention alignment (AA): every watched text-attention probability map A_l, averaged over heads, is matched
+   to the frozen model's: λ_attn·(1/L)·Σ_l mean_(b,q,k) (A_θ − A_pre)².
 
-The frozen model is the shared frozen forward (LoRA at strength 0, same x_t, σ, prompt). Features and
-maps are captured through ComfyUI's transformer patches (`attn1_output_patch`, and an `attn2` replace that
-computes the attention with one explicit softmax serving both its output and the head-averaged map) on the
-training clone's forwards only. The self-attention outputs are held as they come and reduced after their
-forward (frozen) or in the loss (trained), all layers of one shape stacked and reduced together
-(`grouped_channel_stats`). Augmentation acts on the
-latents (the images are already encoded); reflection fills the borders. Choices where the paper is
-silent or unconfirmed (α, T, p_max, clamping, latent-space augmentation): see docs/papers.md §3; all are settings.
+What is watched, per architecture (the paper is written for SDXL's UNet; the DiT reading is this pack's):
+- UNet (SD1.x, SDXL): h_l = every self-attention (attn1) output; A_l = every cross-attention (attn2) map
+  softmax(QKᵀ/√d), image queries × the prompt's tokens.
+- DiT (SD3/SD3.5's MMDiT, Flux), which have one joint attention per block over text and image tokens together:
+  h_l = each block's image-stream output, image tokens only (MMDiT joint block: its x output; Flux double block:
+  its img output; Flux single block: the image part of x = cat(txt, img)); A_l = each block's joint attention
+  softmax(QKᵀ/√d) taken over all keys (text and image), per head, then restricted to image queries × text keys
+  and averaged over heads: [B, N_img, N_txt], every text token included (T5 padding too, as the UNet's 77 CLIP
+  tokens are). The rows of the restricted block sum to the attention an image token pays to the text, not to 1.
+  SD3.5's second attention in its first block (MMDiT-X, image tokens only) is not a text attention: not watched.
+
+The frozen model is the shared frozen forward (LoRA at strength 0, same x_t, σ, prompt). Captures use
+ComfyUI's transformer patches on the training clone's forwards only. UNet: `attn1_output_patch`, and an `attn2`
+replace that computes the attention with one explicit softmax serving both its output and the head-averaged map;
+the self-attention outputs are held as they come and reduced after their forward (frozen) or in the loss
+(trained), all layers of one shape stacked and reduced together (`grouped_channel_stats`). DiT: a "dit" block
+replacement per block (dit.py says, per family, where the text and image tokens are) that runs the block as the
+model would, reduces its image stream to statistics at once, and, inside the block, an
+`optimized_attention_override` that lets the model's own attention compute the output and adds the map
+(`dit.joint_text_map`, chunked over queries, nothing of size [B, H, N_img, N] kept for backward). Augmentation
+acts on the latents (the images are already encoded); reflection fills the borders. Choices where the paper is
+silent or unconfirmed (α, T, p_max, clamping, latent-space augmentation, the DiT reading): see docs/papers.md §3;
+all but the DiT reading are settings.
 """
 
 import math
@@ -31,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from . import PASS_KEY, Regularizer, StepContext, TrainingSetup, register
+from .dit import DiTFamily, attention_heads, dit_family, joint_text_map
 from .knobs import MethodConfig, configured, knob
 
 
@@ -42,9 +58,10 @@ class APTConfig(MethodConfig):
     adaptive_adjustment: adaptive training adjustment (ATA) on or off: per timestep bin, augment a sample with
         probability min(γ_b, p_max) and scale its denoising loss by (1 − γ_b).
     representation_weight: λ_dist of representation stabilization (RS), matching the per-channel mean and std of
-        every self-attention output to the base model's; 0 turns RS off.
+        every self-attention output (UNet) or block's image-stream output (DiT) to the base model's; 0 turns RS off.
     attention_weight: λ_attn of attention alignment (AA), matching the head-averaged cross-attention probability
-        maps to the base model's; 0 turns AA off. The maps' squared differences are ~1e-6, hence a large λ.
+        maps (UNet) or the image-query × text-key block of each joint attention (DiT) to the base model's; 0 turns
+        AA off. The maps' squared differences are ~1e-6, hence a large λ.
     p_max: upper bound of ATA's augmentation probability.
     zoom_max: ATA's zoom-out factor is drawn from [1, zoom_max] (paper: 1-3).
     rotation_degrees: ATA's rotation is drawn from ±this many degrees (paper: 15).
@@ -59,10 +76,11 @@ class APTConfig(MethodConfig):
     adaptive_adjustment: bool = knob(True, "ATA: augmentation with probability min(γ, p_max) and loss × (1 − γ) per "
                                      "timestep bin.")
     representation_weight: float = knob(1.0, "λ_dist of representation stabilization (per-channel mean/std of "
-                                        "self-attention outputs matched to the base model's); 0 = off. Aim for 1-10% of "
-                                        "the denoising loss.", min=0.0, max=1e6, step=0.01)
-    attention_weight: float = knob(1000.0, "λ_attn of attention alignment (cross-attention probability maps matched to "
-                                   "the base model's); 0 = off. The maps' squared differences are small (~1e-6), hence "
+                                        "self-attention outputs, or of each DiT block's image tokens, matched to the base "
+                                        "model's); 0 = off. Aim for 1-10% of the denoising loss.", min=0.0, max=1e6, step=0.01)
+    attention_weight: float = knob(1000.0, "λ_attn of attention alignment (cross-attention probability maps, or each "
+                                   "DiT joint attention's image-query × text-key block, matched to the base model's); 0 "
+                                   "= off. The maps' squared differences are small (~1e-6), hence "
                                    "the large default.", min=0.0, max=1e8, step=1.0)
     p_max: float = knob(0.8, "Upper bound of the augmentation probability.", min=0.0, max=1.0, step=0.05)
     zoom_max: float = knob(3.0, "Zoom-out factor drawn from [1, zoom_max] (paper: 1-3).", min=1.0, max=8.0, step=0.1)
@@ -190,16 +208,17 @@ def grouped_channel_stats(features: list[torch.Tensor]) -> dict[tuple, tuple[tor
 
 
 def representation_distance(trained: dict, reference: dict) -> torch.Tensor:
-    """APT's representation term before λ_dist, from `grouped_channel_stats` of both forwards:
+    """APT's representation term before λ_dist, from the statistics of both forwards (`grouped_channel_stats`, or
+    one entry per DiT block), keyed alike, each (mean, std) [layers, B, C]:
     Σ_l mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)² over all layers l."""
     layout = {key: mean.shape for key, (mean, _) in trained.items()}
     if layout != {key: mean.shape for key, (mean, _) in reference.items()}:
-        raise RuntimeError(f"APT captured self-attention outputs of other shapes or counts in the trained forward "
+        raise RuntimeError(f"APT captured features of other shapes or counts in the trained forward "
                            f"({_describe(trained)}) than in the frozen one ({_describe(reference)}): the two forwards differ")
     total = None
-    for (shape, chunk), (mean_t, std_t) in trained.items():
-        mean_r, std_r = reference[shape, chunk]
-        term = ((mean_t - mean_r).square().sum() + (std_t - std_r).square().sum()) / (shape[0] * shape[-1])
+    for key, (mean_t, std_t) in trained.items():
+        mean_r, std_r = reference[key]
+        term = ((mean_t - mean_r).square().sum() + (std_t - std_r).square().sum()) / (mean_t.shape[-2] * mean_t.shape[-1])
         total = term if total is None else total + term
     return total
 
@@ -282,7 +301,7 @@ class APT(Regularizer):
 
     # ---- RS / AA: capture during both forwards ----------------------------------------------
     def begin_pass(self, name: str) -> None:
-        self.captured[name] = {"features": [], "maps": []}
+        self.captured[name] = {"features": [], "maps": [], "stats": {}}
 
     def end_pass(self, name: str) -> None:
         """The frozen features are reduced to their statistics at once, so they are not held through the trained
@@ -291,6 +310,16 @@ class APT(Regularizer):
             self.captured[name]["stats"] = grouped_channel_stats(self.captured[name].pop("features"))
 
     def transformer_patches(self, diffusion_model) -> dict:
+        if self.lambda_dist == 0 and self.lambda_attn == 0:
+            return {}
+        family = dit_family(diffusion_model)
+        if family is not None:
+            return {"patches_replace": {"dit": {key: self._dit_block(family, diffusion_model, key)
+                                                for key in family.blocks(diffusion_model)}}}
+        if not hasattr(diffusion_model, "input_blocks"):
+            raise ValueError(f"APT's representation and attention terms know the SD1.x/SDXL UNet, SD3's MMDiT and Flux, "
+                             f"not {type(diffusion_model).__name__}: set representation_weight and attention_weight to 0 "
+                             f"to train with the adaptive adjustment alone")
         out = {}
         if self.lambda_dist > 0:
             out["patches"] = {"attn1_output_patch": [self._capture_self_attention]}
@@ -306,6 +335,37 @@ class APT(Regularizer):
         out, attention_map = attention_with_map(q, k, v, extra_options["n_heads"])
         self._store(extra_options, "maps", attention_map)
         return out
+
+    def _dit_block(self, family: DiTFamily, diffusion_model, key: tuple[str, int]):
+        """ComfyUI's "dit" replacement of one block: runs it as the model would and, in a forward APT watches, reduces
+        its image stream to statistics (RS) and, through an attention override inside the block, maps its joint
+        attention (AA)."""
+
+        def replacement(args: dict, extra: dict) -> dict:
+            options = args["transformer_options"]
+            store = self.captured.get(options.get(PASS_KEY, "train"))
+            if store is None:
+                return family.run(diffusion_model, key, args, extra, options)
+            text, image, total = family.tokens(diffusion_model, key, args)
+            maps: list = []
+            if self.lambda_attn > 0:
+                override = _mapping_joint_attention(options.get("optimized_attention_override"), text, image, total, maps)
+                options = {**options, "optimized_attention_override": override}
+            out = family.run(diffusion_model, key, args, extra, options)
+            if self.lambda_attn > 0:
+                override.done = True  # a rerun of the block in backward (gradient checkpointing) adds no map
+                if len(maps) != 1:
+                    raise RuntimeError(f"APT found {len(maps)} joint attentions over {total} tokens in {family.name} "
+                                       f"block {key}, expected one")
+                store["maps"].append(maps[0])
+            if self.lambda_dist > 0:
+                tokens = family.image_stream(key, out, image)
+                if family.writes_inputs_in_place and tokens.requires_grad and torch.is_grad_enabled():
+                    tokens = tokens.clone()  # the next block adds into it; the statistics' backward reads it
+                store["stats"][tuple(tokens.shape[1:]), len(store["stats"])] = StackedChannelStats.apply(tokens)
+            return out
+
+        return replacement
 
     def _store(self, extra_options, kind: str, tensor: torch.Tensor) -> None:
         """Keep a capture of the running forward; none once the loss is formed (gradient checkpointing reruns
@@ -324,15 +384,39 @@ class APT(Regularizer):
         total = ctx.x0.new_zeros(())
         train, ref = self.captured["train"], self.captured["frozen"]
         n = ctx.x0.shape[0]  # the trained forward may carry other regularizers' examples after these
-        if self.lambda_dist > 0 and train["features"]:
-            rs = representation_distance(grouped_channel_stats([t[:n] for t in train["features"]]), ref.get("stats", {}))
-            total = total + self.lambda_dist * rs
+        if self.lambda_dist > 0 and (train["features"] or train["stats"]):
+            if train["features"]:  # UNet: self-attention outputs, reduced here
+                trained = grouped_channel_stats([t[:n] for t in train["features"]])
+            else:  # DiT: each block's statistics, reduced as it ran
+                trained = {key: (mean[:, :n], std[:, :n]) for key, (mean, std) in train["stats"].items()}
+            total = total + self.lambda_dist * representation_distance(trained, ref.get("stats", {}))
         if self.lambda_attn > 0 and train["maps"]:
             # per layer: the maps are large, and a concatenation copies them (measured: APT 1.05× → 1.11× plain peak)
             aa = sum(F.mse_loss(a[:n], b, reduction="mean") for a, b in zip(train["maps"], ref["maps"], strict=True))
             total = total + self.lambda_attn * aa / len(train["maps"])
         self.captured = {}  # let go: autograd holds what backward needs, and nothing else should outlive the step
         return total
+
+
+def _mapping_joint_attention(previous, text: slice, image: slice, total: int, maps: list):
+    """An `optimized_attention_override` for one DiT block: every attention call runs as it would (the model's own
+    attention function, or the override already in place), and the joint one (over all `total` tokens) adds its
+    image-query × text-key map to `maps`."""
+
+    def override(func, *args, **kwargs):
+        out = previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
+        q, k = args[0], args[1]
+        heads = kwargs["heads"] if "heads" in kwargs else args[3]
+        skip_reshape = kwargs.get("skip_reshape", False)
+        if attention_heads(q, heads, skip_reshape).shape[2] == total:
+            # computed in a rerun too (gradient checkpointing recomputes what the first run saved, in order)
+            attention_map = joint_text_map(q, k, heads, skip_reshape, text, image, kwargs.get("mask"))
+            if not override.done:
+                maps.append(attention_map)
+        return out
+
+    override.done = False
+    return override
 
 
 def transformer_blocks(diffusion_model) -> list[tuple]:

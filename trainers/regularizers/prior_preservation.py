@@ -79,7 +79,12 @@ class PriorPreservation(Regularizer):
         return ExtraExamples(x0, noise, u, inputs)
 
     def extra_examples(self, batch_size: int, example_shape: tuple) -> ExtraExamples | None:
-        if self.weight == 0 or tuple(self.x0.shape[1:]) != tuple(example_shape):
+        if self.weight == 0:
+            return None
+        if self.x0.shape[1] != example_shape[0]:
+            raise ValueError(f"the class latents have {self.x0.shape[1]} channels and the training latents {example_shape[0]}: "
+                             f"encode the class images with this model's VAE (or sample them with Class Images on this model)")
+        if tuple(self.x0.shape[1:]) != tuple(example_shape):
             return None
         self._pending = self._draw(batch_size)
         return self._pending
