@@ -63,19 +63,21 @@ PHOTOS_TEXT = ("photos of your subject in `input/` as `my_subject_1.png`, `my_su
 
 
 def start(info: dict, profile: str, name: str, note: str, height: int, photos: int, metrics: bool = False,
-          photos_text: str = PHOTOS_TEXT):
+          photos_text: str = PHOTOS_TEXT, profiles: dict = PROFILES, architecture: str = "sd15-tiny",
+          checkpoint: str = CHECKPOINT, real_note: str = None):
     """(profile settings, workflow, model loader node) with the explanatory note in the first column."""
-    p = PROFILES[profile]
+    p = profiles[profile]
     w = UIWorkflow(info)
     if profile == "tiny":
-        model = w.node("DriftlessTinyModel", 0, architecture="sd15-tiny", seed=0)
+        model = w.node("DriftlessTinyModel", 0, architecture=architecture, seed=0)
         headless = "./driftless demo" if name == "personalize_and_guide" else f"./driftless run example_workflows/tiny/{name}_tiny.json"
         text = note.format(suffix=" (tiny model)", folder=p["folder"], headless=headless) + TINY_NOTE
         w.note(0, text + (TINY_METRICS_NOTE if metrics else ""), height=height + (90 if metrics else 0))
     else:
-        model = w.node("CheckpointLoaderSimple", 0, ckpt_name=CHECKPOINT)
+        model = w.node("CheckpointLoaderSimple", 0, ckpt_name=checkpoint)
         headless = f"./driftless run example_workflows/{name}.json --extra-model-paths-config your_paths.yaml"
-        text = note.format(suffix="", folder=p["folder"], headless=headless) + REAL_NOTE.format(ckpt=CHECKPOINT, photos_text=photos_text.format(count=photos))
+        text = note.format(suffix="", folder=p["folder"], headless=headless) + (real_note or REAL_NOTE).format(
+            ckpt=checkpoint, photos_text=photos_text.format(count=photos))
         w.note(0, text + (REAL_METRICS_NOTE if metrics else ""), height=height + (290 if metrics else 90))
     return p, w, model
 
@@ -436,11 +438,81 @@ def shapes_demo(info: dict) -> dict:
 
 
 SHAPES_DEMO = "personalize_shapes"  # the main demo; its model needs no weights, so it has no tiny twin
+FLUX_PROFILES = {
+    "real": dict(PROFILES["real"], train_steps=1000, learning_rate=1e-4, rank=16, sample_steps=28, size=1024,
+                 folder="my_subject_flux", dtype="bf16", checkpointing=True),
+    "tiny": dict(PROFILES["tiny"], train_steps=20, sample_steps=8, folder="driftless_demo_flux", dtype="fp32",
+                 checkpointing=False),
+}
+FLUX_CHECKPOINT = "flux1-dev-fp8.safetensors"
+FLUX_NOTE = """## Driftless on Flux.1 [dev]: photos -> LoRA -> guided samples{suffix}
+
+1. three photos of the subject -> **Driftless Training Data** (VAE + CLIP-L/T5 encode them with the caption)
+2. **Driftless Train LoRA** trains the q/k/v/out projections of every double- and single-stream block (bf16,
+   gradient checkpointing per block) on a clone of the MODEL, in Flux's own flow-matching parameterization
+3. **Driftless Save LoRA** writes `models/loras/{folder}/lora.safetensors` (ComfyUI-native keys)
+4. the same seed three ways: the base model and the personalized model as Flux dev is usually sampled (CFG 1,
+   distilled guidance 3.5), and the personalized model with **personalization guidance**
+
+Flux dev is guidance-distilled: at CFG 1 no unconditional branch runs, so the guider does its work only with
+real CFG on top (here 3.0) and the distilled guidance lowered (FluxGuidance 1.5); the weak model (base + LoRA at
+s = 0.3) on the empty prompt is that branch. Each guided step costs two forwards, as CFG does.
+
+Headless: `{headless}`."""
+FLUX_REAL_NOTE = """
+
+**Real model**: put the single-file `{ckpt}` (Flux.1 dev with its text encoders and VAE, fp8 weights) in
+`models/checkpoints`, and {photos_text}
+Replace `sks dog` by your trigger word and class. Fits a 24 GB card at batch 1; on 16 GB lower the rank."""
+
+
+def flux_demo(info: dict, profile: str = "tiny") -> dict:
+    """Train and guide on a guidance-distilled Flux: 16-channel latents, FluxGuidance on the prompt."""
+    p, w, model = start(info, profile, "flux_personalize_and_guide", FLUX_NOTE, height=460, photos=3,
+                        profiles=FLUX_PROFILES, architecture="flux-dev-tiny", checkpoint=FLUX_CHECKPOINT,
+                        real_note=FLUX_REAL_NOTE)
+    batch = photos(w, p, 1)
+    data = w.node("DriftlessTrainingData", 2, clip=model.out(1), captions=p["caption"], images=batch, vae=model.out(2))
+    train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=p["train_steps"],
+                   learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]), target_layers="attention",
+                   training_dtype=p["dtype"], gradient_checkpointing=p["checkpointing"], run_name=p["folder"],
+                   checkpoint_every=0 if profile == "tiny" else 250, resume_from="")
+    w.node("DriftlessSaveLoRA", 3, lora=train.out(1), filename=f"{p['folder']}/lora", overwrite=True)
+    w.node("SaveImage", 3, title="Loss curve", images=train.out(3), filename_prefix=f"{p['folder']}/loss")
+    pos = w.node("CLIPTextEncode", 3, title="Prompt", clip=model.out(1), text=p["prompt"])
+    null = w.node("CLIPTextEncode", 3, title="Null prompt", clip=model.out(1), text="")
+    distilled = w.node("FluxGuidance", 3, title="Distilled guidance 3.5 (CFG 1 sampling)", conditioning=pos, guidance=3.5)
+    lowered = w.node("FluxGuidance", 3, title="Distilled guidance 1.5 (under real CFG)", conditioning=pos, guidance=1.5)
+    latent = w.node("EmptySD3LatentImage", 3, width=p["size"], height=p["size"], batch_size=1)
+    guider = w.node("DriftlessPersonalizationGuider", 4, title="Personalization guidance (s = 0.3, CFG 3)",
+                    model=train.out(0), lora=train.out(1), positive=lowered, null=null, cfg=3.0, weak_strength=0.3,
+                    schedule="constant", weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
+    noise = w.node("RandomNoise", 4, noise_seed=42)
+    sampler = w.node("KSamplerSelect", 4, sampler_name="euler")
+    sigmas = w.node("BasicScheduler", 4, model=model, scheduler="simple", steps=p["sample_steps"], denoise=1.0)
+    guided = w.node("SamplerCustomAdvanced", 5, title="Sample (personalized, guided)", noise=noise, guider=guider,
+                    sampler=sampler, sigmas=sigmas, latent_image=latent)
+    samples = {"guided": guided.out(0)}
+    for label, source in (("base", model.out(0)), ("personalized", train.out(0))):
+        samples[label] = w.node("KSampler", 5, title=f"Sample ({label}, CFG 1)", model=source, positive=distilled,
+                                negative=null, latent_image=latent, seed=42, steps=p["sample_steps"], cfg=1.0,
+                                sampler_name="euler", scheduler="simple", denoise=1.0)
+    images = {label: w.node("VAEDecode", 6, samples=latents, vae=model.out(2)) for label, latents in samples.items()}
+    row = w.node("ImageStitch", 7, image1=images["base"], image2=images["personalized"], direction="right",
+                 match_image_size=True, spacing_width=4, spacing_color="white")
+    row = w.node("ImageStitch", 7, image1=row, image2=images["guided"], direction="right", match_image_size=True,
+                 spacing_width=4, spacing_color="white")
+    w.node("SaveImage", 7, title="base | personalized | personalized + guidance", images=row,
+           filename_prefix=f"{p['folder']}/samples")
+    return w.to_json()
+
+
 EXAMPLE_BUILDERS = {
     "personalize_and_guide": demo,
     "guidance_grid": guidance_grid,
     "regularizer_comparison": regularizer_comparison,
     "continual": continual,
+    "flux_personalize_and_guide": flux_demo,
 }
 
 
