@@ -510,3 +510,36 @@ def test_load_node_refuses_a_lora_for_the_other_family(comfy_host):
                                          r"Flux-style transformer.*the model is SD3/SD3.5"):
         LoadLora.execute(lora_name=path.relative_to(comfy_host.base_directory / "models" / "loras").as_posix(),
                          model=model)
+
+
+def test_a_lora_trained_here_on_flux_exports_to_diffusers_and_kohya(comfy_host, caplog, tmp_path):
+    """Two steps of Train LoRA's loop on flux-dev-tiny (attention preset: fused qkv and linear1 whole): the
+    diffusers export gives the twin ComfyUI's output through the pipeline, the kohya export the stock loader."""
+    import numpy as np
+    from driftless.lora.files import save_lora
+    from driftless.lora.formats import export
+    from driftless.tinymodels.build import build_tiny_model
+    from driftless.trainers.config import TrainConfig
+    from driftless.trainers.data import TrainingData
+    from driftless.trainers.loop import train_lora
+    from skimage import data as images
+
+    model, clip, vae = build_tiny_model("flux-dev-tiny", 0)
+    photo = torch.from_numpy(np.asarray(images.chelsea()[:256:4, 100:356:4], dtype=np.float32) / 255.0)[None]
+    encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    data = TrainingData(vae.encode(photo), [encode("a photo of sks cat")], encode(""), ["a photo of sks cat"])
+    config = TrainConfig(steps=2, rank=4, alpha=8.0, learning_rate=5e-2, targets="attention", seed=1)
+    native = train_lora(model, data, config).adapter.lora_state_dict()
+    # compared on the shared model of the same seed: the training clone stays loaded (its hooks on `model`'s
+    # modules) until ComfyUI loads another patcher, and these checks call the diffusion model directly
+    base, layout, twin = _model("flux-dev-tiny")
+    assert all(torch.equal(a, b) for a, b in zip(base.model.diffusion_model.state_dict().values(),
+                                                  model.model.diffusion_model.state_dict().values()))
+    inputs = Inputs("flux-dev-tiny")
+    want = inputs.comfy(base, native)
+    assert relative_error(inputs.comfy(base), want) > 1e-3  # trained: up is no longer zero
+    _pipeline("flux-dev-tiny", twin).load_lora_weights(str(save_lora(export(native, layout, "diffusers"), tmp_path, "d")))
+    assert relative_error(inputs.diffusers(twin), want) < RELATIVE
+    patched = _stock_load(comfy_host, base, _save(comfy_host, export(native, layout, "kohya"), "trained_flux_kohya"),
+                          caplog)
+    assert relative_error(inputs.merged(patched), want) < RELATIVE
