@@ -420,14 +420,13 @@ def _mapping_joint_attention(previous, text: slice, image: slice, total: int, ma
 
 
 def transformer_blocks(diffusion_model) -> list[tuple]:
-    """The (block name, index) keys ComfyUI's UNet gives its spatial transformers."""
-    keys = []
-    for name, blocks in (("input", getattr(diffusion_model, "input_blocks", [])),
-                         ("output", getattr(diffusion_model, "output_blocks", []))):
-        for i, block in enumerate(blocks):
-            if any(type(m).__name__ == "SpatialTransformer" for m in block.children()):
-                keys.append((name, i))
-    middle = getattr(diffusion_model, "middle_block", None)
-    if middle is not None and any(type(m).__name__ == "SpatialTransformer" for m in middle.children()):
+    """The (block name, index) keys ComfyUI's UNet gives its blocks, every one: the cross-attention replacement is
+    looked up by `transformer_options["block"]`, which the UNet overwrites as its forward moves on, so a block that
+    gradient checkpointing recomputes in backward reads the last block's key; registered under every key, the
+    recomputation runs the same attention as the forward did (a key missing there made SDXL's recomputation run
+    ComfyUI's attention instead: "Recomputed values ... have different metadata")."""
+    keys = [("input", i) for i in range(len(getattr(diffusion_model, "input_blocks", [])))]
+    keys += [("output", i) for i in range(len(getattr(diffusion_model, "output_blocks", [])))]
+    if getattr(diffusion_model, "middle_block", None) is not None:
         keys.append(("middle", 0))
     return keys
