@@ -135,6 +135,10 @@ def enable_dynamic_vram() -> str | None:
     args = comfy.cli_args.args
     if not comfy.cli_args.enables_dynamic_vram():
         return "off by ComfyUI's arguments (--cpu, --highvram, --gpu-only, --novram or --disable-dynamic-vram)"
+    import torch
+
+    if not torch.cuda.is_available():  # ComfyUI itself refuses to start without --cpu then
+        return "no CUDA or ROCm device (boot with --cpu)"
     import comfy_aimdo.control
 
     headroom = None if args.reserve_vram is None else int(args.reserve_vram * 1024 ** 3)

@@ -231,6 +231,19 @@ def _regularizers(name: str) -> list:
     return [DCO(mode="add", weight=1.0)]  # reads the frozen forward (LoRA at strength 0) every step
 
 
+def test_off_on_the_cpu_and_enabled_only_before_comfyui_loads(comfy_host):
+    """On the CPU the stock loaders use ModelPatcher; turning dynamic VRAM on once ComfyUI's model management is
+    loaded is refused, saying when to do it (tools/gpu_check_boot.py does it before the boot)."""
+    import comfy.model_patcher
+
+    from driftless import comfy_host as seam
+
+    if not _on_gpu():
+        assert not seam.dynamic_vram_enabled() and seam.model_patcher_class() is comfy.model_patcher.ModelPatcher
+    with pytest.raises(RuntimeError, match="must run before comfy.model_management is imported"):
+        seam.enable_dynamic_vram()
+
+
 @pytest.mark.parametrize("architecture", FAMILIES)
 @pytest.mark.parametrize("regularizer", ["none", "dco"])
 def test_training_matches_model_patcher(dynamic, tiny_data, architecture, regularizer):
