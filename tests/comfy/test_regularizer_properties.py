@@ -2,7 +2,9 @@
 
 (a) at weight 0 it trains exactly what plain training trains: same seed, bit-identical LoRA and losses;
 (b) resume is exact: N steps straight equal N/2 steps, a saved state, and the rest (bit-identical);
-(c) it trains on each tiny model family (sd15-tiny, sdxl-tiny): finite losses, and the LoRA moves;
+    (a) and (b) on sd15-tiny and on the DiTs (sd35-tiny, flux-dev-tiny);
+(c) it trains on each tiny model family (sd15-tiny, sdxl-tiny, sd35-tiny, flux-dev-tiny): finite losses, and the
+    LoRA moves;
 
 and every regularizer node shows its method's config: defaults, ranges, options and help, walked from the schema.
 
@@ -21,7 +23,8 @@ from driftless.trainers.config import TrainConfig
 from driftless.trainers.regularizers import REGULARIZERS, Regularizer
 
 FAST = dict(rank=4, alpha=4.0, learning_rate=5e-3, null_prompt_dropout=0.0, targets="attention")  # batch size 1
-FAMILIES = ("sd15-tiny", "sdxl-tiny")
+DITS = ("sd35-tiny", "flux-dev-tiny")
+FAMILIES = ("sd15-tiny", "sdxl-tiny", *DITS)
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/comfy/conftest.py: bit-identical sums, and faster
 
 
@@ -149,13 +152,35 @@ def test_every_registered_regularizer_has_a_row():
     assert {case.method for case in CASES.values()} == set(REGULARIZERS), "add the new method to CASES"
 
 
+@pytest.fixture(scope="module")
+def built(comfy_host):
+    """(MODEL, CLIP, TrainingData) per (family, n), built once for this module (SD3.5's T5 keeps XXL's width: ~3 s a
+    build): n seeded random 64-px images captioned 'a photo of sks cat'. Training never changes the MODEL it is given."""
+    from driftless.tinymodels.build import build_tiny_model
+    from driftless.trainers.data import TrainingData
+
+    cache, models = {}, {}
+
+    def get(family, n):
+        if (family, n) not in cache:
+            if family not in models:
+                models[family] = build_tiny_model(family, 0)
+            model, clip, vae = models[family]
+            encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+            images = torch.rand(n, 64, 64, 3, generator=torch.Generator().manual_seed(n))
+            data = TrainingData(vae.encode(images), [encode("a photo of sks cat")] * n, encode(""), ["a photo of sks cat"] * n)
+            cache[family, n] = (model, clip, data)
+        return cache[family, n]
+
+    return get
+
+
 @pytest.fixture
-def world(tiny_data):
-    """A World on a tiny model of the family the test names (sd15-tiny unless parametrized), n photos."""
+def world(built):
+    """A fresh World on a tiny model of the family the test names (sd15-tiny unless parametrized), n images."""
 
     def make(family="sd15-tiny", n=2):
-        model, clip, _, data = tiny_data(family, n=n)
-        return World(model, clip, data)
+        return World(*built(family, n))
 
     return make
 
@@ -178,9 +203,10 @@ def _assert_same_training(a, b):
     assert a.losses == b.losses
 
 
+@pytest.mark.parametrize("family", ["sd15-tiny", *DITS])
 @pytest.mark.parametrize("case", [name for name, case in CASES.items() if case.zero is not None])
-def test_weight_zero_equals_plain_training(world, case):
-    case, w = CASES[case], world()
+def test_weight_zero_equals_plain_training(world, case, family):
+    case, w = CASES[case], world(family)
     config = TrainConfig(steps=3, **FAST)
     plain = _train(w, config, case.plain(w))
     _assert_same_training(_train(w, config, [case.zero(w)]), plain)
@@ -188,11 +214,12 @@ def test_weight_zero_equals_plain_training(world, case):
     assert any(not torch.equal(v, _lora(plain)[k]) for k, v in active.items())
 
 
+@pytest.mark.parametrize("family", ["sd15-tiny", *DITS])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_resume_is_exact(world, tmp_path, case):
+def test_resume_is_exact(world, tmp_path, case, family):
     from driftless.trainers.state import ResumeState, save_state
 
-    build, w = CASES[case].build, world(n=3)
+    build, w = CASES[case].build, world(family, n=3)
     config = TrainConfig(steps=4, checkpoint_every=2, **FAST)
     straight = _train(w, config, [build(w)])
     path = tmp_path / "half.train-state"
