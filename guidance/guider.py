@@ -53,6 +53,9 @@ def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mo
     import comfy.patcher_extension
     import comfy.samplers
 
+    from ..lora.targets import check_supported
+
+    check_supported(model_patcher, "guide")  # a family the pack does not support: named, before any work
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     if mode == "autoguidance" and weak_lora is None:

@@ -74,12 +74,13 @@ def test_saved_file_through_stock_lora_loader_samples_like_the_trained_model(tin
     assert (ours - base).abs().max() > 1e-2 * stock.abs().max()
 
 
-def test_resume_continues_exactly(tiny_data, tmp_path):
-    """4 steps + resume + 4 steps equals 8 steps straight (CPU, fp32)."""
+@pytest.mark.parametrize("architecture", ["sd15-tiny", "sd35-tiny", "flux-dev-tiny"])
+def test_resume_continues_exactly(tiny_data, tmp_path, architecture):
+    """4 steps + resume + 4 steps equals 8 steps straight (CPU, fp32), on a UNet and both DiT families."""
     from driftless.trainers.loop import train_lora
     from driftless.trainers.state import ResumeState, save_state
 
-    model, _, _, data = tiny_data(n=3)
+    model, _, _, data = tiny_data(architecture, n=3)
     config = TrainConfig(steps=8, checkpoint_every=4, batch_size=2, **FAST)
     straight = train_lora(model, data, config)
 
@@ -149,12 +150,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_data, tmp_path
     assert state.step >= 1 and all(torch.isfinite(torch.tensor(state.losses())))
 
 
-def test_interrupt_stops_within_one_step(tiny_data):
+@pytest.mark.parametrize("architecture", ["sd15-tiny", "flux-dev-tiny"])
+def test_interrupt_stops_within_one_step(tiny_data, architecture):
     import comfy.model_management
 
     from driftless.trainers.loop import train_lora
 
-    model, _, _, data = tiny_data()
+    model, _, _, data = tiny_data(architecture)
     calls = []
 
     def interrupt_at_third_step():
