@@ -352,8 +352,10 @@ def test_stock_lora_loader_on_the_dynamic_model_equals_our_activation_lora(dynam
     comfy.model_management.load_models_gpu([merged])
     assert _cast_time_patches(merged) > 0
     after = dyn.model.model.diffusion_model.state_dict()
-    untouched = [k for k in weights_before if torch.equal(weights_before[k], after[k].cpu())]
-    assert len(untouched) > len(weights_before) // 2  # the big layers' weights are never patched in place
+    patched = [k.removeprefix("diffusion_model.") for k in merged.patches]
+    untouched = [k for k in patched if torch.equal(weights_before[k], after[k].cpu())]
+    # layers over 16 KB are patched at cast only (22 of 70 on sd15-tiny); ModelPatcher patches all 70 in place
+    assert patched and untouched
 
     activation = dyn.model.clone()
     adapter = LoraAdapter.from_state_dict(activation.model.diffusion_model, lora)
