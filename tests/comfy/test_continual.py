@@ -7,7 +7,29 @@ from driftless.trainers.config import TrainConfig
 from driftless.trainers.regularizers.continual import ContinualConfig
 
 FAST = dict(rank=4, alpha=4.0, learning_rate=2e-3, null_prompt_dropout=0.0, targets="attention")
+DITS = ("sd35-tiny", "flux-dev-tiny")  # rectified-flow models: SD3.5's MMDiT and guidance-distilled Flux dev
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/comfy/conftest.py
+
+
+@pytest.fixture(scope="module")
+def built(comfy_host):
+    """(MODEL, CLIP, VAE, TrainingData) of a tiny model, built once for this module (SD3.5's T5 keeps XXL's width:
+    ~3 s a build): two seeded random 64-px images captioned 'a photo of sks cat'."""
+    from driftless.tinymodels.build import build_tiny_model
+    from driftless.trainers.data import TrainingData
+
+    cache = {}
+
+    def get(architecture="sd15-tiny"):
+        if architecture not in cache:
+            model, clip, vae = build_tiny_model(architecture, 0)
+            encode = _encoder(clip)
+            images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+            data = TrainingData(vae.encode(images), [encode("a photo of sks cat")] * 2, encode(""), ["a photo of sks cat"] * 2)
+            cache[architecture] = (model, clip, vae, data)
+        return cache[architecture]
+
+    return get
 
 
 def _encoder(clip):
@@ -41,14 +63,15 @@ def _new_pool(model, method="EWC-DC", temperature=1.0):
     return ConceptPool(model_fingerprint(model.model.diffusion_model), method, "a photo", temperature)
 
 
-def test_concept_forwards_batched_equal_one_forward_per_concept(tiny_data):
+@pytest.mark.parametrize("architecture", ["sdxl-tiny", *DITS])
+def test_concept_forwards_batched_equal_one_forward_per_concept(built, architecture):
     """The DC scores' one batched forward over k + 2 prompts equals a forward per prompt."""
     from driftless.trainers.continual.scores import repeat_for_concepts
     from driftless.trainers.continual.seam import AdaptedModel
     from driftless.lora.adapter import LoraAdapter
     from driftless.trainers.loop import train_lora
 
-    model, clip, _, data = tiny_data("sdxl-tiny")
+    model, clip, _, data = built(architecture)
     result = train_lora(model, data, TrainConfig(steps=3, **FAST))
     adapter = LoraAdapter.from_state_dict(model.model.diffusion_model, result.adapter.lora_state_dict())
     seam = AdaptedModel(model, [adapter])
@@ -92,6 +115,97 @@ def test_training_starts_from_the_pool_and_resumes_exactly(tiny_data, tmp_path):
     assert resumed.losses == pytest.approx(straight.losses, abs=1e-6)
 
 
+@pytest.mark.parametrize("architecture", DITS)
+def test_ewc_dc_fisher_by_hand_on_a_flow_model(built, architecture):
+    """The DC score on a rectified-flow model is written in its own parameterization: x_t = (1 − σ)·x0 + σ·ε, target
+    ε − x0, and F the diffusion model's raw output (its velocity), read here from ComfyUI's diffusion model called
+    directly. The EWC-DC Fisher of one draw (`concept_fisher`) is the squared gradient, scaled to sum 1, of
+    −log softmax(−e/τ)[c_n] over {c_0 = 'a photo', c_n = the caption}, e_j = Σ (ε − x0 − F(x_t, c_j))², written out
+    (τ = |e(c_0) − e(c_n)|, so the softmax is not saturated)."""
+    from driftless.lora.adapter import LoraAdapter
+    from driftless.trainers.continual.ewc import parameter_keys
+    from driftless.trainers.continual.learn import concept_fisher
+    from driftless.trainers.continual.seam import AdaptedModel
+    from driftless.trainers.data import IndexStream
+    from driftless.trainers.loop import train_lora
+    from driftless.trainers.model_state import frozen_base
+
+    model, clip, _, data = built(architecture)
+    lora = train_lora(model, data, TrainConfig(steps=3, **{**FAST, "learning_rate": 1e-2})).adapter.lora_state_dict()
+    adapter = LoraAdapter.from_state_dict(model.model.diffusion_model, lora)
+    adapter.requires_grad_(False)
+    seam = AdaptedModel(model, [adapter])
+    x0 = seam.latents(data.latents)
+    caption, pretrained = seam.inputs(data.conditionings[0], x0), seam.inputs(_encoder(clip)("a photo"), x0)
+    generator = torch.Generator().manual_seed(3)  # the draw: an image, a noise level, the noise
+    i = int(IndexStream(x0.shape[0], generator).take(1)[0])
+    u = torch.rand(1, generator=generator)
+    noise = torch.randn(x0[i:i + 1].shape, generator=generator)
+    sampling = seam.model_sampling
+    sigma = sampling.sigmas[(u * len(sampling.sigmas)).long()].float()
+    x_t, target = (1 - sigma) * x0[i:i + 1] + sigma * noise, noise - x0[i:i + 1]
+    keys, params = parameter_keys(adapter)
+
+    def dc_errors():
+        errors = []
+        for inputs in (pretrained, caption):
+            rest = {name: value for name, value in inputs.items() if name != "c_crossattn"}
+            velocity = seam.model.diffusion_model(x_t, sampling.timestep(sigma), context=inputs["c_crossattn"], **rest)
+            errors.append((target - velocity.float()).square().sum())
+        return torch.stack(errors)
+
+    with torch.no_grad():
+        first = dc_errors()
+    temperature = float(abs(first[0] - first[1]))  # p(c_n) = σ(±1): a gradient that does not vanish in a saturated softmax
+    got = concept_fisher(seam, adapter, x0, [caption, caption], pretrained, [], source="diffusion classifier", draws=1, k=5,
+                         temperature=temperature, generator=torch.Generator().manual_seed(3))
+    with frozen_base(seam.model):
+        for p in params:
+            p.requires_grad_(True)
+        errors = dc_errors()
+        loss = -torch.log_softmax(-errors / temperature, dim=0)[1]
+        grads = torch.autograd.grad(loss, params)
+        for p in params:
+            p.requires_grad_(False)
+    want = torch.cat([g.square().flatten() for g in grads])
+    want = want / want.sum()
+    ours = torch.cat([got[key].flatten() for key in keys])
+    gap = float((ours - want).norm() / want.norm())  # float32 sums over a batched forward against one per prompt
+    print(f"{architecture}: e(c_0) - e(c_n) = {float(errors[0].detach() - errors[1].detach()):.4g}, p(c_n) = {float(torch.exp(-loss.detach())):.4g}, "
+          f"Fisher relative L2 gap {gap:.2g}")
+    assert gap < 1e-4 and 0.2 < float(torch.exp(-loss.detach())) < 0.8
+
+
+@pytest.mark.parametrize("architecture", ["sd15-tiny", *DITS])
+def test_ewc_penalty_by_hand(built, architecture):
+    """Training the next concept against a pool with an EWC-DC Fisher adds (λ/2)·Σ_i F_i·(θ_i − θ*_i)² at every step,
+    θ* the pool's LoRA and F its Fisher read from the pool by key: 0 at the first step (the run starts from θ*), then
+    equal to the sum written out over the LoRA's parameters as the step saw them."""
+    from driftless.trainers.continual.ewc import parameter_keys
+    from driftless.trainers.loop import train_lora
+    from driftless.trainers.regularizers.continual import Continual
+
+    model, clip, _, data = built(architecture)
+    encode = _encoder(clip)
+    pool, _ = _learn(_new_pool(model), model, clip, data, "sks cat", TrainConfig(steps=3, **FAST), draws=3)
+    regularizer = Continual(pool, [encode("a photo of sks cat")], encode("a photo"), ewc_weight=5e4)
+    seen, original = [], regularizer.loss
+
+    def recording(ctx):
+        value = original(ctx)
+        keys, params = parameter_keys(ctx.adapter)
+        seen.append((float(value.detach()), {k: p.detach().clone() for k, p in zip(keys, params)}))
+        return value
+
+    regularizer.loss = recording
+    train_lora(model, data, TrainConfig(steps=3, **{**FAST, "learning_rate": 1e-2}), [regularizer])
+    fisher, anchor = pool.latest.fisher, pool.latest.lora
+    want = [0.5 * 5e4 * sum(float((fisher[k] * (theta[k] - anchor[k]).square()).sum()) for k in theta) for _, theta in seen]
+    assert seen[0][0] == 0.0 and want[0] == 0.0
+    assert min(want[1:]) > 1e-6
+    assert [value for value, _ in seen[1:]] == pytest.approx(want[1:], rel=1e-5)
+
+
 def test_a_pool_lora_of_another_shape_or_base_is_refused(tiny_data):
     from driftless.tinymodels.build import build_tiny_model
     from driftless.trainers.loop import train_lora
@@ -111,7 +225,8 @@ def test_a_pool_lora_of_another_shape_or_base_is_refused(tiny_data):
         train_lora(model, data, TrainConfig(steps=1, **FAST), reg(), initial_lora=pool.latest.lora)
 
 
-def test_dsc_teachers_run_on_the_same_weights(tiny_data):
+@pytest.mark.parametrize("architecture", ["sd15-tiny", *DITS])
+def test_dsc_teachers_run_on_the_same_weights(built, architecture):
     """At the first consolidation step the student is teacher 1, so with only the noise term the loss is
     ‖F_T2(x_t, c_j) − F_T1(x_t, c_j)‖², which an independent evaluation of both LoRAs reproduces."""
     from driftless.trainers.continual.seam import AdaptedModel
@@ -131,7 +246,7 @@ def test_dsc_teachers_run_on_the_same_weights(tiny_data):
             self.seen.append((ctx.x_t.detach().clone(), ctx.sigma.clone(), ctx.target.clone()))
             return ctx.x0.new_zeros(())
 
-    model, clip, _, data = tiny_data(n=2)
+    model, clip, _, data = built(architecture)
     encode = _encoder(clip)
     pool, _ = _learn(_new_pool(model), model, clip, data, "zwx dog", TrainConfig(steps=4, **FAST), draws=2)
     second = Continual(pool, [encode(c.prompt) for c in pool.concepts], encode("a photo"), ewc_weight=0.0)
@@ -299,13 +414,14 @@ def _two_concepts_graph(architecture="sd15-tiny", pool_file="graph/pool", model_
                      guider=guider.out(0), sampler=g.node("KSamplerSelect", id="sampler", sampler_name="euler").out(0),
                      sigmas=g.node("BasicScheduler", id="sigmas", model=model.out(0), scheduler="normal", steps=3,
                                    denoise=1.0).out(0),
-                     latent_image=g.node("EmptyLatentImage", id="latent", width=64, height=64, batch_size=1).out(0))
+                     latent_image=g.node("EmptyLatentImage" if architecture in ("sd15-tiny", "sdxl-tiny") else "EmptySD3LatentImage",
+                                         id="latent", width=64, height=64, batch_size=1).out(0))
     decoded = g.node("VAEDecode", id="decode", samples=sampled.out(0), vae=vae)
     g.node("SaveImage", id="samples", images=decoded.out(0), filename_prefix="continual")
     return g.finalize()
 
 
-@pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny"])
+@pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny", *DITS])
 def test_two_concepts_with_dsc_through_the_nodes(run_prompt, comfy_host, caplog, architecture):
     import logging
 
