@@ -127,7 +127,8 @@ class APT(CheckedNode):
                 "APT (Chae et al., CVPR 2025): watches, per timestep bin, how far the LoRA's loss has fallen below the "
                 "base model's (an overfitting indicator γ); where it overfits, augments more and down-weights the "
                 "loss, and keeps self-attention feature statistics and cross-attention maps close to the base "
-                "model's. Costs one no-grad base forward (shared) plus the attention maps."
+                "model's (on SD3 and Flux: each block's image tokens and the image-to-text part of each joint "
+                "attention). Costs one no-grad base forward (shared) plus the attention maps."
             ),
             inputs=[
                 *knob_inputs(apt.APTConfig),
