@@ -451,6 +451,26 @@ def test_apt_on_a_dit_by_hand(built, architecture):
     assert terms["AA"] == pytest.approx(50.0 * float(aa), rel=1e-4)
 
 
+@pytest.mark.parametrize("architecture", DITS)
+def test_apt_in_bf16_training_on_a_dit(built, architecture):
+    """Under bf16 autocast the maps keep float32 logits (bf16 would round them by ~1e-2, far above the maps'
+    differences): the second step's APT term is that of fp32 training within a few percent (the two runs' LoRAs
+    already differ by one bf16 step)."""
+    from driftless.trainers.loop import train_lora
+    from driftless.trainers.regularizers.apt import APT
+
+    model, _, _, data = built(architecture)
+    terms = {}
+    for dtype in ("fp32", "bf16"):
+        apt = APT(adaptive_adjustment=False)
+        values = _recording(apt)
+        result = train_lora(model, data, TrainConfig(steps=2, dtype=dtype, **{**FAST, "learning_rate": 1e-2}), [apt])
+        assert all(torch.isfinite(torch.tensor(result.losses)))
+        terms[dtype] = [float(v) for v in values]
+    assert terms["bf16"][0] == terms["fp32"][0] == 0.0
+    assert terms["bf16"][1] == pytest.approx(terms["fp32"][1], rel=0.1) and terms["fp32"][1] > 0
+
+
 @pytest.mark.parametrize("architecture", FAMILIES)
 def test_apt_regularizes_after_the_lora_moves(built, architecture):
     from driftless.trainers.loop import train_lora

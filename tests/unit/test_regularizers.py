@@ -427,14 +427,26 @@ def test_joint_text_map_gradcheck_and_masks(monkeypatch):
     assert torch.autograd.gradcheck(lambda q, k: dit.joint_text_map(q, k, heads, True, text, image, mask=additive), (q, k))
 
 
-def test_joint_text_map_of_bf16_inputs_is_float32_with_bf16_gradients():
+def test_joint_text_map_of_bf16_inputs_under_autocast_is_float32_with_bf16_gradients():
     from driftless.trainers.regularizers import dit
 
     g = torch.Generator().manual_seed(8)
     q, k = (torch.randn(1, 2, 9, 4, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(2))
-    got = dit.joint_text_map(q, k, 2, True, slice(0, 4), slice(4, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in bf16 training: the map's arithmetic stays float32
+        got = dit.joint_text_map(q, k, 2, True, slice(0, 4), slice(4, 9))
+        grads = torch.autograd.grad(got.sum(), (q, k))
     want = _joint_map_by_hand(q.detach().float(), k.detach().float(), slice(0, 4), slice(4, 9))
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    grads = torch.autograd.grad(got.sum(), (q, k))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     assert all(grad.dtype == torch.bfloat16 for grad in grads)
+
+
+def test_cross_attention_probabilities_under_autocast_are_float32():
+    """The UNet's map, as the DiT's: float32 logits in bf16 training (bf16 rounds them by ~1e-2)."""
+    from driftless.trainers.regularizers.apt import attention_probabilities
+
+    g = torch.Generator().manual_seed(9)
+    q, k = torch.randn(1, 6, 8, generator=g).to(torch.bfloat16), torch.randn(1, 5, 8, generator=g).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention_probabilities(q, k, heads=2)
+    torch.testing.assert_close(got, attention_probabilities(q.float(), k.float(), heads=2), rtol=1e-6, atol=1e-7)

@@ -228,12 +228,14 @@ def _describe(stats: dict) -> str:
 
 
 def attention_probabilities(q, k, heads: int) -> torch.Tensor:
-    """softmax(QKᵀ/√d) per head: [B, heads, Nq, Nk] from projected q [B, Nq, H·d] and k [B, Nk, H·d]."""
+    """softmax(QKᵀ/√d) per head: [B, heads, Nq, Nk] from projected q [B, Nq, H·d] and k [B, Nk, H·d], in float32
+    whatever autocast says (the maps' differences are ~1e-6, below bf16's rounding of the logits)."""
     b, nq, width = q.shape
     d = width // heads
     q = q.view(b, nq, heads, d).transpose(1, 2)
     k = k.view(b, k.shape[1], heads, d).transpose(1, 2)
-    return torch.softmax((q.float() @ k.float().transpose(-1, -2)) * d**-0.5, dim=-1)
+    with torch.autocast(q.device.type, enabled=False):
+        return torch.softmax((q.float() @ k.float().transpose(-1, -2)) * d**-0.5, dim=-1)
 
 
 def attention_with_map(q, k, v, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
