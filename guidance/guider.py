@@ -5,10 +5,10 @@
 (Park et al., ICCV 2025, with their ω = 1 − s; the formula is reconstructed from the abstract and secondary
 readings, which place it at eqs. 7 and 9: docs/papers.md §6). The LoRA is merged into the guider's clone at strength 1
 the way LoraLoader does it (ComfyUI patches the weights when the clone loads and restores them when it
-unloads), so the conditional branch costs exactly what CFG of the personalized model costs. The weak
-branch is corrected on activations (see lora/adapter.py): y += (s − 1)·Δ(x), computed only on
-the samples ComfyUI's `cond_or_uncond` tag marks unconditional, accumulated in place into their slice of
-each layer's output. So the stock `sampling_function` runs unchanged — one batched forward for both
+unloads), so the conditional branch costs exactly what CFG of the personalized model costs. The rows of the
+weak branch, which ComfyUI's `cond_or_uncond` tag marks unconditional, go through W + s·Δ in each LoRA layer
+(branch_weights.py: a second weight beside the merged one where it fits, else y += (s − 1)·Δ(x) on activations
+for those rows only). So the stock `sampling_function` runs unchanged — one batched forward for both
 branches when memory allows, then pre-CFG functions (APG), `cfg_function` with post-CFG functions
 (RescaleCFG, PAG, CFG++ samplers). The tag is read in an APPLY_MODEL wrapper on the guider's own clone,
 so the shared model is never modified.
@@ -18,9 +18,9 @@ Modes: `personalization` as above; `cfg`, plain CFG of the personalized model (s
 same prompt, D = D_weak(x|c) + cfg·(D_ft(x|c) − D_weak(x|c)); s and its schedule do not apply there.
 """
 
-import torch
 
-from ..lora.adapter import INJECTION_KEY, LoraAdapter, attach
+from ..lora.adapter import INJECTION_KEY, LoraAdapter
+from .branch_weights import BatchPlan, BranchLayers, attach_branch_layers
 from .schedules import progress_of, strength_at
 
 WRAPPER_KEY = "driftless_guidance"
@@ -49,7 +49,9 @@ def adapter_for(model_patcher, lora: dict, name: str) -> LoraAdapter:
 
 def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mode: str = "personalization",
                 weak_lora: dict | None = None, schedule: str = "constant", s_start: float = 0.3, s_end: float = 0.3,
-                start: float = 0.0, end: float = 1.0):
+                start: float = 0.0, end: float = 1.0, split_weights: bool = True):
+    """A CFGGuider subclass doing `mode` with `lora` on `model_patcher` (see the module docstring).
+    `split_weights=False` keeps every layer on activation corrections (no second weight copy)."""
     import comfy.patcher_extension
     import comfy.samplers
 
@@ -69,9 +71,8 @@ def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mo
     if mode == "autoguidance":
         adapters.append(adapter_for(base, weak_lora, "weak_lora"))
     clone, _ = comfy.sd.load_lora_for_models(base, None, strong.lora_state_dict(), 1.0, 0.0)
-    for adapter in adapters:
-        adapter.strength = 0.0  # corrections only where the wrapper asks for them
-    attach(clone, adapters)
+    branch_layers = BranchLayers(adapters, split=split_weights)
+    attach_branch_layers(clone, branch_layers)
 
     class Guider(comfy.samplers.CFGGuider):
         def __init__(self):
@@ -99,30 +100,28 @@ def make_guider(model_patcher, positive, negative, lora: dict, *, cfg: float, mo
             return progress_of(float(timestep.flatten()[0]), self.sigmas)
 
     guider = Guider()
+    guider.branch_layers = branch_layers  # how each LoRA layer computes the weak branch (branch_weights.py)
     if mode == "autoguidance":
         guider.set_conds(positive, positive)  # autoguidance compares two models on the same prompt
     else:
         guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                               _strength_wrapper(guider, adapters))
+                               _plan_wrapper(guider, branch_layers))
     return guider
 
 
-def _strength_wrapper(guider, adapters):
-    """APPLY_MODEL wrapper: per-sample LoRA corrections from the batch's cond/uncond tags (a float 0 when
-    no sample of the batch needs one, e.g. a cond-only batch or s = 1)."""
+def _plan_wrapper(guider, branch_layers: BranchLayers):
+    """APPLY_MODEL wrapper: which rows of this batch need which correction, from its cond/uncond tags (none for a
+    cond-only batch or s = 1: the merged weights as they are)."""
 
     def wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         tags = transformer_options.get("cond_or_uncond", [COND])
-        per_tag = x.shape[0] // max(1, len(tags))
-        for i, adapter in enumerate(adapters):
-            values = [guider.strengths.get(tag, guider.strengths[COND]).get(i, 0.0) for tag in tags]
-            adapter.strength = torch.tensor(values, dtype=torch.float32).repeat_interleave(per_tag) if any(values) else 0.0
+        per_tag = {tag: guider.strengths.get(tag, guider.strengths[COND]) for tag in set(tags)}
+        branch_layers.plan = BatchPlan.of(tags, x.shape[0], per_tag)
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
-            for adapter in adapters:
-                adapter.strength = 0.0
+            branch_layers.plan = None
 
     return wrapper

@@ -47,7 +47,7 @@ def _step_time(guider, model, steps: int, size: int, clock=wall_clock) -> float:
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-    latent = torch.zeros(1, 4, size, size)
+    latent = torch.zeros(1, model.model.latent_format.latent_channels, size, size)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
     stamps = []
     guider.sample(Noise_RandomNoise(0).generate_noise({"samples": latent}), latent, comfy.samplers.sampler_object("euler"),

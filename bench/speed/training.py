@@ -1,6 +1,6 @@
 """Training step time and peak memory: Driftless Train LoRA against ComfyUI's TrainLoraNode.
 
-Same model (the SD1.5-shaped bench model), rank, batch, dtype and layer coverage (every Linear and
+Same model (a bench model: SD1.5-, SDXL-, SD3.5- or Flux-shaped), rank, batch, dtype and layer coverage (every Linear and
 Conv2d; TrainLoraNode also trains every bias and norm). Step time is the median interval between
 consecutive optimizer steps of a run (first steps skipped), runs alternating ours / stock; peak
 memory is measured per trainer in a fresh subprocess (CPU: peak live tensor bytes, from torch.profiler; CUDA:
@@ -30,7 +30,8 @@ def setup_with_clip(architecture: str, seed: int = 0):
 
     model, clip, vae = build_tiny_model(architecture, seed)
     size = CONFIGS[architecture].default_resolution // 8
-    latents = torch.randn(2, 4, size, size, generator=torch.Generator().manual_seed(seed))
+    channels = model.model.latent_format.latent_channels
+    latents = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(seed))
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of sks dog"))
     null = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     return model, clip, TrainingData(latents, [cond, cond], null, ["a photo of sks dog"] * 2)
@@ -47,10 +48,19 @@ def run_ours(model, data, steps: int, rank: int, checkpointing: bool) -> list[fl
     return stamps
 
 
+# inputs ComfyUI 0.33's TrainLoraNode added, at its defaults (0.3.75's node has none of them)
+STOCK_LATER_INPUTS = {"quantized_backward": [False], "checkpoint_depth": [1], "offloading": [False],
+                      "bucket_mode": [False], "bypass_mode": [False]}
+
+
 def run_stock(model, data, steps: int, rank: int, checkpointing: bool) -> list[float]:
+    import inspect
+
     import comfy.utils
     from comfy_extras.nodes_train import TrainLoraNode
 
+    accepted = inspect.signature(TrainLoraNode.execute).parameters
+    later = {k: v for k, v in STOCK_LATER_INPUTS.items() if k in accepted}
     stamps = []
     comfy.utils.set_progress_bar_global_hook(lambda *a, **k: stamps.append(clock()))
     try:
@@ -59,7 +69,7 @@ def run_stock(model, data, steps: int, rank: int, checkpointing: bool) -> list[f
             positive=[data.conditionings[0], data.conditionings[1]], batch_size=[1], grad_accumulation_steps=[1],
             steps=[steps], learning_rate=[1e-4], rank=[rank], optimizer=["AdamW"], loss_function=["MSE"], seed=[0],
             training_dtype=["fp32"], lora_dtype=["fp32"], algorithm=["LoRA"], gradient_checkpointing=[checkpointing],
-            existing_lora=["[None]"],
+            existing_lora=["[None]"], **later,
         )
     finally:
         comfy.utils.set_progress_bar_global_hook(None)

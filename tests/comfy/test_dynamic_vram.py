@@ -308,9 +308,12 @@ def test_frozen_forward_is_the_model_it_was_given(dynamic, tiny_data, merged):
 @pytest.mark.parametrize("architecture", FAMILIES)
 @pytest.mark.parametrize("s", [0.0, 0.3, 1.0])
 def test_guider_matches_model_patcher_and_the_hooks_oracle(dynamic, tiny_data, architecture, s):
-    """The Personalization Guider (LoRA merged at 1, the null branch corrected on activations) samples on the
-    dynamic model exactly what it samples under ModelPatcher, and that equals ComfyUI's conditioning-hooks
-    construction (hooks need ModelPatcher: ModelPatcherDynamic refuses weight hooks)."""
+    """The Personalization Guider (LoRA merged at 1, the null branch through W + s·Δ) samples on the dynamic model
+    what it samples under ModelPatcher, and that equals ComfyUI's conditioning-hooks construction (hooks need
+    ModelPatcher: ModelPatcherDynamic refuses weight hooks). The dynamic model casts its weights at each forward, so
+    its layers correct the null branch on activations (guidance/branch_weights.py); with ModelPatcher doing the same
+    (`split_weights=False`) the two are bit for bit equal on the CPU, and with its default second weight per Linear
+    layer equal to float rounding."""
     import comfy.hooks
     import comfy.samplers
 
@@ -319,8 +322,10 @@ def test_guider_matches_model_patcher_and_the_hooks_oracle(dynamic, tiny_data, a
     plain, dyn = _pair(tiny_data, architecture, dynamic)
     lora = _lora(plain.model)
     samples = [_sample(make_guider(w.model, w.encode("a photo of sks dog"), w.encode(""), lora, cfg=4.0,
-                                   s_start=s, s_end=s), w.model) for w in (dyn, plain)]
+                                   s_start=s, s_end=s, split_weights=split), w.model)
+               for w, split in ((dyn, True), (plain, False), (plain, True))]
     _same(samples[0], samples[1])
+    _close(samples[0], samples[2], GPU_REL if _on_gpu() else 1e-5)
     positive, null = plain.encode("a photo of sks dog"), plain.encode("")
     oracle = comfy.samplers.CFGGuider(plain.model)
     oracle.set_conds(comfy.hooks.set_hooks_for_conditioning(positive, comfy.hooks.create_hook_lora(lora, 1.0, 0.0)),
@@ -403,7 +408,7 @@ def test_training_drops_weights_cast_while_sampling(dynamic, tiny_data):
 def test_graph_after_sampling_trains_and_guides_as_under_model_patcher(dynamic, run_prompt):
     """One graph through ComfyUI's executor (inference mode, as the server runs it; the tiny model node built under
     the loaders' class): sample the tiny model, train a LoRA on the sample, guide with it. The dynamic run saves the
-    same images as the ModelPatcher run (pixel for pixel on the CPU)."""
+    same images as the ModelPatcher run (to one 8-bit level on the CPU)."""
     import comfy.model_patcher
     import numpy as np
     from PIL import Image
@@ -416,8 +421,9 @@ def test_graph_after_sampling_trains_and_guides_as_under_model_patcher(dynamic, 
 
     ours, reference = run(dynamic, "dyn"), run(comfy.model_patcher.ModelPatcher, "plain")
     assert len(ours) == len(reference) == 2
-    for a, b in zip(ours, reference):  # 8-bit images: on a GPU (see _same) a few levels
-        assert np.abs(a.astype(int) - b).max() <= (8 if _on_gpu() else 0)
+    for a, b in zip(ours, reference):  # 8-bit images: on a GPU (see _same) a few levels; on the CPU the guider's
+        # null branch takes W + s·Δ under ModelPatcher and an activation correction under dynamic loading: 1 level
+        assert np.abs(a.astype(int) - b).max() <= (8 if _on_gpu() else 1)
 
 
 def _graph(prefix: str) -> dict:

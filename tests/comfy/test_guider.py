@@ -125,7 +125,30 @@ def test_the_shared_model_is_untouched(comfy_host):
     before = predict()
     _sample(make_guider(model, positive, null, lora, cfg=4.0), model)
     assert torch.equal(before, predict())
-    assert not any(m._forward_hooks for m in model.model.diffusion_model.modules())
+    assert not any(m._forward_hooks or "forward" in m.__dict__ for m in model.model.diffusion_model.modules())
+
+
+@pytest.mark.parametrize("architecture", ["sd15-tiny", "flux-dev-tiny"])
+@pytest.mark.parametrize("mode", ["personalization", "autoguidance"])
+def test_split_weights_equal_activation_corrections(comfy_host, architecture, mode):
+    """The two ways a LoRA layer computes the weak branch's rows (guidance/branch_weights.py) give the same samples:
+    a second weight W + s·Δ beside the merged one for the Linear layers, against y += (s − 1)·Δ(x) on activations
+    for all layers, under a linear schedule of s (W_c rebuilt every step) and in autoguidance (two LoRAs)."""
+    from driftless.guidance.guider import make_guider
+    from driftless.tinymodels.build import build_tiny_model
+
+    model, clip, _ = build_tiny_model(architecture, 0)
+    positive, null = (clip.encode_from_tokens_scheduled(clip.tokenize(t)) for t in ("a photo of sks dog", ""))
+    lora, weak = _lora(model, preset="all linear+conv"), _lora(model, seed=1, preset="all linear+conv")
+    settings = dict(cfg=4.0, mode=mode, weak_lora=weak if mode == "autoguidance" else None, schedule="linear",
+                    s_start=0.0, s_end=0.8)
+    split = make_guider(model, positive, null, lora, split_weights=True, **settings)
+    corrected = make_guider(model, positive, null, lora, split_weights=False, **settings)
+    a, b = _sample(split, model), _sample(corrected, model)
+    assert split.branch_layers.split_names and not corrected.branch_layers.split_names
+    linear = {n for n, m in model.model.diffusion_model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert split.branch_layers.split_names == linear & set(split.branch_layers.names)
+    _close(a, b)
 
 
 @pytest.mark.parametrize("patch", ["rescale_cfg", "apg", "cfg_pp"])

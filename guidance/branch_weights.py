@@ -1,0 +1,174 @@
+"""Each branch of a guided batch through its own weights: the guider's LoRA layers at no extra cost.
+
+The guider's clone carries the LoRA merged at strength 1 (W₁ = W + Δ, patched by ComfyUI as LoraLoader does). In
+one batched forward the rows of the unconditional branch need other weights, W_c = W₁ + Σ_i c_i·Δ_i (the
+personalization guider: c = s − 1 on the strong LoRA; autoguidance: −1 on the strong and +1 on the weak one), where
+Δ_i = (α/r)·B_i·A_i. Each LoRA layer computes them in one of two ways, chosen per layer when the clone loads:
+
+- split: a Linear layer whose weight stays on the device as it computes (no cast at each forward: not under lowvram,
+  dynamic VRAM or a manual-cast/fp8 base) keeps W_c beside W₁ and multiplies each contiguous run of the batch by its
+  branch's weight, into one output. The same multiply-adds as the layer's single GEMM over the whole batch, no
+  correction kernels: guidance costs what CFG of the personalized model costs. W_c is rebuilt with one rank-r update
+  (W₁ + c·(α/r)·B·A, an addmm) when c changes (each step under a strength schedule). It costs one copy of the LoRA
+  layers' weights, taken only while all of them fit in MEMORY_SHARE of the device's free memory.
+- correct: every other layer (convolutions, weights cast at each forward, or not enough memory): the layer's output
+  over the whole batch with W₁, then y += c·(α/r)·B(A(x)) on the rows that need it (lora/adapter.py's per-sample
+  path, accumulated in place into their slice).
+Both give the same function (to float rounding); tests/comfy/test_guider.py checks each against ComfyUI's
+conditioning-hooks construction.
+"""
+
+import torch
+
+from ..lora.adapter import LoraAdapter, SamplePlan
+
+INJECTION_KEY = "driftless_guidance_layers"
+MEMORY_SHARE = 0.5  # the most of the device's free memory the W_c copies may take
+
+
+class BatchPlan:
+    """Which correction each row of the current batch needs: contiguous runs (start, end, corrections), where
+    corrections maps an adapter index to its c (empty: W₁ as merged). None outside a guided forward."""
+
+    def __init__(self, runs: list[tuple[int, int, tuple]]):
+        self.runs = runs
+        self.corrected = any(corrections for _, _, corrections in runs)
+
+    @classmethod
+    def of(cls, tags: list[int], rows: int, corrections_per_tag: dict) -> "BatchPlan":
+        per_tag = rows // max(1, len(tags))
+        runs = []
+        for i, tag in enumerate(tags):
+            corrections = tuple(sorted((k, v) for k, v in corrections_per_tag.get(tag, {}).items() if v != 0.0))
+            start, end = i * per_tag, (i + 1) * per_tag
+            if runs and runs[-1][2] == corrections:
+                runs[-1] = (runs[-1][0], end, corrections)
+            else:
+                runs.append((start, end, corrections))
+        return cls(runs)
+
+
+class BranchLayers:
+    """The guider's LoRA layers: forward overrides on the clone's modules while it is loaded (an injection), each
+    computing its rows per `plan` by the split or the correct way (module docstring)."""
+
+    def __init__(self, adapters: list[LoraAdapter], split: bool = True):
+        self.adapters = adapters
+        self.allow_split = split
+        self.plan: BatchPlan | None = None
+        self.names = sorted({n for a in adapters for n in a.names})  # every module a LoRA layer sits on
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.split_names: set[str] = set()
+        self._weights: dict[str, tuple] = {}  # module name -> (corrections, W₁ storage, W_c)
+
+    def layers_of(self, name: str) -> list[tuple[int, object]]:
+        """(adapter index, LoraLayer) of every adapter that has a layer on module `name`."""
+        return [(i, a.layers[a.names.index(name)]) for i, a in enumerate(self.adapters) if name in a.names]
+
+    # ---- installation -----------------------------------------------------------------------
+    def install(self, diffusion_model: torch.nn.Module, device) -> None:
+        """Override the LoRA modules' forward (instance attributes, removed by `remove`). Idempotent."""
+        self.remove()
+        modules = dict(diffusion_model.named_modules())
+        self.modules = {n: modules[n] for n in self.names}
+        self.split_names = self._splittable(device)
+        self._weights = {}
+        for name, module in self.modules.items():
+            module.forward = self._forward(name, module, module.forward)
+
+    def remove(self) -> None:
+        """Restore the modules' own forward. `split_names` stays, for inspection: what the last load chose."""
+        for module in self.modules.values():
+            module.__dict__.pop("forward", None)
+        self.modules, self._weights = {}, {}
+
+    def _splittable(self, device) -> set[str]:
+        """The Linear layers whose W_c copies can be held: weights resident as computed, and room for all of them."""
+        if not self.allow_split:
+            return set()
+        eligible = {n for n, m in self.modules.items() if _weight_is_resident(m)}
+        needed = sum(self.modules[n].weight.numel() * self.modules[n].weight.element_size() for n in eligible)
+        return eligible if needed <= MEMORY_SHARE * _free_memory(device) else set()
+
+    # ---- forward --------------------------------------------------------------------------
+    def _forward(self, name: str, module: torch.nn.Module, original):
+        layers = self.layers_of(name)
+        split = name in self.split_names
+
+        def forward(x, *args, **kwargs):
+            plan = self.plan
+            if plan is None or not plan.corrected:
+                return original(x, *args, **kwargs)
+            if split and not args and not kwargs and x.dtype == module.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+                return self._split(name, module, x, plan, layers)
+            return _correct(original(x, *args, **kwargs), x, plan, layers)
+
+        return forward
+
+    def _split(self, name, module, x, plan: BatchPlan, layers) -> torch.Tensor:
+        out = x.new_empty(*x.shape[:-1], module.out_features)
+        for start, end, corrections in plan.runs:
+            weight = self._weight(name, module, corrections, layers) if corrections else module.weight
+            rows, target = x[start:end].reshape(-1, x.shape[-1]), out[start:end].view(-1, module.out_features)
+            if module.bias is None:
+                torch.mm(rows, weight.t(), out=target)
+            else:
+                torch.addmm(module.bias, rows, weight.t(), out=target)
+        return out
+
+    def _weight(self, name, module, corrections: tuple, layers) -> torch.Tensor:
+        """W_c for `corrections`, rebuilt only when they (or the merged weight's storage) change."""
+        cached = self._weights.get(name)
+        merged = module.weight
+        if cached is not None and cached[0] == corrections and cached[1] == merged.data_ptr():
+            return cached[2]
+        weight = merged.detach().clone() if cached is None or cached[2].shape != merged.shape else cached[2].copy_(merged)
+        by_adapter = dict(layers)
+        for index, c in corrections:
+            layer = by_adapter[index]
+            up, down = layer.up.to(weight.device, weight.dtype), layer.down.to(weight.device, weight.dtype)
+            weight.addmm_(up, down, alpha=c * layer.scale_value())
+        self._weights[name] = (corrections, merged.data_ptr(), weight)
+        return weight
+
+
+def _correct(output: torch.Tensor, x: torch.Tensor, plan: BatchPlan, layers) -> torch.Tensor:
+    """y += c·(α/r)·B(A(x)) on each run's rows, per adapter with a correction there."""
+    for index, layer in layers:
+        strength = torch.zeros(x.shape[0], dtype=torch.float32)
+        for start, end, corrections in plan.runs:
+            strength[start:end] = dict(corrections).get(index, 0.0)
+        if bool(strength.any()):
+            output = layer.apply_per_sample(x, output, strength, SamplePlan.of(strength))
+    return output
+
+
+def _weight_is_resident(module: torch.nn.Module) -> bool:
+    """A Linear that multiplies with its own weight tensor: not cast, patched or streamed at each forward."""
+    if not isinstance(module, torch.nn.Linear) or getattr(module, "comfy_cast_weights", False):
+        return False
+    if getattr(module, "weight_function", None) or getattr(module, "bias_function", None):
+        return False
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.device.type != "meta"
+
+
+def _free_memory(device) -> int:
+    import comfy.model_management
+
+    return comfy.model_management.get_free_memory(device)
+
+
+def attach_branch_layers(patcher, branch_layers: BranchLayers) -> None:
+    """Install `branch_layers` through one injection on the guider's clone: present only while it is loaded."""
+    from comfy.patcher_extension import PatcherInjection
+
+    def inject(p):
+        for adapter in branch_layers.adapters:
+            adapter.to(p.load_device)
+        branch_layers.install(p.model.diffusion_model, p.load_device)
+
+    def eject(p):
+        branch_layers.remove()
+
+    patcher.set_injections(INJECTION_KEY, [PatcherInjection(inject=inject, eject=eject)])
