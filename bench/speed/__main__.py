@@ -100,11 +100,12 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
                   f"{repeats} paired repeats of {steps} steps")
             times = training.paired_step_times(architecture, repeats, steps, args.rank, checkpointing)
             rows.append({"architecture": architecture, "gradient_checkpointing": checkpointing, **times})
-    jobs = [(w, r["architecture"], args.memory_steps, args.rank, r["gradient_checkpointing"]) for r in rows for w in ("ours", "stock")]
+    jobs = [(w, r["architecture"], args.memory_steps, args.rank, r["gradient_checkpointing"]) for r in rows
+            for w in ("ours", "stock") if w == "ours" or "stock_error" not in r]
     peaks = iter(_measure_peaks(jobs))
     for r in rows:
-        mem = {w: next(peaks) for w in ("ours", "stock")}
-        r.update(peak_growth_bytes=mem, memory_ratio=mem["ours"] / max(mem["stock"], 1))
+        mem = {w: next(peaks) for w in ("ours", "stock") if w == "ours" or "stock_error" not in r}
+        r.update(peak_growth_bytes=mem, memory_ratio=mem["ours"] / max(mem.get("stock", 0), 1) if "stock" in mem else None)
     for architecture in architectures:
         model, data = training._setup(architecture)
         plain = next(r for r in rows if r["architecture"] == architecture and not r["gradient_checkpointing"])
@@ -115,6 +116,10 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
     lines = [header, "|---|---|---|---|---|---|---|"]
     for r in rows:
         mb = {k: v / 2**20 for k, v in r["peak_growth_bytes"].items()}
+        if "stock_error" in r:
+            lines.append(f"| {r['architecture']} | {r['gradient_checkpointing']} | {r['ours_s']['median']:.3f} | fails: "
+                         f"{r['stock_error']} | – | {mb['ours']:.0f} / – | – |")
+            continue
         lines.append(
             f"| {r['architecture']} | {r['gradient_checkpointing']} | {r['ours_s']['median']:.3f} | {r['stock_s']['median']:.3f} | "
             f"{r['ratio']['median']:.2f}× ({r['ratio']['min']:.2f}–{r['ratio']['max']:.2f}) | "

@@ -1,5 +1,6 @@
-"""Sampling step time of the Personalization Guider against stock CFG with the LoRA merged, and against
-ComfyUI's conditioning-hooks construction of the same guidance, on one model, interleaved."""
+"""Sampling step time of the Personalization Guider against stock CFG with the LoRA merged, against ComfyUI's
+conditioning-hooks construction of the same guidance, and against itself with every layer on activation corrections
+(no second weight copy: guidance/branch_weights.py), on one model, interleaved."""
 
 import statistics
 import time
@@ -10,7 +11,8 @@ from ..common import clock as wall_clock
 from ..common import spread
 
 WARMUP_STEPS = 2
-NAMES = ("stock CFG, LoRA merged", "hooks construction", "Personalization Guider")
+NAMES = ("stock CFG, LoRA merged", "hooks construction", "Personalization Guider",
+         "Personalization Guider, activation corrections only")
 
 
 def _guiders(architecture: str, rank: int, s: float = 0.3, cfg: float = 5.0):
@@ -40,7 +42,8 @@ def _guiders(architecture: str, rank: int, s: float = 0.3, cfg: float = 5.0):
                     comfy.hooks.set_hooks_for_conditioning(null, comfy.hooks.create_hook_lora(lora, s, 0.0)))
     hooks.set_cfg(cfg)
     ours = make_guider(model, positive, null, lora, cfg=cfg, s_start=s, s_end=s)
-    return model, dict(zip(NAMES, (stock, hooks, ours)))
+    corrections = make_guider(model, positive, null, lora, cfg=cfg, s_start=s, s_end=s, split_weights=False)
+    return model, dict(zip(NAMES, (stock, hooks, ours, corrections)))
 
 
 def _step_time(guider, model, steps: int, size: int, clock=wall_clock) -> float:
