@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--metrics-size", choices=("bench", "wide", "tiny"), default="bench",
                         help="backbones of the metrics part (tinymodels/metrics_backbones.py): bench = 224 px, ViT-B/32 "
                         "and ViT-S/16 grids, narrow, 4 layers; wide = the same with the real widths")
+    parser.add_argument("--suffix", default="", help="appended to the results' names (bench/results/speed_<part>_<suffix>"
+                        ".md), e.g. to keep a run on other architectures beside the default one")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -49,6 +51,7 @@ def main() -> None:
 
         suffix = ("_quick" if args.quick else "") + ("_cuda" if torch.cuda.is_available() else "")
         suffix += f"_{args.dtype}" if args.dtype != "fp32" else ""
+        suffix += f"_{args.suffix}" if args.suffix else ""
         return write(name + suffix, *rest, **kwargs)
 
     repeats, steps = (2, 5) if args.quick else (5, 8)

@@ -93,7 +93,7 @@ def paired_step_times(architecture, repeats, steps, rank, checkpointing) -> dict
         try:
             b = step_time(run_stock(model, data, steps, rank, checkpointing))
         except RuntimeError as e:
-            return {"ours_s": spread(ours), "stock_error": str(e).split("\n")[0][:160]}
+            return {"ours_s": spread(ours), "stock_error": str(e).split(":")[0].split("\n")[0][:120]}
         stock.append(b)
         ratios.append(a / b)
     return {"ours_s": spread(ours), "stock_s": spread(stock), "ratio": spread(ratios)}
