@@ -26,8 +26,8 @@ def make_regularizers(name: str, clip, data):
         return [APT(**APT_PARTS[name])]
     if name == "prior preservation":
         cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
-        size = data.latents.shape[-1]
-        latents = torch.randn(4, 4, size, size, generator=torch.Generator().manual_seed(1))
+        channels, size = data.latents.shape[1], data.latents.shape[-1]
+        latents = torch.randn(4, channels, size, size, generator=torch.Generator().manual_seed(1))
         return [PriorPreservation(latents, cond, "a photo of a dog")]
     raise ValueError(name)
 
