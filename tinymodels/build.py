@@ -8,6 +8,7 @@ AutoencoderKL. Weights are drawn from a seeded generator, so the same (name, see
 same model on every machine.
 """
 
+import functools
 import math
 
 import torch
@@ -66,10 +67,17 @@ def _clip_target(cfg: TinyModelConfig | TinyDiTConfig, model_config):
 
 
 @eager_weights()  # built from a config: weights allocated now even with dynamic VRAM on
-def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int, disable_dynamic: bool = False):
+def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int, disable_dynamic: bool = False,
+               weight_dtype: torch.dtype | None = None):
     """A ModelPatcher around a random-init diffusion model of `cfg`, as CheckpointLoaderSimple would return it:
     the class the stock loaders use (a plain ModelPatcher with `disable_dynamic`), and, as they do, how to build
-    it again (`cached_patcher_init`, which ComfyUI 0.33's deep clones call: its own TrainLoraNode, multi-GPU)."""
+    it again (`cached_patcher_init`, which ComfyUI 0.33's deep clones call: its own TrainLoraNode, multi-GPU).
+
+    `weight_dtype` (torch.float8_e4m3fn, torch.bfloat16, …) stores the same weights in that dtype, as UNETLoader's
+    weight_dtype (model_options["dtype"]) has comfy.sd.load_diffusion_model_state_dict load a file: the compute
+    dtype from `comfy.model_management.unet_manual_cast` for the load device (float32 on a CPU), hence
+    `comfy.ops.manual_cast` layers that cast each weight when they run, and the fp32 weights copied into the
+    model by `load_model_weights` (each rounded to the stored dtype)."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
@@ -80,11 +88,28 @@ def build_unet(cfg: TinyModelConfig | TinyDiTConfig, seed: int, disable_dynamic:
     if cfg.family == "sd3":
         _fill_position_embedding_(model.diffusion_model)
     _check_finite(model.diffusion_model)
+    if weight_dtype is not None and weight_dtype != torch.float32:
+        model = _stored_as(cfg, model, weight_dtype)
     model.diffusion_model.eval()
     patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else model_patcher_class()
     patcher = patcher_class(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
-    patcher.cached_patcher_init = (build_unet, (cfg, seed))
+    patcher.cached_patcher_init = ((build_unet, (cfg, seed)) if weight_dtype is None
+                                   else (functools.partial(build_unet, weight_dtype=weight_dtype), (cfg, seed)))
     return patcher
+
+
+def _stored_as(cfg: TinyModelConfig | TinyDiTConfig, reference, weight_dtype: torch.dtype):
+    """The diffusion model of `reference` (fp32) rebuilt the way comfy.sd.load_diffusion_model_state_dict builds
+    one for model_options["dtype"] = weight_dtype, and its weights loaded into it by the same call."""
+    import comfy.model_management as mm
+
+    model_config = _supported_model(cfg)
+    load_device = mm.get_torch_device()
+    manual_cast = mm.unet_manual_cast(weight_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(weight_dtype, manual_cast)
+    model = model_config.get_model({}, device=mm.unet_offload_device())
+    model.load_model_weights(dict(reference.diffusion_model.state_dict()), "")
+    return model
 
 
 def _fill_position_embedding_(mmdit: torch.nn.Module) -> None:
@@ -138,9 +163,10 @@ def build_vae(cfg: TinyModelConfig | TinyDiTConfig, seed: int):
     return vae
 
 
-def build_tiny_model(name: str, seed: int = 0):
-    """(MODEL, CLIP, VAE) for the named config in `CONFIGS`."""
+def build_tiny_model(name: str, seed: int = 0, weight_dtype: torch.dtype | None = None):
+    """(MODEL, CLIP, VAE) for the named config in `CONFIGS`; `weight_dtype` stores the diffusion model's weights in
+    that dtype as UNETLoader's weight_dtype does (`build_unet`)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(CONFIGS)}")
     cfg = CONFIGS[name]
-    return build_unet(cfg, seed), build_clip(cfg, seed), build_vae(cfg, seed)
+    return build_unet(cfg, seed, weight_dtype=weight_dtype), build_clip(cfg, seed), build_vae(cfg, seed)

@@ -17,6 +17,7 @@ import torch
 from ..lora.adapter import LoraAdapter, attach
 from ..lora.fingerprint import patcher_fingerprint
 from ..lora.targets import check_supported
+from .cast_weights import recast_in_backward
 from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
 from .data import IndexStream, TrainingData
@@ -188,11 +189,13 @@ class TrainingRun:
 
     @contextmanager
     def training_mode(self):
-        """LoRA parameters trainable, base weights frozen, checkpointing wrappers on; all undone on exit."""
+        """LoRA parameters trainable, base weights frozen (a cast base keeps no cast copies for backward:
+        cast_weights.py), checkpointing wrappers on; all undone on exit."""
         with torch.inference_mode(False), torch.enable_grad():
             self.adapter.requires_grad_(True)
             try:
-                with frozen_base(self.model), gradient_checkpointing(self.model.diffusion_model, self.config.gradient_checkpointing):
+                with frozen_base(self.model), recast_in_backward(self.model.diffusion_model), \
+                        gradient_checkpointing(self.model.diffusion_model, self.config.gradient_checkpointing):
                     yield
             finally:
                 self.adapter.requires_grad_(False)

@@ -17,6 +17,7 @@ import torch
 from ..data import IndexStream, TrainingData
 from ...lora.fingerprint import patcher_fingerprint
 from ...lora.adapter import LoraAdapter
+from ..cast_weights import recast_in_backward
 from ..model_state import frozen_base
 from .ewc import parameter_keys
 from .fisher import diagonal_fisher, fold, unit_sum
@@ -46,7 +47,7 @@ def concept_fisher(seam: AdaptedModel, adapter: LoraAdapter, x0: torch.Tensor, c
         predictions = seam.predict(xs, sigma.repeat(len(concepts)), inputs).view(len(concepts), *x.shape)
         return dc_cross_entropy(dc_logits(predictions, target, temperature), len(concepts) - 1)
 
-    with frozen_base(seam.model):
+    with frozen_base(seam.model), recast_in_backward(seam.model):
         for p in params:
             p.requires_grad_(True)
         try:
