@@ -343,18 +343,61 @@ def test_unetloader_fp8_train_save_and_guide_graph(run_prompt, comfy_host):
     assert dtypes == {torch.float32} and count > 0
 
 
+def bench_figures(bench: str, repeats: int = 5) -> None:
+    """On `bench` (256 px, rank 16, all linear+conv, fp32 compute, no checkpointing): the base bytes held during a
+    step (bf16 vs fp8), and for bf16 and fp8 bases with and without recasting, the step's peak memory above the model
+    (torch.profiler's per-operator allocations) and its CPU time (interleaved runs, `repeats` after a warm-up)."""
+    import time
+    from statistics import median
+
+    from test_dit_training import step_memory
+
+    from driftless.trainers import cast_weights
+    from driftless.trainers.config import TrainConfig
+    from driftless.trainers.loop import TrainingRun
+
+    data = _data(bench, n=1, size=32)
+    settings = dict(rank=16, alpha=16.0)
+    held = measure_held(bench, data, **settings)
+    bf16, fp8 = held[torch.bfloat16], held[FP8]
+    print(f"{bench}: base weights held during a step {bf16['total'] / 2**20:.2f} MiB (bf16) -> "
+          f"{fp8['total'] / 2**20:.2f} MiB (fp8) = {fp8['total'] / bf16['total']:.3f}x (stored "
+          f"{bf16['stored'] / 2**20:.2f} -> {fp8['stored'] / 2**20:.2f} MiB; norm weights kept for backward "
+          f"{fp8['copies'] / 2**20:.3f} MiB)")
+    original, none = cast_weights.castable_layers, (lambda module: [])
+    config = TrainConfig(steps=1000, gradient_checkpointing=False, **{**SETTINGS, **settings})
+    runs = {(dtype, recast): TrainingRun(_model(bench, dtype)[0], data, config)
+            for dtype in (torch.bfloat16, FP8) for recast in (True, False)}
+    times, peaks = {key: [] for key in runs}, {}
+    try:
+        for repeat in range(repeats + 2):
+            for (dtype, recast), run in runs.items():
+                cast_weights.castable_layers = original if recast else none  # read when each step starts
+                run.activate()
+                if repeat == 0:
+                    run.step()  # warm-up
+                    peaks[dtype, recast] = step_memory(run)
+                    continue
+                start = time.process_time()
+                run.step()
+                times[dtype, recast].append(time.process_time() - start)
+    finally:
+        cast_weights.castable_layers = original
+    for (dtype, recast), values in times.items():
+        print(f"  {str(dtype).removeprefix('torch.')} base, {'recast in backward' if recast else 'cast copies kept'}: "
+              f"peak step memory {peaks[dtype, recast] / 2**20:.1f} MiB above the model; {median(values[1:]):.3f} s/step "
+              f"CPU (range {min(values[1:]):.3f}-{max(values[1:]):.3f})")
+
+
 if __name__ == "__main__":  # the bench-sized figures for docs/benchmarks.md
+    import pathlib
+    import sys
     import tempfile
 
     from driftless.headless import host
 
     host.boot(tempfile.mkdtemp(), cpu=True)
-    torch.set_num_threads(2)
-    for bench in ("sd15-bench", "sd35-bench", "flux-dev-bench"):
-        data = _data(bench, n=1, size=32)  # 256 px
-        held = measure_held(bench, data, rank=16, alpha=16.0)
-        bf16, fp8 = held[torch.bfloat16], held[FP8]
-        print(f"{bench}, 256 px, rank 16, all linear+conv, fp32 compute: base weights held during a step "
-              f"{bf16['total'] / 2**20:.2f} MiB (bf16) -> {fp8['total'] / 2**20:.2f} MiB (fp8) = "
-              f"{fp8['total'] / bf16['total']:.3f}x; stored {bf16['stored'] / 2**20:.2f} -> {fp8['stored'] / 2**20:.2f} "
-              f"MiB, copies kept for backward {bf16['copies'] / 2**20:.3f} / {fp8['copies'] / 2**20:.3f} MiB")
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))  # test_dit_training's step_memory
+    torch.set_num_threads(1)
+    for bench in sys.argv[1:] or ("sd15-bench", "sd35-bench", "flux-dev-bench"):
+        bench_figures(bench)
