@@ -30,9 +30,16 @@ class BatchPlan:
     """Which correction each row of the current batch needs: contiguous runs (start, end, corrections), where
     corrections maps an adapter index to its c (empty: W₁ as merged). None outside a guided forward."""
 
-    def __init__(self, runs: list[tuple[int, int, tuple]]):
+    def __init__(self, runs: list[tuple[int, int, tuple]], plain_math: bool = True):
         self.runs = runs
         self.corrected = any(corrections for _, _, corrections in runs)
+        self.plain_math = plain_math  # no autocast: the layers compute in their weights' dtype
+
+    @classmethod
+    def for_batch(cls, tags: list[int], x: torch.Tensor, corrections_per_tag: dict) -> "BatchPlan":
+        plan = cls.of(tags, x.shape[0], corrections_per_tag)
+        plan.plain_math = not torch.is_autocast_enabled(x.device.type)
+        return plan
 
     @classmethod
     def of(cls, tags: list[int], rows: int, corrections_per_tag: dict) -> "BatchPlan":
@@ -59,7 +66,7 @@ class BranchLayers:
         self.names = sorted({n for a in adapters for n in a.names})  # every module a LoRA layer sits on
         self.modules: dict[str, torch.nn.Module] = {}
         self.split_names: set[str] = set()
-        self._weights: dict[str, tuple] = {}  # module name -> (corrections, W₁ storage, W_c)
+        self._weights: dict[str, tuple] = {}  # module name -> (corrections, W_c), until the clone loads again
 
     def layers_of(self, name: str) -> list[tuple[int, object]]:
         """(adapter index, LoraLayer) of every adapter that has a layer on module `name`."""
@@ -92,43 +99,46 @@ class BranchLayers:
 
     # ---- forward --------------------------------------------------------------------------
     def _forward(self, name: str, module: torch.nn.Module, original):
+        """The module's forward while the guider's clone is loaded. Read once here, not per call: the layer's
+        weight, bias and width stay as ComfyUI loaded them until it loads the clone again (which installs anew)."""
         layers = self.layers_of(name)
         split = name in self.split_names
+        weight, bias = (module.weight, module.bias) if split else (None, None)
 
         def forward(x, *args, **kwargs):
             plan = self.plan
             if plan is None or not plan.corrected:
                 return original(x, *args, **kwargs)
-            if split and not args and not kwargs and x.dtype == module.weight.dtype and not torch.is_autocast_enabled(x.device.type):
-                return self._split(name, module, x, plan, layers)
+            if split and plan.plain_math and not args and not kwargs and x.dtype == weight.dtype:
+                return self._split(name, weight, bias, x, plan, layers)
             return _correct(original(x, *args, **kwargs), x, plan, layers)
 
         return forward
 
-    def _split(self, name, module, x, plan: BatchPlan, layers) -> torch.Tensor:
-        out = x.new_empty(*x.shape[:-1], module.out_features)
+    def _split(self, name, merged, bias, x, plan: BatchPlan, layers) -> torch.Tensor:
+        width = merged.shape[0]
+        out = x.new_empty(*x.shape[:-1], width)
         for start, end, corrections in plan.runs:
-            weight = self._weight(name, module, corrections, layers) if corrections else module.weight
-            rows, target = x[start:end].reshape(-1, x.shape[-1]), out[start:end].view(-1, module.out_features)
-            if module.bias is None:
+            weight = self._weight(name, merged, corrections, layers) if corrections else merged
+            rows, target = x[start:end].reshape(-1, x.shape[-1]), out[start:end].view(-1, width)
+            if bias is None:
                 torch.mm(rows, weight.t(), out=target)
             else:
-                torch.addmm(module.bias, rows, weight.t(), out=target)
+                torch.addmm(bias, rows, weight.t(), out=target)
         return out
 
-    def _weight(self, name, module, corrections: tuple, layers) -> torch.Tensor:
-        """W_c for `corrections`, rebuilt only when they (or the merged weight's storage) change."""
+    def _weight(self, name, merged, corrections: tuple, layers) -> torch.Tensor:
+        """W_c for `corrections`, rebuilt only when they change (each step under a strength schedule)."""
         cached = self._weights.get(name)
-        merged = module.weight
-        if cached is not None and cached[0] == corrections and cached[1] == merged.data_ptr():
-            return cached[2]
-        weight = merged.detach().clone() if cached is None or cached[2].shape != merged.shape else cached[2].copy_(merged)
+        if cached is not None and cached[0] == corrections:
+            return cached[1]
+        weight = merged.detach().clone() if cached is None else cached[1].copy_(merged)
         by_adapter = dict(layers)
         for index, c in corrections:
             layer = by_adapter[index]
             up, down = layer.up.to(weight.device, weight.dtype), layer.down.to(weight.device, weight.dtype)
             weight.addmm_(up, down, alpha=c * layer.scale_value())
-        self._weights[name] = (corrections, merged.data_ptr(), weight)
+        self._weights[name] = (corrections, weight)
         return weight
 
 

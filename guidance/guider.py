@@ -118,7 +118,7 @@ def _plan_wrapper(guider, branch_layers: BranchLayers):
     def wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         tags = transformer_options.get("cond_or_uncond", [COND])
         per_tag = {tag: guider.strengths.get(tag, guider.strengths[COND]) for tag in set(tags)}
-        branch_layers.plan = BatchPlan.of(tags, x.shape[0], per_tag)
+        branch_layers.plan = BatchPlan.for_batch(tags, x, per_tag)
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
