@@ -30,20 +30,26 @@ class BatchPlan:
     """Which correction each row of the current batch needs: contiguous runs (start, end, corrections), where
     corrections maps an adapter index to its c (empty: W₁ as merged). None outside a guided forward."""
 
-    def __init__(self, runs: list[tuple[int, int, tuple]], plain_math: bool = True):
-        self.runs = runs
+    def __init__(self, runs: list[tuple[int, int, tuple]], rows: int, plain_math: bool):
+        self.runs, self.rows = runs, rows
         self.corrected = any(corrections for _, _, corrections in runs)
         self.plain_math = plain_math  # no autocast: the layers compute in their weights' dtype
+        self._strengths: dict[int, tuple] = {}
+
+    def strength_of(self, index: int) -> tuple[torch.Tensor, SamplePlan] | None:
+        """Adapter `index`'s correction per row [B] and its SamplePlan, worked out once per batch (not per layer);
+        None where no row needs one."""
+        if index not in self._strengths:
+            strength = torch.zeros(self.rows, dtype=torch.float32)
+            for start, end, corrections in self.runs:
+                strength[start:end] = dict(corrections).get(index, 0.0)
+            self._strengths[index] = (strength, SamplePlan.of(strength)) if bool(strength.any()) else None
+        return self._strengths[index]
 
     @classmethod
     def for_batch(cls, tags: list[int], x: torch.Tensor, corrections_per_tag: dict) -> "BatchPlan":
-        plan = cls.of(tags, x.shape[0], corrections_per_tag)
-        plan.plain_math = not torch.is_autocast_enabled(x.device.type)
-        return plan
-
-    @classmethod
-    def of(cls, tags: list[int], rows: int, corrections_per_tag: dict) -> "BatchPlan":
-        per_tag = rows // max(1, len(tags))
+        """The plan of batch `x`, made of one equal chunk per cond/uncond tag (ComfyUI's `cond_or_uncond`)."""
+        per_tag = x.shape[0] // max(1, len(tags))
         runs = []
         for i, tag in enumerate(tags):
             corrections = tuple(sorted((k, v) for k, v in corrections_per_tag.get(tag, {}).items() if v != 0.0))
@@ -52,7 +58,7 @@ class BatchPlan:
                 runs[-1] = (runs[-1][0], end, corrections)
             else:
                 runs.append((start, end, corrections))
-        return cls(runs)
+        return cls(runs, x.shape[0], plain_math=not torch.is_autocast_enabled(x.device.type))
 
 
 class BranchLayers:
@@ -145,11 +151,9 @@ class BranchLayers:
 def _correct(output: torch.Tensor, x: torch.Tensor, plan: BatchPlan, layers) -> torch.Tensor:
     """y += c·(α/r)·B(A(x)) on each run's rows, per adapter with a correction there."""
     for index, layer in layers:
-        strength = torch.zeros(x.shape[0], dtype=torch.float32)
-        for start, end, corrections in plan.runs:
-            strength[start:end] = dict(corrections).get(index, 0.0)
-        if bool(strength.any()):
-            output = layer.apply_per_sample(x, output, strength, SamplePlan.of(strength))
+        per_row = plan.strength_of(index)
+        if per_row is not None:
+            output = layer.apply_per_sample(x, output, *per_row)
     return output
 
 
