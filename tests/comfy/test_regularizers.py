@@ -16,27 +16,6 @@ FAMILIES = UNETS + DITS
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/comfy/conftest.py: bit-identical sums, and faster
 
 
-@pytest.fixture(scope="module")
-def built(comfy_host):
-    """(MODEL, CLIP, VAE, TrainingData) of a tiny model, built once for this module (SD3.5's T5 keeps XXL's width:
-    ~3 s a build): two seeded random 64-px images captioned 'a photo of sks cat'."""
-    from driftless.tinymodels.build import build_tiny_model
-    from driftless.trainers.data import TrainingData
-
-    cache = {}
-
-    def get(architecture="sd15-tiny"):
-        if architecture not in cache:
-            model, clip, vae = build_tiny_model(architecture, 0)
-            encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
-            images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-            data = TrainingData(vae.encode(images), [encode("a photo of sks cat")] * 2, encode(""), ["a photo of sks cat"] * 2)
-            cache[architecture] = (model, clip, vae, data)
-        return cache[architecture]
-
-    return get
-
-
 class Recorder(Regularizer):
     """Records each step's micro-batch (no term of its own)."""
 
