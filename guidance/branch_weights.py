@@ -6,9 +6,13 @@ personalization guider: c = s − 1 on the strong LoRA; autoguidance: −1 on th
 Δ_i = (α/r)·B_i·A_i. Each LoRA layer computes them in one of two ways, chosen per layer when the clone loads:
 
 - split: a Linear layer whose weight stays on the device as it computes (no cast at each forward: not under lowvram,
-  dynamic VRAM or a manual-cast/fp8 base) keeps W_c beside W₁ and multiplies each contiguous run of the batch by its
-  branch's weight, into one output. The same multiply-adds as the layer's single GEMM over the whole batch, no
-  correction kernels: guidance costs what CFG of the personalized model costs. W_c is rebuilt with one rank-r update
+  dynamic VRAM or a manual-cast/fp8 base) keeps W_c beside W₁ and multiplies each branch's rows by its own weight.
+  For CFG's usual batch, two equal halves (ComfyUI batches the unconditional and the conditional rows together),
+  both weights sit in one stacked tensor [2, out, in] and the layer is one batched GEMM (baddbmm): the multiply-adds
+  and the kernel count of the stock layer's single GEMM, no correction kernels, so guidance costs what CFG of the
+  personalized model costs. The module's own weight is re-pointed at W₁'s slot of the stack while the clone is
+  loaded (and copied out of it when it unloads), so the stack costs one extra copy, not two. Any other batch layout
+  multiplies each contiguous run by its branch's weight into one output. W_c is rebuilt with one rank-r update
   (W₁ + c·(α/r)·B·A, an addmm) when c changes (each step under a strength schedule). It costs one copy of the LoRA
   layers' weights, taken only while all of them fit in MEMORY_SHARE of the device's free memory.
 - correct: every other layer (convolutions, weights cast at each forward, or not enough memory): the layer's output
@@ -33,6 +37,9 @@ class BatchPlan:
     def __init__(self, runs: list[tuple[int, int, tuple]], rows: int, plain_math: bool):
         self.runs, self.rows = runs, rows
         self.corrected = any(corrections for _, _, corrections in runs)
+        # CFG's usual layout: two equal halves, one of them as merged (W₁) and the other corrected
+        two_halves = len(runs) == 2 and 2 * runs[0][1] == rows
+        self.halves = (runs[0][2], runs[1][2]) if two_halves and (runs[0][2] == ()) != (runs[1][2] == ()) else None
         self.plain_math = plain_math  # no autocast: the layers compute in their weights' dtype
         self._strengths: dict[int, tuple] = {}
 
@@ -73,6 +80,7 @@ class BranchLayers:
         self.modules: dict[str, torch.nn.Module] = {}
         self.split_names: set[str] = set()
         self._weights: dict[str, tuple] = {}  # module name -> (corrections, W_c), until the clone loads again
+        self._stacks: dict[str, _Stack] = {}  # module name -> its [2, out, in] stack, until the clone unloads
 
     def layers_of(self, name: str) -> list[tuple[int, object]]:
         """(adapter index, LoraLayer) of every adapter that has a layer on module `name`."""
@@ -91,9 +99,11 @@ class BranchLayers:
 
     def remove(self) -> None:
         """Restore the modules' own forward. `split_names` stays, for inspection: what the last load chose."""
+        for name, stack in self._stacks.items():
+            stack.release(self.modules[name])
         for module in self.modules.values():
             module.__dict__.pop("forward", None)
-        self.modules, self._weights = {}, {}
+        self.modules, self._weights, self._stacks = {}, {}, {}
 
     def _splittable(self, device) -> set[str]:
         """The Linear layers whose W_c copies can be held: weights resident as computed, and room for all of them."""
@@ -116,10 +126,24 @@ class BranchLayers:
             if plan is None or not plan.corrected:
                 return original(x, *args, **kwargs)
             if split and plan.plain_math and not args and not kwargs and x.dtype == weight.dtype:
+                if plan.halves and x.is_contiguous():
+                    return self._stacked(name, module, x, plan, layers)
                 return self._split(name, weight, bias, x, plan, layers)
             return _correct(original(x, *args, **kwargs), x, plan, layers)
 
         return forward
+
+    def _stacked(self, name, module, x, plan: BatchPlan, layers) -> torch.Tensor:
+        """Both halves of the batch in one baddbmm against [W₁, W_c] stacked in the halves' order."""
+        stack = self._stacks.get(name)
+        if stack is None or not stack.fits(plan.halves):
+            if stack is not None:
+                stack.release(module)
+            stack = self._stacks[name] = _Stack(module, plan.halves)
+        weights = stack.weights(plan.halves, layers)  # [2, in, out], a transposed view
+        rows = x.view(2, -1, x.shape[-1])
+        out = torch.bmm(rows, weights) if module.bias is None else torch.baddbmm(module.bias, rows, weights)
+        return out.view(*x.shape[:-1], weights.shape[-1])
 
     def _split(self, name, merged, bias, x, plan: BatchPlan, layers) -> torch.Tensor:
         width = merged.shape[0]
@@ -139,13 +163,54 @@ class BranchLayers:
         if cached is not None and cached[0] == corrections:
             return cached[1]
         weight = merged.detach().clone() if cached is None else cached[1].copy_(merged)
-        by_adapter = dict(layers)
-        for index, c in corrections:
-            layer = by_adapter[index]
-            up, down = layer.up.to(weight.device, weight.dtype), layer.down.to(weight.device, weight.dtype)
-            weight.addmm_(up, down, alpha=c * layer.scale_value())
+        _add_corrections(weight, corrections, layers)
         self._weights[name] = (corrections, weight)
         return weight
+
+
+class _Stack:
+    """One Linear layer's [W₁, W_c] in one tensor [2, out, in], slot `plain` holding W₁ and shared with the module's
+    weight (re-pointed at it, so W₁ is not held twice), the other holding W_c for `corrections`."""
+
+    def __init__(self, module: torch.nn.Module, halves: tuple):
+        self.plain = halves.index(())
+        weight = module.weight
+        self.inference = weight.is_inference()  # the stack and the copy given back are made like the weight was
+        with torch.inference_mode(self.inference):
+            self.tensor = weight.new_empty(2, *weight.shape)
+        self.tensor[self.plain].copy_(weight)
+        weight.data = self.tensor[self.plain]
+        self.corrections = None
+
+    def fits(self, halves: tuple) -> bool:
+        """W₁ in the same half as when built (else a new stack: the module's weight would have to move)."""
+        return halves[self.plain] == ()
+
+    def weights(self, halves: tuple, layers) -> torch.Tensor:
+        """The stack as bmm's right operand [2, in, out], its W_c slot rebuilt when the corrections change."""
+        corrections = halves[1 - self.plain]
+        if corrections != self.corrections:
+            corrected = self.tensor[1 - self.plain]
+            corrected.copy_(self.tensor[self.plain])
+            _add_corrections(corrected, corrections, layers)
+            self.corrections = corrections
+        return self.tensor.transpose(1, 2)
+
+    def release(self, module: torch.nn.Module) -> None:
+        """Give the module a weight of its own again (a copy of W₁), so the stack is freed with this object."""
+        weight = module.weight
+        if weight.data_ptr() == self.tensor[self.plain].data_ptr():
+            with torch.inference_mode(self.inference):
+                weight.data = weight.data.clone()
+
+
+def _add_corrections(weight: torch.Tensor, corrections: tuple, layers) -> None:
+    """weight += Σ c·(α/r)·B·A over the (adapter index, c) pairs, in place."""
+    by_adapter = dict(layers)
+    for index, c in corrections:
+        layer = by_adapter[index]
+        up, down = layer.up.to(weight.device, weight.dtype), layer.down.to(weight.device, weight.dtype)
+        weight.addmm_(up, down, alpha=c * layer.scale_value())
 
 
 def _correct(output: torch.Tensor, x: torch.Tensor, plan: BatchPlan, layers) -> torch.Tensor:

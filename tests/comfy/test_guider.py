@@ -254,3 +254,42 @@ def test_guider_straight_after_train_in_one_graph(run_prompt):
 def test_bad_settings_fail_validation(run_prompt, overrides, message):
     problems = run_prompt(_graph(**overrides), expect_valid=False)
     assert "guider" in problems and message in str(problems["guider"])
+
+
+@pytest.mark.parametrize("layout", ["uncond first", "cond first", "three runs"])
+def test_branch_layers_stack_shares_the_weight_and_gives_it_back(comfy_host, monkeypatch, layout):
+    """CFG's two-halves batch goes through one stacked [W₁, W_c] per Linear whose W₁ slot is the module's own weight
+    (one extra copy, not two); each row equals its branch's weight applied by hand; after `remove` every module owns
+    a weight equal to W₁ again. Other layouts take the per-run path with the same rows."""
+    import driftless.guidance.branch_weights as bw
+    from driftless.lora.adapter import LoraAdapter
+
+    monkeypatch.setattr(bw, "_free_memory", lambda device: 1 << 40)
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 4, bias=False)).requires_grad_(False)
+    adapter = LoraAdapter({"0": net[0], "1": net[1]}, 2, 4.0)
+    for layer in adapter.layers:
+        layer.down.data.normal_(generator=g)
+        layer.up.data.normal_(generator=g)
+    merged = [m.weight.clone() for m in net]
+    c = -0.7  # the weak branch: W₁ + c·(α/r)·B·A
+    weak = [w + c * 2.0 * (layer.up @ layer.down) for w, layer in zip(merged, adapter.layers)]
+    branches = {"uncond first": [1, 0], "cond first": [0, 1], "three runs": [1, 0, 1]}[layout]
+    x = torch.randn(len(branches), 3, 6, generator=g)
+    layers = bw.BranchLayers([adapter], split=True)
+    layers.install(net, "cpu")
+    layers.plan = bw.BatchPlan.for_batch(branches, x, {1: {0: c}, 0: {}})
+    assert (layers.plan.halves is not None) == (layout != "three runs")
+    with torch.no_grad():  # as ComfyUI samples
+        out = net(x)
+    for row, branch in enumerate(branches):
+        w = weak if branch == 1 else merged
+        expected = torch.nn.functional.linear(torch.nn.functional.linear(x[row], w[0], net[0].bias), w[1])
+        torch.testing.assert_close(out[row], expected, rtol=1e-5, atol=1e-6)
+    if layout != "three runs":
+        for name, module in zip("01", net):
+            stack = layers._stacks[name].tensor
+            assert module.weight.untyped_storage().data_ptr() == stack.untyped_storage().data_ptr()
+    layers.remove()
+    for module, w in zip(net, merged):
+        assert torch.equal(module.weight, w) and module.weight.untyped_storage().nbytes() == w.numel() * 4
