@@ -34,6 +34,7 @@ ENV_DIR="$CACHE_ROOT/env-$HOST-$KEY"
 if [[ "${1:-}" == "--key" ]]; then echo "$KEY"; exit 0; fi
 
 if [[ -f "$ENV_DIR/.complete" ]]; then
+    touch "$ENV_DIR"   # last use: eviction below removes the least recently used
     echo "[setup] environment ready (cached): $ENV_DIR" >&2
     echo "$ENV_DIR"
     exit 0
@@ -136,7 +137,10 @@ pip_run install -r "$TMP/req.txt" -c "$TMP/constraints.txt"
 "$ENV_DIR/venv/bin/python" -m pip freeze > "$ENV_DIR/freeze.txt"
 
 touch "$ENV_DIR/.complete"
-# keep this host's environment and the one built before it; older ones are ~6 GB each
-ls -1dt "$CACHE_ROOT"/env-"$HOST"-* 2>/dev/null | tail -n +3 | xargs -r rm -rf
+# ~7 GB each: keep this host's three most recently used environments, and any used in the last hour (another
+# checkout, e.g. a branch with other dependencies, may be running on it)
+ls -1dt "$CACHE_ROOT"/env-"$HOST"-* 2>/dev/null | tail -n +4 | while read -r old; do
+    if [[ -n "$(find "$old" -maxdepth 0 -mmin +60)" ]]; then rm -rf "$old"; fi
+done
 echo "[setup] environment built in $(( $(date +%s) - START )) s: $ENV_DIR" >&2
 echo "$ENV_DIR"

@@ -18,9 +18,10 @@ def main() -> None:
                         help="model configs to measure on, comma-separated (tinymodels/configs.py: the SD1.5- and SDXL-shaped "
                         "bench sizes; sd15-full is SD1.5's real size, for a GPU)")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--only", choices=("training", "regularizers", "apt-parts", "guidance", "metrics", "continual"),
-                        help="run one part of the benchmark (apt-parts, APT's cost with one part on at a time, runs "
-                        "only when named)")
+    parser.add_argument("--only", choices=("training", "regularizers", "apt-parts", "guidance", "guidance-forward", "metrics",
+                                                "continual"),
+                        help="run one part of the benchmark (apt-parts, APT's cost with one part on at a time, and "
+                        "guidance-forward, the guided forward against the stock one call by call, run only when named)")
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -35,6 +36,9 @@ def main() -> None:
     parser.add_argument("--metrics-size", choices=("bench", "wide", "tiny"), default="bench",
                         help="backbones of the metrics part (tinymodels/metrics_backbones.py): bench = 224 px, ViT-B/32 "
                         "and ViT-S/16 grids, narrow, 4 layers; wide = the same with the real widths")
+    parser.add_argument("--resolution", type=int,
+                        help="image side in pixels of the guidance-forward part (default: each model's own, 64 for the "
+                        "bench models); the token count of real sampling is what decides a layer's arithmetic intensity")
     parser.add_argument("--suffix", default="", help="appended to the results' names (bench/results/speed_<part>_<suffix>"
                         ".md), e.g. to keep a run on other architectures beside the default one")
     args = parser.parse_args()
@@ -65,12 +69,13 @@ def main() -> None:
                                                    write_results),
         "apt-parts": lambda: bench_regularizers(args, architectures[:1], repeats, steps, write_results, "apt_parts"),
         "guidance": lambda: bench_guidance(args, architectures, repeats, steps + 4, write_results),
+        "guidance-forward": lambda: bench_guidance_forward(args, architectures, 4 * repeats, write_results),
         "metrics": lambda: bench_metrics(args, repeats, write_results),
         "continual": lambda: bench_continual(args, architectures[0], repeats, 3 if args.quick else steps, write_results),
     }
     started = time.perf_counter()
     for name, part in parts.items():
-        if args.only == name or (args.only is None and name != "apt-parts"):
+        if args.only == name or (args.only is None and name not in ("apt-parts", "guidance-forward")):
             t0 = time.perf_counter()
             part()
             print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s")
@@ -205,6 +210,33 @@ def bench_guidance(args, architectures, repeats, steps, write_results) -> None:
         f"in {'CPU' if args.clock == 'cpu' else 'wall'} seconds",
     ]
     md, js = write_results("speed_guidance", rows, table, notes)
+    print(f"[bench] wrote {md} and {js}")
+
+
+def bench_guidance_forward(args, architectures, pairs, write_results) -> None:
+    from . import guidance
+
+    rows = []
+    lines = ["| model | LoRA layers (split) | stock forward s | guided forward / stock forward: median (bootstrap 95% CI), "
+             "min–max |", "|---|---|---|---|"]
+    for architecture in architectures:
+        print(f"[bench] {architecture} guided forward: {pairs} pairs of batched cond+uncond forwards, alternating")
+        r = guidance.paired_forward_ratios(architecture, pairs, args.rank, args.clock, args.resolution)
+        ratio = r["ratio"]
+        lines.append(f"| {architecture} | {r['lora_layers']} ({r['split_layers']}) | {r['stock_s_per_forward']['median']:.4f} | "
+                     f"{ratio['median']:.3f}× ({ratio['ci95'][0]:.3f}–{ratio['ci95'][1]:.3f}), "
+                     f"{ratio['min']:.2f}–{ratio['max']:.2f} |")
+        rows.append({"architecture": architecture, **r})
+    table = "\n".join(lines)
+    print(table)
+    notes = [
+        f"models: {', '.join(architectures)}; LoRA rank {args.rank} on attention, s = 0.3, batch 1 (cond + uncond rows), fp32, "
+        f"{args.resolution or 'the model default'} px",
+        "each pair: the guider's loaded clone (LoRA merged at 1) runs the same captured batched forward once with its "
+        "branch layers removed (stock CFG's forward) and once installed (the null rows through W + s·Δ), in "
+        f"alternating order, each after a warm-up call; {'CPU' if args.clock == 'cpu' else 'wall'} seconds",
+    ]
+    md, js = write_results("speed_guidance_forward", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")
 
 

@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..common import clock as wall_clock
-from ..common import spread
+from ..common import bootstrap_ci, spread
 
 WARMUP_STEPS = 2
 NAMES = ("stock CFG, LoRA merged", "hooks construction", "Personalization Guider",
@@ -74,3 +74,64 @@ def paired_step_times(architecture: str, repeats: int, steps: int, rank: int, cl
     base = times[NAMES[0]]
     return {n: {"s_per_step": spread(times[n]), "ratio_to_stock": spread([a / b for a, b in zip(times[n], base)])}
             for n in NAMES}
+
+
+def _captured_call(guider, model, size: int):
+    """The arguments of one batched CFG forward (both branches) of `guider`'s loaded clone: one euler step sampled
+    with an APPLY_MODEL wrapper that keeps them."""
+    import comfy.patcher_extension
+
+    captured = {}
+
+    def keep(executor, *args, **kwargs):
+        captured.setdefault("call", (args, kwargs))
+        return executor(*args, **kwargs)
+
+    clone = guider.model_patcher
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "driftless_bench_capture", keep)
+    _step_time(guider, model, WARMUP_STEPS + 2, size)
+    clone.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "driftless_bench_capture")
+    return captured["call"]
+
+
+def paired_forward_ratios(architecture: str, pairs: int, rank: int, clock: str = "cpu",
+                          resolution: int | None = None) -> dict:
+    """The guided forward against the stock forward of the same batch, call by call: with the guider's clone loaded
+    (the LoRA merged at 1, as stock CFG has it), one batched cond+uncond `apply_model` with the branch layers removed
+    (stock: every row through the merged weights) and one with them installed (ours: the null rows through W + s·Δ),
+    alternating, `pairs` times. Pairing neighbouring calls cancels the drift of a shared machine that whole sampling
+    runs in rotation only average out; the ratio is per pair, summarised by its median and a bootstrap 95% interval.
+    `resolution`: the image side in pixels (default: the model's own, 64 px for the bench models)."""
+    import comfy.model_management
+
+    from ...tinymodels.configs import CONFIGS
+
+    model, guiders = _guiders(architecture, rank)
+    ours = guiders["Personalization Guider"]
+    size = (resolution or CONFIGS[architecture].default_resolution) // 8
+    args, kwargs = _captured_call(ours, model, size)
+    clone, layers = ours.model_patcher, ours.branch_layers
+    comfy.model_management.load_models_gpu([clone])
+    diffusion_model, device = clone.model.diffusion_model, clone.load_device
+    tick = time.process_time if clock == "cpu" else wall_clock
+
+    def timed(install: bool) -> float:
+        layers.remove()
+        if install:
+            layers.install(diffusion_model, device)
+        with torch.no_grad():
+            clone.model.apply_model(*args, **kwargs)  # warm: the stacked weights are built on the first call
+            start = tick()
+            clone.model.apply_model(*args, **kwargs)
+            return tick() - start
+
+    ratios, stock = [], []
+    for i in range(pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        t = dict(zip(order, (timed(order[0]), timed(order[1]))))
+        ratios.append(t[True] / t[False])
+        stock.append(t[False])
+    layers.install(diffusion_model, device)
+    return {"stock_s_per_forward": spread(stock), "ratio": {**spread(ratios), "ci95": bootstrap_ci(ratios)},
+            "split_layers": len(layers.split_names), "lora_layers": len(layers.names)}
+
