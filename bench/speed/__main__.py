@@ -97,18 +97,29 @@ def _measure_peaks(jobs: list[tuple]) -> list[int]:
     return peaks
 
 
+def _checkpointing(row: dict) -> str:
+    ours, stock = row["gradient_checkpointing"], row["stock_checkpointing"]
+    return f"{ours}" if ours == stock else f"{ours} / {stock} (each node's default)"
+
+
 def bench_training(args, architectures, repeats, steps, training, write_results) -> None:
     from . import roofline
 
     rows, rooflines = [], []
     gflops = roofline.matmul_gflops()
+    from ...trainers.config import TrainConfig
+
+    # (ours, stock) gradient checkpointing: both off, both on, then each node at its default (0.33's TrainLoraNode: on)
+    settings = ((False, False), (True, True), (TrainConfig().gradient_checkpointing, True))
     for architecture in architectures:
-        for checkpointing in (False, True):
-            print(f"[bench] {architecture} training step, gradient checkpointing {checkpointing}: "
-                  f"{repeats} paired repeats of {steps} steps")
-            times = training.paired_step_times(architecture, repeats, steps, args.rank, checkpointing)
-            rows.append({"architecture": architecture, "gradient_checkpointing": checkpointing, **times})
-    jobs = [(w, r["architecture"], args.memory_steps, args.rank, r["gradient_checkpointing"]) for r in rows
+        for checkpointing, stock_checkpointing in settings:
+            print(f"[bench] {architecture} training step, gradient checkpointing ours {checkpointing} / stock "
+                  f"{stock_checkpointing}: {repeats} paired repeats of {steps} steps")
+            times = training.paired_step_times(architecture, repeats, steps, args.rank, checkpointing, stock_checkpointing)
+            rows.append({"architecture": architecture, "gradient_checkpointing": checkpointing,
+                         "stock_checkpointing": stock_checkpointing, **times})
+    jobs = [(w, r["architecture"], args.memory_steps, args.rank,
+             r["gradient_checkpointing"] if w == "ours" else r["stock_checkpointing"]) for r in rows
             for w in ("ours", "stock") if w == "ours" or "stock_error" not in r]
     peaks = iter(_measure_peaks(jobs))
     for r in rows:
@@ -116,20 +127,21 @@ def bench_training(args, architectures, repeats, steps, training, write_results)
         r.update(peak_growth_bytes=mem, memory_ratio=mem["ours"] / max(mem.get("stock", 0), 1) if "stock" in mem else None)
     for architecture in architectures:
         model, data = training._setup(architecture)
-        plain = next(r for r in rows if r["architecture"] == architecture and not r["gradient_checkpointing"])
+        plain = next(r for r in rows if r["architecture"] == architecture and not r["gradient_checkpointing"]
+                     and not r["stock_checkpointing"])
         line = roofline.line(roofline.training_step_flops(model, data, args.rank), gflops, plain["ours_s"]["median"])
         rooflines.append({"architecture": architecture, **line})
-    header = ("| model | gradient checkpointing | Driftless s/step | TrainLoraNode s/step | time ratio (median, min–max) "
+    header = ("| model | gradient checkpointing (ours / stock) | Driftless s/step | TrainLoraNode s/step | time ratio (median, min–max) "
               "| peak memory growth ours / stock (MiB) | memory ratio |")
     lines = [header, "|---|---|---|---|---|---|---|"]
     for r in rows:
         mb = {k: v / 2**20 for k, v in r["peak_growth_bytes"].items()}
         if "stock_error" in r:
-            lines.append(f"| {r['architecture']} | {r['gradient_checkpointing']} | {r['ours_s']['median']:.3f} | fails: "
+            lines.append(f"| {r['architecture']} | {_checkpointing(r)} | {r['ours_s']['median']:.3f} | fails: "
                          f"{r['stock_error']} | – | {mb['ours']:.0f} / – | – |")
             continue
         lines.append(
-            f"| {r['architecture']} | {r['gradient_checkpointing']} | {r['ours_s']['median']:.3f} | {r['stock_s']['median']:.3f} | "
+            f"| {r['architecture']} | {_checkpointing(r)} | {r['ours_s']['median']:.3f} | {r['stock_s']['median']:.3f} | "
             f"{r['ratio']['median']:.2f}× ({r['ratio']['min']:.2f}–{r['ratio']['max']:.2f}) | "
             f"{mb['ours']:.0f} / {mb['stock']:.0f} | {r['memory_ratio']:.2f}× |"
         )

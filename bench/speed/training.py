@@ -81,17 +81,19 @@ def step_time(stamps: list[float]) -> float:
     return statistics.median(intervals)
 
 
-def paired_step_times(architecture, repeats, steps, rank, checkpointing) -> dict:
-    """Ours and TrainLoraNode alternating, `repeats` times. Where the stock node cannot train the model at all
-    (0.33's crashes in backward on Flux without gradient checkpointing: Flux blocks add into their normalised input
-    in place), its error is reported instead of its times."""
+def paired_step_times(architecture, repeats, steps, rank, checkpointing, stock_checkpointing=None) -> dict:
+    """Ours and TrainLoraNode alternating, `repeats` times, both with gradient checkpointing `checkpointing` (or the
+    stock node with `stock_checkpointing` where given: each node at its own default). Where the stock node cannot
+    train the model at all (0.33's crashes in backward on Flux without gradient checkpointing: Flux blocks add into
+    their normalised input in place), its error is reported instead of its times."""
+    stock_checkpointing = checkpointing if stock_checkpointing is None else stock_checkpointing
     model, data = _setup(architecture)
     ours, stock, ratios = [], [], []
     for _ in range(repeats):
         a = step_time(run_ours(model, data, steps, rank, checkpointing))
         ours.append(a)
         try:
-            b = step_time(run_stock(model, data, steps, rank, checkpointing))
+            b = step_time(run_stock(model, data, steps, rank, stock_checkpointing))
         except RuntimeError as e:
             return {"ours_s": spread(ours), "stock_error": str(e).split(":")[0].split("\n")[0][:120]}
         stock.append(b)

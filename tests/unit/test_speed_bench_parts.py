@@ -38,3 +38,23 @@ def test_cpu_peak_of_live_tensors():
         torch.empty(1 << 18)
 
     assert peak_tensor_bytes(run) == 3 * (1 << 20)
+
+
+def test_bootstrap_interval_of_the_median_matches_scipy():
+    """bench/common.py's percentile bootstrap of the median agrees with scipy.stats.bootstrap's percentile method on
+    the same sample (to the resampling noise of 2000 draws), is reproducible, and collapses on constant data."""
+    import numpy as np
+    import pytest
+    from scipy.stats import bootstrap
+
+    from driftless.bench.common import bootstrap_ci
+
+    values = np.random.default_rng(3).normal(1.0, 0.05, size=40).tolist()
+    low, high = bootstrap_ci(values)
+    reference = bootstrap((np.array(values),), np.median, n_resamples=20000, method="percentile",
+                          random_state=np.random.default_rng(0)).confidence_interval
+    width = reference.high - reference.low
+    assert low == pytest.approx(reference.low, abs=0.2 * width) and high == pytest.approx(reference.high, abs=0.2 * width)
+    assert low < float(np.median(values)) < high
+    assert bootstrap_ci(values) == (low, high)
+    assert bootstrap_ci([1.5] * 7) == (1.5, 1.5)
