@@ -17,7 +17,7 @@ def all_nodes() -> list:
     from .training_data import FolderData, LoadImages, TrainingData
 
     register_metrics_folder()  # models/driftless_metrics, where the metrics nodes find CLIP and DINO
-    return [LoadImages, TrainingData, FolderData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT, PriorPreservation, ClassImages,
-            ConceptPool, LoadConceptPool, ContinualRegularizer, AddConcept, SaveConceptPool, ConceptPoolLoRA, RetentionReport,
-            PersonalizationGuider, PersonalizationMetrics, DriftMetrics, TinyModel, PretrainedShapesModel,
-            ShapesScores]
+    return [LoadImages, TrainingData, FolderData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT,
+            PriorPreservation, ClassImages, ConceptPool, LoadConceptPool, ContinualRegularizer, AddConcept,
+            SaveConceptPool, ConceptPoolLoRA, RetentionReport, PersonalizationGuider, PersonalizationMetrics,
+            DriftMetrics, TinyModel, PretrainedShapesModel, ShapesScores]

@@ -185,7 +185,7 @@ class FolderData(CheckedNode):
         photos = scan_folder(_input_folder(), folder, trigger=trigger_word, class_noun=class_noun,
                              template=caption_template, repeats=repeats)
         for photo in photos:
-            check_caption_length(clip, photo.caption, photo.caption_file or f"the caption template (for {photo.path.name})")
+            check_caption_length(clip, photo.caption, photo.caption_file or f"{photo.path.name}'s caption (template)")
         loaded = load_folder(photos, resolution, aspect_buckets, bucket_step)
         latents: list = [None] * len(photos)
         by_size: dict[tuple, list[int]] = {}
@@ -222,8 +222,8 @@ def check_caption_length(clip, caption: str, source) -> None:
             tokenizer = getattr(clip.tokenizer, f"clip_{encoder}", None) or getattr(clip.tokenizer, encoder, None)
             length = getattr(tokenizer, "max_length", len(windows[0]))
             name = getattr(source, "name", source)
-            raise ValueError(f"{name}: the caption is longer than the text encoder's window ({encoder}: {length} tokens "
-                             f"with start and end, split into {len(windows)}): shorten it")
+            raise ValueError(f"{name}: the caption is longer than the text encoder's window ({encoder}: {length} "
+                             f"tokens with start and end, split into {len(windows)}): shorten it")
 
 
 class LoadImages(CheckedNode):

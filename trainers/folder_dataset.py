@@ -59,7 +59,8 @@ def fill_template(template: str, trigger: str, class_noun: str) -> str:
     try:
         text = template.format_map({"trigger": trigger.strip(), "class": class_noun.strip()})
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"caption template {template!r}: only {{trigger}} and {{class}} can be filled in ({e})") from None
+        raise ValueError(f"caption template {template!r}: only {{trigger}} and {{class}} can be filled in "
+                         f"({e})") from None
     return " ".join(text.split())
 
 
@@ -97,7 +98,8 @@ def scan_folder(root, folder: str, *, trigger: str = "", class_noun: str = "", t
         if root_path not in path.resolve().parents:  # a link may not lead out of the input folder
             continue
         caption_file = path.with_suffix(".txt")
-        text = " ".join(caption_file.read_text(encoding="utf-8", errors="replace").split()) if caption_file.is_file() else ""
+        text = caption_file.read_text(encoding="utf-8", errors="replace") if caption_file.is_file() else ""
+        text = " ".join(text.split())
         caption = place_trigger(text, trigger, class_noun) if text else fill_template(template, trigger, class_noun)
         if not caption:
             raise ValueError(f"{path.name} has no caption: write {caption_file.name} beside it or give a caption "

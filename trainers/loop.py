@@ -142,10 +142,9 @@ class TrainingRun:
         self.resumed_losses = len(self.losses)
         self.model = self.clone.model
         self.model_sampling = self.clone.get_model_object("model_sampling")
-        prepare = lambda latents: self.model.process_latent_in(latents.detach().to(self.device, torch.float32).clone())  # noqa: E731
         # one [N, C, h, w] batch, or one [1, C, h, w] per example when the photos have several sizes (buckets)
-        self.x0_all = prepare(data.latents) if not isinstance(data.latents, list) else [
-            prepare(latent[None]) for latent in data.latents]
+        self.x0_all = self.setup_latents(data.latents) if not isinstance(data.latents, list) else [
+            self.setup_latents(latent[None]) for latent in data.latents]
         one = (lambda i: self.x0_all[i]) if isinstance(self.x0_all, list) else (lambda i: self.x0_all[i : i + 1])  # noqa: E731
         self.cond_inputs = [model_inputs(self.model, c, one(i)) for i, c in enumerate(data.conditionings)]
         self.null_inputs = model_inputs(self.model, data.null, one(0))
@@ -158,7 +157,7 @@ class TrainingRun:
             predict=lambda x_t, sigma, inputs, coefficients, pass_name="train": coefficients.prediction(
                 self.forward(x_t, sigma, inputs, pass_name), x_t),
             encode=lambda conditioning, latent: model_inputs(self.model, conditioning, latent),
-            prepare_latents=lambda latents: self.model.process_latent_in(latents.detach().to(self.device, torch.float32).clone()),
+            prepare_latents=self.setup_latents,
             model_sampling=self.model_sampling, generator=self.generator, device=self.device, config=config,
             adapter=self.adapter, base_fingerprint=base_fingerprint,
         )
@@ -173,6 +172,10 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=config.dtype == "fp16" and self.device.type == "cuda"
         )
+
+    def setup_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """LATENT samples -> model-space latents (the model's latent scaling) on the training device, fp32."""
+        return self.model.process_latent_in(latents.detach().to(self.device, torch.float32).clone())
 
     def forward(self, x_t, sigma, inputs, pass_name="train"):
         """x̂0 from apply_model, with the MODEL's own transformer options (patches) as at sampling time,

@@ -53,9 +53,9 @@ def test_buckets_repeats_and_masks_resume_exactly(built, tmp_path, architecture)
 
     model, clip, _, data = _mixed_data(built, architecture)
     channels = data.channels
-    prior = lambda: [PriorPreservation(torch.randn(2, channels, 8, 8, generator=torch.Generator().manual_seed(1)),  # noqa: E731
-                                       clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat")),
-                                       "a photo of a cat", weight=0.5)]
+    class_latents = torch.randn(2, channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    class_cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
+    prior = lambda: [PriorPreservation(class_latents, class_cond, "a photo of a cat", weight=0.5)]  # noqa: E731
     config = TrainConfig(steps=8, checkpoint_every=4, batch_size=2, **FAST)
     straight = train_lora(model, data, config, prior())
     saved = []

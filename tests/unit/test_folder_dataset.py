@@ -8,8 +8,8 @@ from PIL import Image
 
 from driftless.trainers.buckets import BucketStream, bucket_sizes, group_by_shape, nearest_bucket
 from driftless.trainers.data import IndexStream, TrainingData
-from driftless.trainers.folder_dataset import (fill_template, latent_weights, load_folder, place_trigger, resolve_folder,
-                                              scan_folder)
+from driftless.trainers.folder_dataset import (fill_template, latent_weights, load_folder, place_trigger,
+                                              resolve_folder, scan_folder)
 from driftless.trainers.objective import denoising_loss
 
 
