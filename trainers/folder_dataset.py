@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .buckets import bucket_sizes, nearest_bucket
-from .photos import IMAGE_SUFFIXES, _fit, _read
+from .photos import IMAGE_SUFFIXES, fit_image, read_image
 
 MASK_SUFFIX = "_mask"
 REPEATS_PREFIX = re.compile(r"^(\d+)_(.+)$")
@@ -113,18 +113,9 @@ def scan_folder(root, folder: str, *, trigger: str = "", class_noun: str = "", t
     return photos
 
 
-def _read_checked(path: pathlib.Path) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        return _read(path)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path} cannot be read as an image ({type(e).__name__}: {e}): replace or remove it") from None
-
-
 def _read_mask(path: pathlib.Path, height: int, width: int, photo: pathlib.Path) -> torch.Tensor:
     """The mask as [H, W, 1] in [0, 1] (its luminance); it must have its photo's size."""
-    mask = _read_checked(path)
+    mask = read_image(path)
     if mask.shape[:2] != (height, width):
         raise ValueError(f"{path.name} is {mask.shape[1]}x{mask.shape[0]} but {photo.name} is {width}x{height}: "
                          "a mask needs its photo's size")
@@ -143,11 +134,11 @@ def load_folder(photos: list[FolderPhoto], resolution: int, buckets: bool = True
     sizes = bucket_sizes(resolution, step) if buckets else [(resolution, resolution)]
     out = []
     for photo in photos:
-        image = _read_checked(photo.path)
+        image = read_image(photo.path)
         height, width = image.shape[:2]
         mask = _read_mask(photo.mask, height, width, photo.path) if photo.mask is not None else None
         w, h = nearest_bucket(width, height, sizes)
-        out.append(LoadedPhoto(_fit(image, h, w), None if mask is None else _fit(mask, h, w)[..., 0]))
+        out.append(LoadedPhoto(fit_image(image, h, w), None if mask is None else fit_image(mask, h, w)[..., 0]))
     return out
 
 

@@ -11,6 +11,7 @@ from driftless.trainers.data import IndexStream, TrainingData
 from driftless.trainers.folder_dataset import (fill_template, latent_weights, load_folder, place_trigger,
                                               resolve_folder, scan_folder)
 from driftless.trainers.objective import denoising_loss
+from driftless.trainers.photos import load_photos
 
 
 def _photo(path, width, height, value=100, caption=None):
@@ -170,6 +171,8 @@ def test_an_unreadable_photo_or_a_mask_of_another_size_is_refused_naming_the_fil
     photos = scan_folder(tmp_path.parent, tmp_path.name, trigger="sks", class_noun="dog")
     with pytest.raises(ValueError, match=r"broken\.png cannot be read as an image .*replace or remove it"):
         load_folder(photos, 64, step=16)
+    with pytest.raises(ValueError, match=r"broken\.png cannot be read as an image"):  # Load Images names it too
+        load_photos([tmp_path / "good.png", tmp_path / "broken.png"])
     (tmp_path / "broken.png").unlink()
     _photo(tmp_path / "good_mask.png", 8, 8)
     photos = scan_folder(tmp_path.parent, tmp_path.name, trigger="sks", class_noun="dog")
