@@ -151,9 +151,12 @@ class FolderData(CheckedNode):
         )
 
     @classmethod
-    def validate_inputs(cls, folder=None, trigger_word="", class_noun="", caption_template="", repeats=1, **_):
+    def validate_inputs(cls, folder=None, trigger_word="", class_noun="", caption_template="", repeats=1,
+                        resolution=512, bucket_step=64, **_):
         from ..trainers.folder_dataset import scan_folder
 
+        if isinstance(resolution, int) and isinstance(bucket_step, int) and resolution < bucket_step:
+            return f"resolution ({resolution} px) must be at least the bucket step ({bucket_step} px)"
         if not all(isinstance(v, str) for v in (folder, trigger_word, class_noun, caption_template)):
             return True  # from a link: checked when the node runs
         try:

@@ -531,12 +531,14 @@ def folder_demo(info: dict, profile: str = "tiny") -> dict:
     note = FOLDER_NOTE.replace("{dataset}", PROFILES[profile]["dataset"])
     p, w, model = start(info, profile, "personalize_from_folder", note, height=380, photos=10, photos_text=FOLDER_TEXT)
     data = w.node("DriftlessFolderData", 1, clip=model.out(1), vae=model.out(2), folder=p["dataset"],
-                  trigger_word="sks", class_noun=p["class_noun"], caption_template="a photo of {trigger} {class}", repeats=1,
-                  resolution=p["resolution"], aspect_buckets=True, bucket_step=p["bucket_step"], unmasked_weight=0.1)
+                  trigger_word="sks", class_noun=p["class_noun"], caption_template="a photo of {trigger} {class}",
+                  repeats=1, resolution=p["resolution"], aspect_buckets=True, bucket_step=p["bucket_step"],
+                  unmasked_weight=0.1)
     w.node("PreviewAny", 1, title="What was read", source=data.out(1))
     train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=p["train_steps"],
-                   learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]), batch_size=2,
-                   run_name=f"{p['folder']}_folder", checkpoint_every=0 if profile == "tiny" else 100, resume_from="",
+                   learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]),
+                   batch_size=2 if profile == "tiny" else 1, run_name=f"{p['folder']}_folder",
+                   checkpoint_every=0 if profile == "tiny" else 100, resume_from="",
                    validation_every=p["train_steps"] // 2, validation_prompt=p["prompt"], validation_seed=0,
                    validation_steps=p["sample_steps"], validation_cfg=5.0, clip=model.out(1), vae=model.out(2))
     w.node("DriftlessSaveLoRA", 3, lora=train.out(1), filename=f"{p['folder']}/folder_lora", overwrite=True)

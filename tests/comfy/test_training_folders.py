@@ -44,12 +44,12 @@ def _mixed_data(built, architecture, masked=True):
 
 
 @pytest.mark.parametrize("architecture", ["sd15-tiny", "sdxl-tiny", "flux-dev-tiny"])
-def test_buckets_repeats_and_masks_resume_exactly(built, tmp_path, architecture):
+def test_buckets_repeats_and_masks_resume_exactly(built, checkpoints, architecture):
     """4 steps + resume + 4 steps equals 8 steps straight with mixed sizes (batches within buckets, last batch of a
     bucket smaller), repeats, masked loss and prior preservation at a third size: the bucket order is resumed."""
     from driftless.trainers.loop import train_lora
     from driftless.trainers.regularizers.prior_preservation import PriorPreservation
-    from driftless.trainers.state import ResumeState, save_state
+    from driftless.trainers.state import ResumeState
 
     model, clip, _, data = _mixed_data(built, architecture)
     channels = data.channels
@@ -58,16 +58,8 @@ def test_buckets_repeats_and_masks_resume_exactly(built, tmp_path, architecture)
     prior = lambda: [PriorPreservation(class_latents, class_cond, "a photo of a cat", weight=0.5)]  # noqa: E731
     config = TrainConfig(steps=8, checkpoint_every=4, batch_size=2, **FAST)
     straight = train_lora(model, data, config, prior())
-    saved = []
-
-    def checkpoint(**state):
-        path = tmp_path / f"step{state['step']}.train-state"
-        save_state(path, **state)
-        saved.append(path)
-        return path
-
-    train_lora(model, data, TrainConfig(**{**config.as_dict(), "steps": 4}), prior(), on_checkpoint=checkpoint)
-    state = ResumeState(saved[0])
+    train_lora(model, data, TrainConfig(**{**config.as_dict(), "steps": 4}), prior(), on_checkpoint=checkpoints.save)
+    state = ResumeState(checkpoints.paths[0])
     assert state.data_state()["batch_sizes"].sum() == 5  # an epoch: 2 + 1 + 1 + 1 examples (repeats counted)
     resumed = train_lora(model, data, config, prior(), resume=state)
     a, b = straight.adapter.lora_state_dict(), resumed.adapter.lora_state_dict()
@@ -135,14 +127,15 @@ def _folder(base, name="sks_folder"):
     return folder
 
 
-def _graph(folder="sks_folder", **train):
+def _graph(folder="sks_folder", data=None, **train):
     from comfy_execution.graph_utils import GraphBuilder
 
     g = GraphBuilder(prefix="")
     model = g.node("DriftlessTinyModel", id="model", architecture="sd15-tiny", seed=0)
+    settings = dict(trigger_word="sks", class_noun="cat", caption_template="a photo of {trigger} {class}", repeats=1,
+                    resolution=64, aspect_buckets=True, bucket_step=16, unmasked_weight=0.1)
     data = g.node("DriftlessFolderData", id="data", clip=model.out(1), vae=model.out(2), folder=folder,
-                  trigger_word="sks", class_noun="cat", caption_template="a photo of {trigger} {class}", repeats=1,
-                  resolution=64, aspect_buckets=True, bucket_step=16, unmasked_weight=0.1)
+                  **{**settings, **(data or {})})
     knobs = dict(steps=4, learning_rate=1e-3, rank=4, alpha=4.0, target_layers="attention", batch_size=2,
                  gradient_accumulation=1, optimizer="AdamW", lr_schedule="constant", warmup_steps=0,
                  training_dtype="fp32", gradient_checkpointing=False, seed=0, null_prompt_dropout=0.1,
@@ -193,6 +186,10 @@ def test_folder_refusals_name_the_folder_or_the_file(run_prompt, comfy_host):
     prompt = _graph(folder="nothing_here")
     text = runner.format_validation_errors(run_prompt(prompt, expect_valid=False), prompt)
     assert "no photos in" in text and "nothing_here" in text
+    _folder(base)
+    prompt = _graph(data={"resolution": 64, "bucket_step": 128})
+    text = runner.format_validation_errors(run_prompt(prompt, expect_valid=False), prompt)
+    assert "resolution (64 px) must be at least the bucket step (128 px)" in text
 
     broken = _folder(base, "broken_folder")
     (broken / "zz_broken.png").write_bytes(b"\x89PNG not really")
