@@ -139,6 +139,7 @@ def test_flux_twin_trains_and_guides(run_prompt, comfy_host, repo):
     assert np.abs(guided - personalized).mean() > 0.5
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_folder_twin_trains_from_the_demo_folder(run_prompt, comfy_host, repo):
     """The folder example's tiny twin reads the demo's folder dataset (three sizes, two captions, a mask, a 2_ folder),
     lists what it read and trains with validation images."""
