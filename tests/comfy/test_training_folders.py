@@ -240,3 +240,50 @@ def test_training_data_with_a_mask_input(run_prompt, comfy_host):
     g.node("SaveImage", id="plot", images=train.out(3), filename_prefix="masked_plot")
     result = run_prompt(g.finalize())
     assert result.success, result.error
+
+
+def step_overhead(repeats: int = 7, steps: int = 10) -> None:
+    """Paired CPU time per step (1 thread, sd15-tiny, batch 2): two 64 px photos as one batch, against the same photos
+    through the bucket stream (repeats 2 and 2, so every batch still holds 2) with masked loss. Prints the medians
+    and the ratio's spread over the repeats after the first (a warm-up)."""
+    import statistics
+    import time
+
+    from driftless.tinymodels.build import build_tiny_model
+    from driftless.trainers.data import TrainingData
+    from driftless.trainers.loop import TrainingRun
+
+    model, clip, vae = build_tiny_model("sd15-tiny", 0)
+    encode = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    latents = vae.encode(torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0)))
+    cond = encode("a photo of sks cat")
+    mask = torch.full((1, 8, 8), 0.1)
+    mask[..., 4:] = 1.0
+    data = {"one batch": TrainingData(latents, [cond, cond], encode(""), ["a photo of sks cat"] * 2),
+            "buckets + mask": TrainingData(latents, [cond, cond], encode(""), ["a photo of sks cat"] * 2,
+                                           loss_weights=[mask, mask.clone()], repeats=[2, 2])}
+    config = TrainConfig(steps=10**6, rank=4, alpha=4.0, batch_size=2, targets="all linear+conv")
+    runs = {name: TrainingRun(model, d, config) for name, d in data.items()}
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            run.activate()
+            run.step()
+            start = time.process_time()
+            for _ in range(steps):
+                run.step()
+            times[name].append((time.process_time() - start) / steps)
+    for name, values in times.items():
+        print(f"{name}: {statistics.median(values[1:]):.4f} s/step")
+    ratios = [b / a for a, b in zip(*(values[1:] for values in times.values()))]
+    print(f"ratio {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
+
+
+if __name__ == "__main__":  # ./driftless --host 0.3.75 python tests/comfy/test_training_folders.py
+    import tempfile
+
+    from driftless.headless import host
+
+    host.boot(tempfile.mkdtemp(), cpu=True)
+    torch.set_num_threads(1)
+    step_overhead()
