@@ -88,12 +88,15 @@ def folder_repeats(folder: pathlib.Path, default: int) -> int:
 def scan_folder(root, folder: str, *, trigger: str = "", class_noun: str = "", template: str = "{trigger} {class}",
                 repeats: int = 1) -> list[FolderPhoto]:
     """The photos of `folder` (inside `root`) and of its sub-folders, sorted by path, with captions, repeats and
-    masks. An empty folder is refused, naming it."""
+    masks; files and folders whose names start with '.' are left out, and so are `*_mask` images (masks). An empty
+    folder is refused, naming it."""
     root_path = pathlib.Path(root).resolve()
     top = resolve_folder(root_path, folder)
     photos = []
     for path in sorted(p for p in top.rglob("*") if p.is_file()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or path.stem.endswith(MASK_SUFFIX):
+            continue
+        if any(part.startswith(".") for part in path.relative_to(top).parts):  # hidden: .thumbnails, macOS ._photo.jpg
             continue
         if root_path not in path.resolve().parents:  # a link may not lead out of the input folder
             continue

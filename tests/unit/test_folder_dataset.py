@@ -139,6 +139,8 @@ def test_a_folder_with_captions_repeats_and_masks(tmp_path):
     _photo(root / "subject" / "10_closeups" / "c.webp", 32, 48, caption="sks dog, close")
     _photo(root / "subject" / "more" / "d.png", 32, 32, caption="  ")  # empty: the template
     (root / "subject" / "notes.md").write_text("not a photo")
+    (root / "subject" / "._b.png").write_bytes(b"macOS metadata, not a photo")
+    _photo(root / "subject" / ".thumbnails" / "b.png", 8, 8)
     photos = scan_folder(root, "subject", trigger="sks", class_noun="dog", template="a photo of {trigger} {class}",
                          repeats=2)
     names = [p.path.relative_to(root / "subject").as_posix() for p in photos]
