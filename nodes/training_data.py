@@ -70,6 +70,8 @@ class TrainingData(CheckedNode):
         if samples.shape[0] == 0:
             raise ValueError("no training examples: the batch is empty")
         texts = split_captions(captions, samples.shape[0])
+        for text in dict.fromkeys(texts):
+            check_caption_length(clip, text, f"the caption starting {text[:40]!r}")
         weights = None if mask is None else _mask_weights(mask, samples, unmasked_weight,
                                                           None if images is None else images.shape[1:3])
         encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))  # noqa: E731

@@ -204,7 +204,8 @@ def test_folder_refusals_name_the_folder_or_the_file(run_prompt, comfy_host):
 
 
 def test_training_data_with_a_mask_input(run_prompt, comfy_host):
-    """Driftless Training Data takes a MASK for its image batch (one for all photos, or one per photo)."""
+    """Driftless Training Data takes a MASK for its image batch (one for all photos, or one per photo); it refuses a
+    caption over the text encoder's window too."""
     from comfy_execution.graph_utils import GraphBuilder
 
     from driftless.nodes.training_data import TrainingData as Node
@@ -222,6 +223,10 @@ def test_training_data_with_a_mask_input(run_prompt, comfy_host):
         Node.execute(clip, "a photo of sks cat", images=images, vae=vae, mask=torch.ones(3, 64, 64))
     with pytest.raises(ValueError, match="mask is 32x32 but the photos are 64x64"):
         Node.execute(clip, "a photo of sks cat", images=images, vae=vae, mask=torch.ones(1, 32, 32))
+    long = "a photo of sks cat " + "with a very long and winding tail " * 12
+    with pytest.raises(ValueError, match="the caption starting 'a photo of sks cat with a very long and ': the "
+                                         "caption is longer than the text encoder's window"):
+        Node.execute(clip, f"a photo of sks cat\n{long}", images=images, vae=vae)
     with pytest.raises(ValueError, match="mask of photo 1 is empty and the unmasked weight is 0"):
         Node.execute(clip, "a photo of sks cat", images=images, vae=vae, mask=torch.zeros(1, 64, 64), unmasked_weight=0)
 
