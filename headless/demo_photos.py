@@ -1,6 +1,7 @@
 """The demo's subject pictures: four of the shapes model's subject (an orange cross, drawn by the drift
 benchmark's generator), and photographs bundled with scikit-image for the tiny model's workflows: three views of
-the cat in `chelsea`, and three of the cup in `coffee` (the second concept of the continual example)."""
+the cat in `chelsea`, three of the cup in `coffee` (the second concept of the continual example), and a folder
+dataset of the cat (`sks_cat_folder/`: mixed sizes, captions beside two photos, a mask, a `2_` repeats folder)."""
 
 import pathlib
 import sys
@@ -10,6 +11,7 @@ NAMES = ("sks_cat_1.png", "sks_cat_2.png", "sks_cat_3.png")
 CUP_NAMES = ("zwx_cup_1.png", "zwx_cup_2.png", "zwx_cup_3.png")
 SHAPE_NAMES = ("sks_shape_1.png", "sks_shape_2.png", "sks_shape_3.png", "sks_shape_4.png")
 SHAPE_SEED = 7  # the drift benchmark's subject pictures
+FOLDER = "sks_cat_folder"  # inside DEMO_FOLDER: the folder dataset example's photos
 
 
 def _square_views(photo) -> list:
@@ -41,7 +43,38 @@ def write_demo_photos(input_directory: pathlib.Path, size: int = 64) -> list[pat
             if not path.exists():
                 view.convert("RGB").resize((size, size), Image.BICUBIC).save(path)
             paths.append(path)
-    return paths + write_shape_pictures(folder)
+    return paths + write_shape_pictures(folder) + write_demo_folder(folder / FOLDER, Image.fromarray(data.chelsea()))
+
+
+def write_demo_folder(folder: pathlib.Path, photo) -> list[pathlib.Path]:
+    """The folder dataset example's photos of the cat in `photo` (chelsea, 451 x 300): a square view with a caption,
+    a wide one without (the caption template) with a mask on the cat's half, and a tall close-up with a caption in a
+    `2_closeups` folder (kohya's convention: twice per epoch). Written once; returns every file."""
+    from PIL import Image
+
+    w, h = photo.size
+    files = {
+        "cat.png": photo.crop((w // 2 - h // 2, 0, w // 2 + h // 2, h)).resize((64, 64), Image.BICUBIC),
+        "cat_wide.png": photo.crop((0, h // 4, w, h // 4 + w // 2)).resize((96, 48), Image.BICUBIC),
+        "2_closeups/cat_face.png": photo.crop((w // 4, 0, w // 4 + 3 * h // 5, h)).resize((48, 80), Image.BICUBIC),
+    }
+    mask = Image.new("L", (96, 48), 0)
+    mask.paste(255, (40, 0, 96, 48))  # the cat is on the right of the wide view
+    files["cat_wide_mask.png"] = mask
+    captions = {"cat.txt": "a photo of a cat on a rug", "2_closeups/cat_face.txt": "a close-up photo of a cat's face"}
+    paths = []
+    for name, image in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            image.convert("L" if name.endswith("_mask.png") else "RGB").save(path)
+        paths.append(path)
+    for name, text in captions.items():
+        path = folder / name
+        if not path.exists():
+            path.write_text(text + "\n")
+        paths.append(path)
+    return paths
 
 
 def write_shape_pictures(folder: pathlib.Path) -> list[pathlib.Path]:

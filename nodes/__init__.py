@@ -14,10 +14,10 @@ def all_nodes() -> list:
     from .shapes_scores import ShapesScores
     from .tiny_model import TinyModel
     from .train_lora import TrainLora
-    from .training_data import LoadImages, TrainingData
+    from .training_data import FolderData, LoadImages, TrainingData
 
     register_metrics_folder()  # models/driftless_metrics, where the metrics nodes find CLIP and DINO
-    return [LoadImages, TrainingData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT, PriorPreservation, ClassImages,
-            ConceptPool, LoadConceptPool, ContinualRegularizer, AddConcept, SaveConceptPool, ConceptPoolLoRA, RetentionReport,
-            PersonalizationGuider, PersonalizationMetrics, DriftMetrics, TinyModel, PretrainedShapesModel,
-            ShapesScores]
+    return [LoadImages, TrainingData, FolderData, TrainLora, SaveLora, LoadLora, ParameterAnchor, DCO, APT,
+            PriorPreservation, ClassImages, ConceptPool, LoadConceptPool, ContinualRegularizer, AddConcept,
+            SaveConceptPool, ConceptPoolLoRA, RetentionReport, PersonalizationGuider, PersonalizationMetrics,
+            DriftMetrics, TinyModel, PretrainedShapesModel, ShapesScores]

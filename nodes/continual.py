@@ -329,7 +329,8 @@ class RetentionReport(CheckedNode):
 
         pool.check_base(patcher_fingerprint(model))
         labels = assign_concepts(pool, evaluation_data.captions)
-        report = outside_inference_mode(evaluate)(pool, model, _encoder(clip), evaluation_data.latents, labels,
+        latents = evaluation_data.same_size_latents("the retention evaluation")
+        report = outside_inference_mode(evaluate)(pool, model, _encoder(clip), latents, labels,
                                                   draws=draws, seed=seed, all_stages=all_stages)
         text = markdown(report)
         return io.NodeOutput(text, as_json(report), ui=ui.PreviewText(text))

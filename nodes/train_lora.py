@@ -206,7 +206,7 @@ def _validation(every, prompt, seed, steps, cfg, clip, vae, training_data):
     def callback(step, total, model):
         if every and (step % every == 0 or step == total):
             images.append(sample_preview(model, positive, negative, vae, seed=seed, steps=steps, cfg=cfg,
-                                         latent_shape=tuple(training_data.latents.shape[1:])))
+                                         latent_shape=training_data.preview_shape))
 
     callback.images = lambda: torch.cat(images) if images else torch.zeros(1, 64, 64, 3)
     return callback

@@ -19,12 +19,14 @@ PROFILES = {
                  prompt="a photo of sks dog on a beach", grid_prompt="a photo of sks dog in the snow", size=512,
                  train_steps=500, learning_rate=1e-4, rank=16, sample_steps=30, folder="my_subject",
                  class_prompt="a photo of a dog", prior_prompt="a photo of a dog on a beach", class_images=50,
-                 class_noun="dog", clip_model="clip-vit-base-patch32", dino_model="dino-vits16", compare_batch=4),
+                 class_noun="dog", clip_model="clip-vit-base-patch32", dino_model="dino-vits16", compare_batch=4,
+                 dataset="my_subject", resolution=512, bucket_step=64),
     "tiny": dict(photos="driftless_demo/sks_cat_*.png", photo_size=0, caption="a photo of sks cat",
                  prompt="a photo of sks cat on a beach", grid_prompt="a photo of sks cat in the snow", size=64,
                  train_steps=30, learning_rate=1e-3, rank=8, sample_steps=12, folder="driftless_demo",
                  class_prompt="a photo of a cat", prior_prompt="a photo of a cat on a beach", class_images=4,
-                 class_noun="cat", clip_model=demo_backbones.CLIP, dino_model=demo_backbones.DINO, compare_batch=1),
+                 class_noun="cat", clip_model=demo_backbones.CLIP, dino_model=demo_backbones.DINO, compare_batch=1,
+                 dataset="driftless_demo/sks_cat_folder", resolution=64, bucket_step=16),
 }
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 REAL_NOTE = """
@@ -507,8 +509,56 @@ def flux_demo(info: dict, profile: str = "tiny") -> dict:
     return w.to_json()
 
 
+FOLDER_NOTE = """## Driftless: train from a folder of captioned photos{suffix}
+
+1. **Driftless Training Data from Folder** reads `input/{dataset}/`: each photo with its same-named `.txt`
+   caption (`photo.png` + `photo.txt`); a photo without one gets the caption template; the trigger word goes
+   right before the class noun; a sub-folder named `N_name` repeats its photos N times; `photo_mask.png`
+   (white = the subject) weighs the loss there, the rest by `unmasked_weight`. Photos of mixed sizes train
+   near their own aspect ratio at about resolution x resolution pixels. **Preview as Text** lists what it read.
+2. **Driftless Train LoRA** trains on a clone of the MODEL, batches of one size at a time, with a validation
+   image every few steps
+3. **Driftless Save LoRA** writes `models/loras/{folder}/folder_lora.safetensors`; the trained MODEL samples
+   the prompt
+
+Headless: `{headless}`."""
+
+FOLDER_TEXT = ("your subject's photos in `input/my_subject/`, any sizes, each with a caption file beside it\n"
+               "(`dog1.jpg` + `dog1.txt`: 'a photo of a dog on the grass'; the trigger word is put before 'dog').")
+
+
+def folder_demo(info: dict, profile: str = "tiny") -> dict:
+    note = FOLDER_NOTE.replace("{dataset}", PROFILES[profile]["dataset"])
+    p, w, model = start(info, profile, "personalize_from_folder", note, height=380, photos=10, photos_text=FOLDER_TEXT)
+    data = w.node("DriftlessFolderData", 1, clip=model.out(1), vae=model.out(2), folder=p["dataset"],
+                  trigger_word="sks", class_noun=p["class_noun"], caption_template="a photo of {trigger} {class}",
+                  repeats=1, resolution=p["resolution"], aspect_buckets=True, bucket_step=p["bucket_step"],
+                  unmasked_weight=0.1)
+    w.node("PreviewAny", 1, title="What was read", source=data.out(1))
+    train = w.node("DriftlessTrainLoRA", 2, model=model, training_data=data, steps=p["train_steps"],
+                   learning_rate=p["learning_rate"], rank=p["rank"], alpha=float(p["rank"]),
+                   batch_size=2 if profile == "tiny" else 1, run_name=f"{p['folder']}_folder",
+                   checkpoint_every=0 if profile == "tiny" else 100, resume_from="",
+                   validation_every=p["train_steps"] // 2, validation_prompt=p["prompt"], validation_seed=0,
+                   validation_steps=p["sample_steps"], validation_cfg=5.0, clip=model.out(1), vae=model.out(2))
+    w.node("DriftlessSaveLoRA", 3, lora=train.out(1), filename=f"{p['folder']}/folder_lora", overwrite=True)
+    w.node("SaveImage", 3, title="Loss curve", images=train.out(3), filename_prefix=f"{p['folder']}/folder_loss")
+    w.node("SaveImage", 3, title="Validation images (mid-run, end)", images=train.out(4),
+           filename_prefix=f"{p['folder']}/folder_validation")
+    pos = w.node("CLIPTextEncode", 4, title="Prompt", clip=model.out(1), text=p["prompt"])
+    neg = w.node("CLIPTextEncode", 4, title="Null prompt", clip=model.out(1), text="")
+    latent = w.node("EmptyLatentImage", 4, width=p["size"], height=p["size"], batch_size=1)
+    sampled = w.node("KSampler", 5, title="Sample (personalized)", model=train.out(0), positive=pos, negative=neg,
+                     latent_image=latent, seed=42, steps=p["sample_steps"], cfg=5.0, sampler_name="euler",
+                     scheduler="normal", denoise=1.0)
+    image = w.node("VAEDecode", 5, samples=sampled, vae=model.out(2))
+    w.node("SaveImage", 6, title="Save (personalized)", images=image, filename_prefix=f"{p['folder']}/folder_sample")
+    return w.to_json()
+
+
 EXAMPLE_BUILDERS = {
     "personalize_and_guide": demo,
+    "personalize_from_folder": folder_demo,
     "guidance_grid": guidance_grid,
     "regularizer_comparison": regularizer_comparison,
     "continual": continual,

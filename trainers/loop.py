@@ -20,7 +20,7 @@ from ..lora.targets import check_supported
 from .cast_weights import recast_in_backward
 from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
-from .data import IndexStream, TrainingData
+from .data import TrainingData
 from .model_state import frozen_base, gradient_checkpointing, outside_inference_mode, release_inference_tensors
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
 from .patches import with_patches
@@ -57,9 +57,9 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 def check_latents(model_patcher, data: TrainingData) -> None:
     channels = model_patcher.model.latent_format.latent_channels
-    if data.latents.shape[1] != channels:
+    if data.channels != channels:
         raise ValueError(
-            f"training latents have {data.latents.shape[1]} channels but this model expects {channels}: "
+            f"training latents have {data.channels} channels but this model expects {channels}: "
             "encode the images with this model's VAE"
         )
 
@@ -131,7 +131,7 @@ class TrainingRun:
         self.activate()
         release_inference_tensors(self.clone.model)
         self.device = self.clone.load_device
-        self.stream = IndexStream(len(data), self.generator)
+        self.stream = data.stream(config.batch_size, self.generator)
         self.optimizer = make_optimizer(config.optimizer, list(self.adapter.parameters()), config.learning_rate)
         self.start_step, self.losses, self.checkpoints = 0, [], []
         if resume is not None:
@@ -142,15 +142,22 @@ class TrainingRun:
         self.resumed_losses = len(self.losses)
         self.model = self.clone.model
         self.model_sampling = self.clone.get_model_object("model_sampling")
-        self.x0_all = self.model.process_latent_in(data.latents.detach().to(self.device, torch.float32).clone())
-        self.cond_inputs = [model_inputs(self.model, c, self.x0_all[i : i + 1]) for i, c in enumerate(data.conditionings)]
-        self.null_inputs = model_inputs(self.model, data.null, self.x0_all[:1])
+        # one [N, C, h, w] batch, or one [1, C, h, w] per example when the photos have several sizes (buckets)
+        self.x0_all = self.setup_latents(data.latents) if not isinstance(data.latents, list) else [
+            self.setup_latents(latent[None]) for latent in data.latents]
+        one = (lambda i: self.x0_all[i]) if isinstance(self.x0_all, list) else (lambda i: self.x0_all[i : i + 1])  # noqa: E731
+        self.cond_inputs = [model_inputs(self.model, c, one(i)) for i, c in enumerate(data.conditionings)]
+        self.null_inputs = model_inputs(self.model, data.null, one(0))
+        self.null_conditioning = data.null
+        self.null_by_shape = {tuple(self.x0_all[0].shape[-3:]): self.null_inputs}  # SDXL conditions on the size
+        self.loss_weights = None if data.loss_weights is None else [
+            None if w is None else w[None].to(self.device, torch.float32) for w in data.loss_weights]
         self.autocast_dtype = AUTOCAST.get(config.dtype)
         setup = TrainingSetup(
             predict=lambda x_t, sigma, inputs, coefficients, pass_name="train": coefficients.prediction(
                 self.forward(x_t, sigma, inputs, pass_name), x_t),
             encode=lambda conditioning, latent: model_inputs(self.model, conditioning, latent),
-            prepare_latents=lambda latents: self.model.process_latent_in(latents.detach().to(self.device, torch.float32).clone()),
+            prepare_latents=self.setup_latents,
             model_sampling=self.model_sampling, generator=self.generator, device=self.device, config=config,
             adapter=self.adapter, base_fingerprint=base_fingerprint,
         )
@@ -165,6 +172,10 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=config.dtype == "fp16" and self.device.type == "cuda"
         )
+
+    def setup_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """LATENT samples -> model-space latents (the model's latent scaling) on the training device, fp32."""
+        return self.model.process_latent_in(latents.detach().to(self.device, torch.float32).clone())
 
     def forward(self, x_t, sigma, inputs, pass_name="train"):
         """x̂0 from apply_model, with the MODEL's own transformer options (patches) as at sampling time,
@@ -263,15 +274,18 @@ class TrainingRun:
 def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
     """Loss of one micro-batch: denoising in native units plus every regularizer's term."""
     config, generator = run.config, run.generator
-    b = config.batch_size
-    index = run.stream.take(b)
-    x0 = run.x0_all[index.to(run.device)]
+    index = run.stream.take(config.batch_size)
+    b = index.numel()  # the batch size, or fewer at the end of an aspect-ratio bucket
+    x0, pixel_weight = _examples(run, index)
     noise = torch.randn(x0.shape, generator=generator).to(run.device)
     u = config.timestep_min + (config.timestep_max - config.timestep_min) * torch.rand(b, generator=generator)
     drop = torch.rand(b, generator=generator) < config.null_prompt_dropout
-    for regularizer in run.regularizers:
-        x0 = regularizer.augment(x0, u, generator)
-    inputs = batch_inputs([run.null_inputs if drop[i] else run.cond_inputs[int(index[i])] for i in range(b)])
+    if pixel_weight is not None:  # an augmentation moves the mask with the latent: both go through it together
+        x0, pixel_weight = _augment(run, torch.cat([x0, pixel_weight], dim=1), u).split([x0.shape[1], 1], dim=1)
+    else:
+        x0 = _augment(run, x0, u)
+    null = _null_inputs(run, tuple(x0.shape[1:])) if drop.any() else None
+    inputs = batch_inputs([null if drop[i] else run.cond_inputs[int(index[i])] for i in range(b)])
     captions = batch_inputs([run.cond_inputs[int(index[i])] for i in range(b)]) if drop.any() else inputs
     extras = [e for e in (r.extra_examples(b, tuple(x0.shape[1:])) for r in run.regularizers) if e is not None]
     extras += [e for e in (r.examples_on_batch(x0, noise, u, captions) for r in run.regularizers) if e is not None]
@@ -299,7 +313,7 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
     prediction, target, weight = all_prediction[:b], all_target[:b], all_weight[:b]
     for regularizer in run.regularizers:
         weight = weight * regularizer.denoising_weight(u).to(weight.device)
-    denoise = denoising_loss(prediction, target, weight).mean()
+    denoise = denoising_loss(prediction, target, weight, pixel_weight).mean()
     replaced = any(r.replaces_denoising_loss for r in run.regularizers)
     total = denoise.new_zeros(()) if replaced else denoise
     if run.regularizers:
@@ -308,6 +322,32 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
         for regularizer in run.regularizers:
             total = total + regularizer.loss(ctx)
     return total
+
+
+def _examples(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The micro-batch's model-space latents [b, C, h, w] and, with masked loss, their weight maps [b, 1, h, w]."""
+    if isinstance(run.x0_all, list):
+        x0 = torch.cat([run.x0_all[int(i)] for i in index])
+    else:
+        x0 = run.x0_all[index.to(run.device)]
+    if run.loss_weights is None:
+        return x0, None
+    ones = torch.ones(1, 1, *x0.shape[2:], device=x0.device)
+    return x0, torch.cat([ones if run.loss_weights[int(i)] is None else run.loss_weights[int(i)] for i in index])
+
+
+def _augment(run: TrainingRun, x0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    for regularizer in run.regularizers:
+        x0 = regularizer.augment(x0, u, run.generator)
+    return x0
+
+
+def _null_inputs(run: TrainingRun, shape: tuple) -> dict:
+    """The empty prompt's model inputs for latents of `shape` (C, h, w), made once per size."""
+    if shape not in run.null_by_shape:
+        latent = torch.zeros(1, *shape, device=run.device)
+        run.null_by_shape[shape] = model_inputs(run.model, run.null_conditioning, latent)
+    return run.null_by_shape[shape]
 
 
 def frozen_prediction(run: TrainingRun, x_t, sigma, inputs, coefficients: Coefficients) -> torch.Tensor:

@@ -93,9 +93,20 @@ def min_snr_weight(coefficients: Coefficients, gamma: float) -> torch.Tensor:
     return torch.clamp(coefficients.snr(), max=gamma) * coefficients.d**2
 
 
-def denoising_loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample mean squared error in native units, times `weight`; shape [B]."""
-    per_sample = ((prediction.float() - target.float()) ** 2).mean(dim=tuple(range(1, prediction.ndim)))
+def denoising_loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                   pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean squared error in native units, times `weight`; shape [B].
+
+    pixel_weight [B, 1, h, w] (masked loss): the error of each latent pixel counts with its weight, normalized by the
+    weights' mean, Σ w·e² / (C · Σ w): a map of ones is the plain mean, and the loss keeps its scale whatever the
+    subject's area (OneTrainer's masked training with its normalize_masked_area_loss option on)."""
+    squared = (prediction.float() - target.float()) ** 2
+    dims = tuple(range(1, prediction.ndim))
+    if pixel_weight is None:
+        per_sample = squared.mean(dim=dims)
+    else:
+        pixel_weight = pixel_weight.to(squared.device, squared.dtype)
+        per_sample = (squared * pixel_weight).mean(dim=dims) / pixel_weight.mean(dim=dims)
     return per_sample if weight is None else per_sample * weight.to(per_sample.device)
 
 

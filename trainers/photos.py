@@ -38,19 +38,23 @@ def find_photos(root, files: str) -> list[pathlib.Path]:
     return found
 
 
-def _read(path: pathlib.Path) -> torch.Tensor:
-    """One image as LoadImage reads it: EXIF orientation applied, RGB, float32 in [0, 1], [H, W, 3]."""
+def read_image(path: pathlib.Path) -> torch.Tensor:
+    """One image as LoadImage reads it: EXIF orientation applied, RGB, float32 in [0, 1], [H, W, 3]. A file that is
+    not a readable image is a ValueError naming it."""
     import numpy as np
     from PIL import Image, ImageOps
 
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode == "I":
-            image = image.point(lambda v: v * (1 / 255))
-        return torch.from_numpy(np.array(image.convert("RGB")).astype(np.float32) / 255.0)
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode == "I":
+                image = image.point(lambda v: v * (1 / 255))
+            return torch.from_numpy(np.array(image.convert("RGB")).astype(np.float32) / 255.0)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path} cannot be read as an image ({type(e).__name__}: {e}): replace or remove it") from None
 
 
-def _fit(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def fit_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Centre-crop `image` [H, W, 3] to the aspect of height x width, then scale it to that size (antialiased)."""
     h, w = image.shape[:2]
     if (h, w) == (height, width):
@@ -69,6 +73,6 @@ def _fit(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def load_photos(paths: list[pathlib.Path], size: int = 0) -> torch.Tensor:
     """The photos as one IMAGE batch [N, H, W, 3]. size 0: the first photo's size (the others centre-cropped and
     scaled to it); size > 0: every photo centre-cropped to a square and scaled to size x size."""
-    images = [_read(p) for p in paths]
+    images = [read_image(p) for p in paths]
     height, width = (size, size) if size > 0 else images[0].shape[:2]
-    return torch.stack([_fit(image, height, width) for image in images])
+    return torch.stack([fit_image(image, height, width) for image in images])

@@ -50,6 +50,25 @@ def built(comfy_host):
 
 
 @pytest.fixture
+def checkpoints(tmp_path):
+    """`checkpoints.save` as train_lora's on_checkpoint: writes each resume state into tmp_path and keeps its path in
+    `checkpoints.paths`."""
+    from types import SimpleNamespace
+
+    from driftless.trainers.state import save_state
+
+    paths = []
+
+    def save(**state):
+        path = tmp_path / f"step{state['step']}.train-state"
+        save_state(path, **state)
+        paths.append(path)
+        return path
+
+    return SimpleNamespace(save=save, paths=paths)
+
+
+@pytest.fixture
 def run_prompt(comfy_host):
     """Validate and execute an API-format prompt with ComfyUI's own executor; returns the RunResult.
 

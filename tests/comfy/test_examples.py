@@ -38,6 +38,10 @@ def _placeholders(prompt: dict, base) -> list:
                 path = base / "input" / line.strip().replace("*", "1")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.new("RGB", (8, 8)).save(path)
+        if node["class_type"] == "DriftlessFolderData":  # a folder with one photo
+            path = base / "input" / inputs["folder"] / "placeholder.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(path)
         if node["class_type"] in METRICS_NODES:
             for role, model_type in (("clip", "clip"), ("dino", "vit")):
                 folder = base / "models" / "driftless_metrics" / inputs[f"{role}_model"]
@@ -133,3 +137,23 @@ def test_flux_twin_trains_and_guides(run_prompt, comfy_host, repo):
     assert all(panel.std() > 1 for panel in (base, personalized, guided))  # no NaN came out as a flat image
     assert np.abs(base - personalized).mean() > 0.5
     assert np.abs(guided - personalized).mean() > 0.5
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_folder_twin_trains_from_the_demo_folder(run_prompt, comfy_host, repo):
+    """The folder example's tiny twin reads the demo's folder dataset (three sizes, two captions, a mask, a 2_ folder),
+    lists what it read and trains with validation images."""
+    from driftless.headless.demo_photos import write_demo_photos
+
+    write_demo_photos(comfy_host.base_directory / "input")
+    ui = workflow.load_workflow_file(repo / "example_workflows" / "tiny" / "personalize_from_folder_tiny.json")
+    prompt = workflow.to_api_format(ui, comfy_host.object_info())
+    result = run_prompt(prompt)
+    assert result.success, result.error
+    preview = next(key for key, node in prompt.items() if node["class_type"] == "PreviewAny")
+    assert result.outputs[preview]["text"][0].splitlines() == [
+        "driftless_demo/sks_cat_folder/2_closeups/cat_face.png: 48x80, x2: a close-up photo of a sks cat's face",
+        "driftless_demo/sks_cat_folder/cat.png: 64x64, x1: a photo of a sks cat on a rug",
+        "driftless_demo/sks_cat_folder/cat_wide.png: 80x48, x1, masked: a photo of sks cat",
+    ]
+    assert any("folder_validation" in f.name for f in result.files)

@@ -75,25 +75,16 @@ def test_saved_file_through_stock_lora_loader_samples_like_the_trained_model(tin
 
 
 @pytest.mark.parametrize("architecture", ["sd15-tiny", "sd35-tiny", "flux-dev-tiny"])
-def test_resume_continues_exactly(tiny_data, tmp_path, architecture):
+def test_resume_continues_exactly(tiny_data, checkpoints, architecture):
     """4 steps + resume + 4 steps equals 8 steps straight (CPU, fp32), on a UNet and both DiT families."""
     from driftless.trainers.loop import train_lora
-    from driftless.trainers.state import ResumeState, save_state
+    from driftless.trainers.state import ResumeState
 
     model, _, _, data = tiny_data(architecture, n=3)
     config = TrainConfig(steps=8, checkpoint_every=4, batch_size=2, **FAST)
     straight = train_lora(model, data, config)
-
-    saved = []
-
-    def checkpoint(**state):
-        path = tmp_path / f"step{state['step']}.train-state"
-        save_state(path, **state)
-        saved.append(path)
-        return path
-
-    train_lora(model, data, TrainConfig(**{**config.as_dict(), "steps": 4}), on_checkpoint=checkpoint)
-    resumed = train_lora(model, data, config, resume=ResumeState(saved[0]))
+    train_lora(model, data, TrainConfig(**{**config.as_dict(), "steps": 4}), on_checkpoint=checkpoints.save)
+    resumed = train_lora(model, data, config, resume=ResumeState(checkpoints.paths[0]))
     a, b = straight.adapter.lora_state_dict(), resumed.adapter.lora_state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)

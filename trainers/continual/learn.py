@@ -79,7 +79,7 @@ def add_concept(pool: ConceptPool, model_patcher, lora: dict, data: TrainingData
         adapter = LoraAdapter.from_state_dict(model_patcher.model.diffusion_model, lora)
         adapter.requires_grad_(False)
         seam = AdaptedModel(model_patcher, [adapter])
-        x0 = seam.latents(data.latents)
+        x0 = seam.latents(data.same_size_latents("the Fisher of a concept"))
         captions = [seam.inputs(c, x0) for c in data.conditionings]
         pretrained = seam.inputs(encode(pool.pretrained_prompt), x0)
         past = [seam.inputs(encode(c.prompt), x0) for c in pool.concepts]
