@@ -226,6 +226,44 @@ def test_apt_augmentation_identity_and_probability():
     torch.testing.assert_close(apt.denoising_weight(u), torch.zeros(2), rtol=0, atol=1e-6)  # 1 − γ
 
 
+def test_apt_zoom_out_shrinks_one_picture_and_fills_the_border_with_the_background():
+    """A centred square of side 16 on a 32×32 background, zoomed out 2×: one square of side 8, still centred
+    (pixels 12-19, exact: each output pixel reads the midpoint of two input pixels), every other pixel the
+    background (no mirrored copies); each channel keeps its own background."""
+    from driftless.trainers.regularizers.apt import zoom_out_rotate
+
+    background = torch.tensor([0.5, -1.0, 2.0])
+    x = background.view(1, 3, 1, 1).repeat(1, 1, 32, 32)
+    x[:, :, 8:24, 8:24] = 3.0
+    want = background.view(1, 3, 1, 1).repeat(1, 1, 32, 32)
+    want[:, :, 12:20, 12:20] = 3.0
+    got = zoom_out_rotate(x, torch.tensor([2.0]), torch.tensor([0.0]))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert int((got[0, 0] > 2.0).sum()) == 8 * 8  # one square of half the side, not a 3×3 grid of them
+    # a given constant fills the border instead: outside the shrunk picture (pixels 8-23) only
+    filled = zoom_out_rotate(x, torch.tensor([2.0]), torch.tensor([0.0]), fill=torch.zeros(1, 3))
+    torch.testing.assert_close(filled[:, :, :7], torch.zeros(1, 3, 7, 32), rtol=0, atol=1e-6)
+    torch.testing.assert_close(filled[:, :, 9:23, 9], background.view(1, 3, 1).expand(1, 3, 14), rtol=0, atol=1e-5)
+    torch.testing.assert_close(filled[:, :, 12:20, 12:20], torch.full((1, 3, 8, 8), 3.0), rtol=0, atol=1e-5)
+
+
+def test_apt_rotation_fills_the_uncovered_corners_with_the_background():
+    """Turned 45° without zoom, the corners fall outside the picture and take the mean of its outer ring (here a
+    ring of two values); a quarter turn of a centred square gives the same picture."""
+    from driftless.trainers.regularizers.apt import border_fill, zoom_out_rotate
+
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., :, :8] = 1.0  # left half 1, right half 0: the ring's mean is 0.5
+    assert border_fill(x).item() == pytest.approx(0.5)
+    got = zoom_out_rotate(x, torch.tensor([1.0]), torch.tensor([45.0]))
+    for corner in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        assert got[0, 0][corner].item() == pytest.approx(0.5, abs=1e-6)
+    square = torch.zeros(1, 1, 16, 16)
+    square[..., 4:12, 4:12] = 1.0
+    torch.testing.assert_close(zoom_out_rotate(square, torch.tensor([1.0]), torch.tensor([90.0])), square,
+                               rtol=0, atol=1e-5)
+
+
 def test_attention_probabilities_by_hand():
     from driftless.trainers.regularizers.apt import attention_probabilities, channel_stats
 

@@ -32,8 +32,14 @@ the self-attention outputs are held as they come and reduced after their forward
 replacement per block (dit.py says, per family, where the text and image tokens are) that runs the block as the
 model would, reduces its image stream to statistics at once, and, inside the block, an
 `optimized_attention_override` that lets the model's own attention compute the output and adds the map
-(`dit.joint_text_map`, chunked over queries, nothing of size [B, H, N_img, N] kept for backward). Augmentation
-acts on the latents (the images are already encoded); reflection fills the borders. Choices where the paper is
+(`dit.joint_text_map`, chunked over queries, nothing of size [B, H, N_img, N] kept for backward).
+
+Augmentation (`zoom_out_rotate`) acts on the latents, not on pixels: the training pictures reach the trainer already
+encoded (Training Data encodes them once, before the first step), and decoding, augmenting and re-encoding every
+augmented sample would cost a VAE round trip per step. The VAE's latent is a local, 8× downsampled map of the picture,
+so shrinking it about its centre is close to encoding the shrunk picture; the uncovered border takes the per-channel
+mean of the latent's outer ring, i.e. the picture's background (a flat background encodes to a near-constant
+latent), never mirrored copies of the subject. Choices where the paper is
 silent or unconfirmed (α, T, p_max, clamping, latent-space augmentation, the DiT reading): see docs/papers.md §3;
 all but the DiT reading are settings.
 """
@@ -132,14 +138,28 @@ class OverfitIndicator:
         self.m_pre, self.m_theta, self.seen = state["m_pre"].clone(), state["m_theta"].clone(), state["seen"].clone()
 
 
-def zoom_out_rotate(x: torch.Tensor, scale: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Shrink each sample's content by `scale` (≥ 1) and rotate it by `degrees`, borders reflected."""
+def border_fill(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-channel mean of the picture's outermost ring of pixels, [B, C]: the background a zoom-out
+    shows around the shrunk picture (photos of a subject have background at their edges)."""
+    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+    return ring.mean(dim=-1)
+
+
+def zoom_out_rotate(x: torch.Tensor, scale: torch.Tensor, degrees: torch.Tensor,
+                    fill: torch.Tensor | None = None) -> torch.Tensor:
+    """APT's augmentation: each sample's picture [B, C, H, W] shrunk about its centre by `scale` (≥ 1) and rotated by
+    `degrees`; every pixel the shrunk or turned picture no longer covers takes `fill` ([B, C]; default
+    `border_fill`, the picture's own background). One copy of the picture, not the mirrored tiles a reflecting
+    border would make. Bilinear; at scale 2 on an even-sized picture the pixels land exactly (one output pixel
+    from two input pixels' midpoint)."""
+    fill = (border_fill(x) if fill is None else fill).to(x).reshape(x.shape[0], x.shape[1], 1, 1)
     angle = degrees * math.pi / 180
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale  # sampling grid grows by `scale`: content shrinks
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # zeros outside the picture for x − fill, so fill outside it for x
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
 def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
