@@ -98,6 +98,23 @@ def test_dco_by_hand():
     assert not reg.replaces_denoising_loss and DCO(mode="replace").replaces_denoising_loss
 
 
+def test_dco_weights_both_errors_per_sample_as_the_official_code_does_with_min_snr():
+    """Official customize.py, snr_gamma set: per-sample mean squared error × its min-SNR weight, batch mean, for the
+    LoRA's error and the reference's alike. Two samples: errors 0.5 and 2.0 (LoRA), 0.3 and 1.0 (base), weights 2, 0.5."""
+    target = torch.zeros(2, 2)
+    prediction = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # per-sample means 0.5, 2.0
+    frozen = torch.tensor([[0.0, math.sqrt(0.6)], [0.0, math.sqrt(2.0)]])  # 0.3, 1.0
+    weight = torch.tensor([2.0, 0.5])
+    model_error, reference_error = (2 * 0.5 + 0.5 * 2.0) / 2, (2 * 0.3 + 0.5 * 1.0) / 2  # 1.0, 0.55
+    want = math.log1p(math.exp(2.0 * (model_error - reference_error)))
+    assert dco_loss(prediction, frozen, target, beta=2.0, weight=weight).item() == pytest.approx(want, rel=1e-6)
+    ctx = _ctx(prediction=prediction, target=target, frozen=frozen, weight=weight)
+    assert DCO(beta=2.0).loss(ctx).item() == pytest.approx(want, rel=1e-6)
+    # weights all 1 (min-SNR off): the batch means of the paper's form
+    unweighted = math.log1p(math.exp(2.0 * ((0.5 + 2.0) / 2 - (0.3 + 1.0) / 2)))
+    assert dco_loss(prediction, frozen, target, beta=2.0, weight=torch.ones(2)).item() == pytest.approx(unweighted, rel=1e-6)
+
+
 def test_reading_the_frozen_prediction_without_a_frozen_forward_says_what_to_set():
     with pytest.raises(RuntimeError, match="needs_frozen_prediction = True"):
         _ctx().frozen_prediction
@@ -400,8 +417,9 @@ def test_settings_are_checked_converted_and_overridden_by_name():
 
 # ---- APT on DiTs: the image-query × text-key block of a joint attention (trainers/regularizers/dit.py) ------------
 
-def _joint_map_by_hand(q, k, text, image, bias=None):
-    """softmax over all keys written out per sample and head, then the image rows × text columns, head mean."""
+def _joint_map_by_hand(q, k, text, image, bias=None, per_head_maps=False):
+    """softmax over all keys written out per sample and head, then the image rows × text columns, head mean (or
+    every head's)."""
     b, heads, _, d = q.shape
     rows = []
     for i in range(b):
@@ -412,7 +430,7 @@ def _joint_map_by_hand(q, k, text, image, bias=None):
                 logits = logits + bias[min(i, bias.shape[0] - 1), min(h, bias.shape[1] - 1)]
             weights = torch.exp(logits - logits.max(dim=-1, keepdim=True).values)
             per_head.append((weights / weights.sum(dim=-1, keepdim=True))[image][:, text])
-        rows.append(torch.stack(per_head).mean(dim=0))
+        rows.append(torch.stack(per_head) if per_head_maps else torch.stack(per_head).mean(dim=0))
     return torch.stack(rows)
 
 
@@ -440,6 +458,55 @@ def test_joint_text_map_by_hand(monkeypatch, chunk_bytes, text_first):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
     flat = lambda t: t.transpose(1, 2).reshape(b, n_txt + n_img, heads * d)  # noqa: E731
     torch.testing.assert_close(dit.joint_text_map(flat(q), flat(k), heads, False, text, image), got, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_bytes", [32 << 20, 1])
+def test_joint_text_map_per_head_by_hand(monkeypatch, chunk_bytes):
+    """Every head's map [B, H, N_img, N_txt] and its gradients, against the softmax written out; its head mean is the
+    default map; float64 gradcheck of the per-head backward."""
+    from driftless.trainers.regularizers import dit
+
+    monkeypatch.setattr(dit, "JOINT_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(8)
+    b, heads, d, n_txt, n_img = 2, 3, 4, 5, 7
+    text, image = slice(0, n_txt), slice(n_txt, n_txt + n_img)
+    q, k = (torch.randn(b, heads, n_txt + n_img, d, generator=g, requires_grad=True) for _ in range(2))
+    got = dit.joint_text_map(q, k, heads, True, text, image, per_head=True)
+    want = _joint_map_by_hand(q, k, text, image, per_head_maps=True)
+    assert got.shape == (b, heads, n_img, n_txt)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.mean(dim=1), dit.joint_text_map(q, k, heads, True, text, image), rtol=1e-6, atol=1e-7)
+    weights = torch.randn(b, heads, n_img, n_txt, generator=g)
+    for a, c in zip(torch.autograd.grad((got * weights).sum(), (q, k)), torch.autograd.grad((want * weights).sum(), (q, k))):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+    q64, k64 = (t.detach().double()[:1, :2, :6].requires_grad_() for t in (q, k))
+    assert torch.autograd.gradcheck(lambda q, k: dit.joint_text_map(q, k, 2, True, slice(0, 2), slice(2, 6), per_head=True),
+                                    (q64, k64))
+
+
+def test_apt_per_head_attention_alignment_sees_heads_that_trade_attention():
+    """Two heads whose maps the LoRA model swapped: their head mean is the base model's, so the default term is 0;
+    per head it is mean((P − Q)²), written out. The UNet capture keeps every head's softmax in that mode."""
+    from driftless.trainers.regularizers.apt import APT, attention_probabilities
+
+    g = torch.Generator().manual_seed(9)
+    p, q = torch.softmax(torch.randn(1, 6, 4, generator=g), -1), torch.softmax(torch.randn(1, 6, 4, generator=g), -1)
+    trained, frozen = torch.stack([p, q], dim=1), torch.stack([q, p], dim=1)  # [B, H, Nq, Nk]
+    ctx = _ctx(x0=torch.zeros(1, 4, 2, 2), frozen=torch.zeros(1, 4, 2, 2))
+
+    def term(apt, a, b):
+        apt.captured = {"train": {"features": [], "maps": [a], "stats": {}}, "frozen": {"features": [], "maps": [b], "stats": {}}}
+        return apt.loss(ctx).item()
+
+    mean_apt = APT(adaptive_adjustment=False, representation_weight=0.0, attention_weight=10.0)
+    assert term(mean_apt, trained.mean(1), frozen.mean(1)) == pytest.approx(0.0, abs=1e-12)
+    head_apt = APT(adaptive_adjustment=False, representation_weight=0.0, attention_weight=10.0, attention_maps="per head")
+    assert term(head_apt, trained, frozen) == pytest.approx(10.0 * float((p - q).square().mean()), rel=1e-6)
+    qq, kk, vv = (torch.randn(1, 5, 8, generator=g) for _ in range(3))
+    head_apt.captured = {"train": {"features": [], "maps": [], "stats": {}}}
+    out = head_apt._cross_attention(qq, kk, vv, {"n_heads": 2})
+    torch.testing.assert_close(head_apt.captured["train"]["maps"][0], attention_probabilities(qq, kk, 2))
+    assert out.shape == (1, 5, 8)
 
 
 def test_joint_text_map_gradcheck_and_masks(monkeypatch):
