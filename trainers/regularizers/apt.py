@@ -10,8 +10,9 @@
 2. Representation stabilization (RS): the per-channel mean and standard deviation (over tokens) of every
    watched feature h_l are matched to the frozen model's:
        λ_dist·Σ_l (mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)²).
-3. Attention alignment (AA): every watched text-attention probability map A_l, averaged over heads, is matched
-   to the frozen model's: λ_attn·(1/L)·Σ_l mean_(b,q,k) (A_θ − A_pre)².
+3. Attention alignment (AA): every watched text-attention probability map A_l, averaged over heads (or, setting
+   attention_maps = "per head", each head's map), is matched to the frozen model's:
+   λ_attn·(1/L)·Σ_l mean_(b,[h,]q,k) (A_θ − A_pre)².
 
 What is watched, per architecture (the paper is written for SDXL's UNet; the DiT reading is this pack's):
 - UNet (SD1.x, SDXL): h_l = every self-attention (attn1) output; A_l = every cross-attention (attn2) map
@@ -56,6 +57,17 @@ from .dit import DiTFamily, attention_heads, dit_family, joint_text_map
 from .knobs import MethodConfig, configured, knob
 
 
+INDICATOR_GAPS = {
+    "relative": "(m_pre − m_θ)/m_pre: the share of the base model's loss the LoRA has gained, whatever the model's loss "
+                "scale",
+    "absolute": "m_pre − m_θ in loss units, as the paper is reported (T = 1000 there)",
+}
+ATTENTION_MAPS = {
+    "head mean": "each layer's map averaged over heads (as attention maps are shown; the default λ_attn's scale)",
+    "per head": "every head's map (the formula as written; the same λ_attn pulls harder)",
+}
+
+
 @dataclass(frozen=True)
 class APTConfig(MethodConfig):
     """APT: Adaptive Personalized Training (Chae et al., CVPR 2025, arXiv 2507.02687); the module docstring has
@@ -68,6 +80,11 @@ class APTConfig(MethodConfig):
     attention_weight: λ_attn of attention alignment (AA), matching the head-averaged cross-attention probability
         maps (UNet) or the image-query × text-key block of each joint attention (DiT) to the base model's; 0 turns
         AA off. The maps' squared differences are ~1e-6, hence a large λ.
+    attention_maps: what AA compares: "head mean", the maps averaged over heads (the default: the paper's figures
+        compare per-token maps as attention is usually shown, averaged over heads, and λ_attn's default was set on
+        that scale); "per head", every head's map (A_l = softmax(QKᵀ/√d) per head, as the formula is written;
+        stricter: the mean squared difference over heads is at least that of the head means, so the same λ_attn
+        pulls harder, and heads cannot trade attention between them).
     p_max: upper bound of ATA's augmentation probability.
     zoom_max: ATA's zoom-out factor is drawn from [1, zoom_max] (paper: 1-3).
     rotation_degrees: ATA's rotation is drawn from ±this many degrees (paper: 15).
@@ -97,13 +114,16 @@ class APTConfig(MethodConfig):
                       min=0.001, max=1.0, step=0.01)
     temperature: float = knob(1000.0, "T in γ = 1 − exp(−T·(m_pre − m_θ)) (1000, the training timesteps, as reported "
                               "from the paper by secondary sources).", min=1.0, max=1e6, step=10.0)
+    indicator_gap: str = knob("absolute", "What T multiplies in γ.", options=INDICATOR_GAPS)
+    attention_maps: str = knob("head mean", "What attention alignment compares.", options=ATTENTION_MAPS)
 
 
 class OverfitIndicator:
-    """Per-bin EMAs of the frozen and the trained model's losses, and γ from their gap (APT eq. for γ_b)."""
+    """Per-bin EMAs of the frozen and the trained model's losses, and γ from their gap (APT eq. for γ_b); `gap`
+    "absolute" is m_pre − m_θ, "relative" (m_pre − m_θ)/m_pre (INDICATOR_GAPS)."""
 
-    def __init__(self, bins: int, ema: float, temperature: float):
-        self.bins, self.ema, self.temperature = bins, ema, temperature
+    def __init__(self, bins: int, ema: float, temperature: float, gap: str = "absolute"):
+        self.bins, self.ema, self.temperature, self.relative = bins, ema, temperature, gap == "relative"
         self.reset()
 
     def reset(self) -> None:
@@ -128,6 +148,8 @@ class OverfitIndicator:
 
     def gamma(self, bins: torch.Tensor) -> torch.Tensor:
         gap = self.m_pre[bins.cpu()] - self.m_theta[bins.cpu()]
+        if self.relative:
+            gap = gap / self.m_pre[bins.cpu()].clamp_min(1e-12)
         g = torch.clamp(1 - torch.exp(-self.temperature * gap), 0.0, 1.0)
         return torch.where(self.seen[bins.cpu()], g, torch.zeros_like(g)).float()
 
@@ -258,8 +280,9 @@ def attention_probabilities(q, k, heads: int) -> torch.Tensor:
         return torch.softmax((q.float() @ k.float().transpose(-1, -2)) * d**-0.5, dim=-1)
 
 
-def attention_with_map(q, k, v, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(QKᵀ/√d)·V per head on projected [B, N, H·d] tensors, and the map averaged over heads [B, Nq, Nk].
+def attention_with_map(q, k, v, heads: int, per_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(QKᵀ/√d)·V per head on projected [B, N, H·d] tensors, and the map averaged over heads [B, Nq, Nk]
+    (`per_head`: every head's, [B, H, Nq, Nk]).
 
     One explicit softmax serves both. Backward keeps the per-head probabilities (Nk is the prompt's 77 tokens,
     small next to the activations: +1% peak memory on the bench model), which was measured faster than a fused
@@ -269,7 +292,7 @@ def attention_with_map(q, k, v, heads: int) -> tuple[torch.Tensor, torch.Tensor]
     b, nq, _ = q.shape
     values = v.view(b, v.shape[1], heads, -1).transpose(1, 2)
     out = (probs.to(v.dtype) @ values).transpose(1, 2).reshape(b, nq, -1)
-    return out, probs.mean(dim=1)
+    return out, probs if per_head else probs.mean(dim=1)
 
 
 @register
@@ -282,8 +305,9 @@ class APT(Regularizer):
         self.config = c = configured(APTConfig, config, overrides)
         self.ata = c.adaptive_adjustment
         self.lambda_dist, self.lambda_attn = c.representation_weight, c.attention_weight
+        self.per_head = c.attention_maps == "per head"
         self.p_max, self.zoom_max, self.rotation = c.p_max, c.zoom_max, c.rotation_degrees
-        self.indicator = OverfitIndicator(c.bins, c.ema, c.temperature)
+        self.indicator = OverfitIndicator(c.bins, c.ema, c.temperature, c.indicator_gap)
         self.captured: dict[str, dict] = {}  # per forward ("train", "frozen"): what the patches saw, until the loss
         self.setup: TrainingSetup | None = None
 
@@ -354,7 +378,7 @@ class APT(Regularizer):
         return n
 
     def _cross_attention(self, q, k, v, extra_options):
-        out, attention_map = attention_with_map(q, k, v, extra_options["n_heads"])
+        out, attention_map = attention_with_map(q, k, v, extra_options["n_heads"], self.per_head)
         self._store(extra_options, "maps", attention_map)
         return out
 
@@ -371,7 +395,8 @@ class APT(Regularizer):
             text, image, total = family.tokens(diffusion_model, key, args)
             maps: list = []
             if self.lambda_attn > 0:
-                override = _mapping_joint_attention(options.get("optimized_attention_override"), text, image, total, maps)
+                override = _mapping_joint_attention(options.get("optimized_attention_override"), text, image, total, maps,
+                                                    self.per_head)
                 options = {**options, "optimized_attention_override": override}
             out = family.run(diffusion_model, key, args, extra, options)
             if self.lambda_attn > 0:
@@ -420,7 +445,7 @@ class APT(Regularizer):
         return total
 
 
-def _mapping_joint_attention(previous, text: slice, image: slice, total: int, maps: list):
+def _mapping_joint_attention(previous, text: slice, image: slice, total: int, maps: list, per_head: bool = False):
     """An `optimized_attention_override` for one DiT block: every attention call runs as it would (the model's own
     attention function, or the override already in place), and the joint one (over all `total` tokens) adds its
     image-query × text-key map to `maps`."""
@@ -432,7 +457,7 @@ def _mapping_joint_attention(previous, text: slice, image: slice, total: int, ma
         skip_reshape = kwargs.get("skip_reshape", False)
         if attention_heads(q, heads, skip_reshape).shape[2] == total:
             # computed in a rerun too (gradient checkpointing recomputes what the first run saved, in order)
-            attention_map = joint_text_map(q, k, heads, skip_reshape, text, image, kwargs.get("mask"))
+            attention_map = joint_text_map(q, k, heads, skip_reshape, text, image, kwargs.get("mask"), per_head)
             if not override.done:
                 maps.append(attention_map)
         return out
