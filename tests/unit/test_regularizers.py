@@ -150,6 +150,25 @@ def test_apt_indicator_follows_the_formula_on_a_synthetic_sequence():
     assert torch.equal(ind.bin_of(torch.tensor([0.0, 0.35, 0.999])), torch.tensor([0, 3, 9]))
 
 
+def test_apt_relative_indicator_is_the_share_of_the_base_loss_gained():
+    """gap "relative": γ = 1 − exp(−T·(m_pre − m_θ)/m_pre); the same share gives the same γ whatever the loss scale
+    (a bin at loss 0.5 and one at 0.005, both 20% below the base), where the absolute gap gives 1 − e^(−T·0.1) and
+    1 − e^(−T·0.001)."""
+    from driftless.trainers.regularizers.apt import OverfitIndicator
+
+    ind = OverfitIndicator(bins=2, ema=0.1, temperature=2.0, gap="relative")
+    ind.update(torch.tensor([0, 1]), torch.tensor([0.5, 0.005]), torch.tensor([0.4, 0.004]))
+    want = 1 - math.exp(-2.0 * 0.2)
+    torch.testing.assert_close(ind.gamma(torch.tensor([0, 1])), torch.tensor([want, want]), rtol=1e-5, atol=0)
+    absolute = OverfitIndicator(bins=2, ema=0.1, temperature=2.0)
+    absolute.update(torch.tensor([0, 1]), torch.tensor([0.5, 0.005]), torch.tensor([0.4, 0.004]))
+    torch.testing.assert_close(absolute.gamma(torch.tensor([0, 1])),
+                               torch.tensor([1 - math.exp(-0.2), 1 - math.exp(-0.002)]), rtol=1e-5, atol=0)
+    ind.update(torch.tensor([1]), torch.tensor([0.001]), torch.tensor([0.002]))  # one step where the LoRA does worse
+    m_pre, m_theta = 0.9 * 0.005 + 0.1 * 0.001, 0.9 * 0.004 + 0.1 * 0.002
+    assert ind.gamma(torch.tensor([1])).item() == pytest.approx(1 - math.exp(-2.0 * (m_pre - m_theta) / m_pre), rel=1e-5)
+
+
 @pytest.mark.parametrize("stack_bytes", [8 << 20, 1])  # the layers of a shape in one stack, or one at a time
 def test_apt_representation_and_attention_terms_by_hand(monkeypatch, stack_bytes):
     """RS and AA on captured tensors of several layers and shapes (layers sharing a shape, as layers of one UNet
@@ -232,15 +251,19 @@ def test_apt_augmentation_identity_and_probability():
     torch.testing.assert_close(zoom_out_rotate(x, torch.ones(2), torch.zeros(2)), x, rtol=0, atol=1e-6)
     shrunk = zoom_out_rotate(x, torch.full((2,), 2.0), torch.zeros(2))
     assert not torch.allclose(shrunk, x)
-    apt = APT(p_max=0.8)
     g = torch.Generator().manual_seed(0)
     u = torch.full((2,), 0.35)
-    assert torch.equal(apt.augment(x, u, g), x)  # γ = 0 before any observation: never augmented
-    apt.indicator.update(apt.indicator.bin_of(u), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]))  # γ ≈ 1
-    out = torch.stack([apt.augment(x[:1], u[:1], g)[0] for _ in range(200)])
-    augmented = (out - x[0]).abs().flatten(1).amax(1) > 1e-4
-    assert 0.7 < augmented.float().mean() < 0.9  # p = min(γ, p_max) = 0.8
-    torch.testing.assert_close(apt.denoising_weight(u), torch.zeros(2), rtol=0, atol=1e-6)  # 1 − γ
+    # the paper's form as reported (absolute gap, T = 1000): γ ≈ 1, so p = p_max = 0.8 and the loss weight 0
+    # the default (relative gap, T = 1): the LoRA at loss 0 against the base's 1 has r = 1, γ = 1 − 1/e
+    for settings, p, weight in ((dict(indicator_gap="absolute", temperature=1000.0), 0.8, 0.0),
+                                ({}, 1 - math.exp(-1), math.exp(-1))):
+        apt = APT(p_max=0.8, **settings)
+        assert torch.equal(apt.augment(x, u, g), x)  # γ = 0 before any observation: never augmented
+        apt.indicator.update(apt.indicator.bin_of(u), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]))
+        out = torch.stack([apt.augment(x[:1], u[:1], g)[0] for _ in range(400)])
+        augmented = (out - x[0]).abs().flatten(1).amax(1) > 1e-4
+        assert abs(augmented.float().mean().item() - p) < 0.08  # p = min(γ, p_max); 3 standard errors of 400 draws
+        torch.testing.assert_close(apt.denoising_weight(u), torch.full((2,), weight), rtol=0, atol=1e-6)  # 1 − γ
 
 
 def test_apt_zoom_out_shrinks_one_picture_and_fills_the_border_with_the_background():
