@@ -10,8 +10,8 @@
 
    The scale of T. As reported, the paper writes γ_b = 1 − exp(−T·(m_pre − m_θ)) with T = 1000 (the number of
    timesteps) on the losses themselves. The losses here are per-element means, whose size depends on the model,
-   its parameterization (ε-losses run from ~0.5 at low noise to ~0.002 at high noise; flow losses are ~1) and the
-   latent's scale, so no one T fits: at T = 1000 a gap of 0.005 already gives γ = 0.993, and on the drift
+   its parameterization (the drift benchmark's ε-losses run from ~0.5 at low noise to ~0.01 at high noise; flow
+   losses are of order 1 at every noise level) and the latent's scale, so no one T fits: at T = 1000 a gap of 0.005 already gives γ = 0.993, and on the drift
    benchmark γ was ≥ 0.9 in every bin but the noisiest after 300 steps, the loss weight 1 − γ ≈ 0 and the
    subject never learned (fidelity 0.729 against the base model's 0.730 and plain LoRA's 0.888). The default
    indicator acts on the relative gap r = (m_pre − m_θ)/m_pre instead: the share of the base model's loss the LoRA
@@ -19,7 +19,8 @@
    (a LoRA a quarter below the base: γ = 0.22; half: 0.39) and caps it at 1 − 1/e = 0.63 (r ≤ 1), so the
    adjustment slows a bin that pulls away from the base model without ever stopping it. On the drift benchmark
    (300 steps, representation and attention terms off) T = 1 reached subject fidelity 0.904 and T = 3 0.817,
-   against plain LoRA's 0.888 (bench/results/drift.md's set-up; docs/papers.md §3). indicator_gap = "absolute" with
+   against plain LoRA's 0.888 (bench/results/drift.md's set-up); with those terms at their default weights, 0.770
+   (docs/regularizers.md#apt has the table). indicator_gap = "absolute" with
    T = 1000 is the paper's form as reported (the `apt` recipe, trainers/recipes.py).
 2. Representation stabilization (RS): the per-channel mean and standard deviation (over tokens) of every
    watched feature h_l are matched to the frozen model's:
