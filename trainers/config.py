@@ -8,10 +8,15 @@ from .schedules import SCHEDULES
 from ..lora.targets import TARGET_PRESETS
 
 OPTIMIZERS = {
-    "AdamW": "Adam with decoupled weight decay 0.01 (Loshchilov & Hutter 2019); the usual LoRA choice",
-    "Adam": "Adam without weight decay",
-    "SGD": "SGD with momentum 0.9",
+    "AdamW": "Adam with decoupled weight decay, the weight_decay input (Loshchilov & Hutter 2019); the usual LoRA choice",
+    "Adam": "Adam without weight decay (weight_decay is not used)",
+    "SGD": "SGD with momentum 0.9, without weight decay (weight_decay is not used)",
 }
+# AdamW's decoupled weight decay when none is given: torch's AdamW default and diffusers' DreamBooth-LoRA script's
+# (train_dreambooth_lora.py, --adam_weight_decay 1e-2). Each step multiplies the LoRA weights by 1 − lr·wd: at
+# lr 1e-4 over 500 steps that is a 0.05% shrink, so plain LoRA is as good as undecayed; the papers' own recipes set
+# theirs (trainers/recipes.py), e.g. 0 for Preserve & Personalize's SD1.5 LoRA.
+WEIGHT_DECAY = 0.01
 DTYPES = ("fp32", "bf16", "fp16")
 # settings that change where training goes; everything else (steps, checkpoint cadence) may differ on resume
 _NOT_IN_FINGERPRINT = ("steps", "checkpoint_every")
@@ -29,6 +34,7 @@ class TrainConfig:
     batch_size: int = 1
     grad_accumulation: int = 1
     optimizer: str = "AdamW"
+    weight_decay: float = WEIGHT_DECAY  # AdamW only
     dtype: str = "fp32"
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -63,6 +69,8 @@ class TrainConfig:
             p.append("batch size and gradient accumulation must be >= 1")
         if self.optimizer not in OPTIMIZERS:
             p.append(f"optimizer must be one of {list(OPTIMIZERS)} (got {self.optimizer!r})")
+        if not 0.0 <= self.weight_decay <= 1.0:
+            p.append(f"weight decay must be in [0, 1] (got {self.weight_decay})")
         if self.dtype not in DTYPES:
             p.append(f"training dtype must be one of {list(DTYPES)} (got {self.dtype!r})")
         if not 0.0 <= self.null_prompt_dropout <= 1.0:
@@ -85,8 +93,17 @@ class TrainConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def effective_weight_decay(self) -> float:
+        """The weight decay the optimizer applies: the setting for AdamW, 0 for the others."""
+        return self.weight_decay if self.optimizer == "AdamW" else 0.0
+
     def fingerprint(self) -> str:
         relevant = {k: v for k, v in sorted(self.as_dict().items()) if k not in _NOT_IN_FINGERPRINT}
         if not self.initial_lora:
             del relevant["initial_lora"]  # states saved before this setting existed keep their fingerprint
+        # what the optimizer applies, not the setting (Adam and SGD ignore it); the weight decay every state saved
+        # before it was a setting trained with (AdamW 0.01, the others none) leaves their fingerprint as it was
+        relevant["weight_decay"] = self.effective_weight_decay()
+        if relevant["weight_decay"] == (WEIGHT_DECAY if self.optimizer == "AdamW" else 0.0):
+            del relevant["weight_decay"]
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

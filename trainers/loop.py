@@ -45,9 +45,10 @@ class TrainResult:
     checkpoints: list = field(default_factory=list)
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """`weight_decay` is AdamW's decoupled decay; Adam and SGD train without any (config.OPTIMIZERS)."""
     if name == "AdamW":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "Adam":
         return torch.optim.Adam(params, lr=lr)
     if name == "SGD":
@@ -132,7 +133,8 @@ class TrainingRun:
         release_inference_tensors(self.clone.model)
         self.device = self.clone.load_device
         self.stream = data.stream(config.batch_size, self.generator)
-        self.optimizer = make_optimizer(config.optimizer, list(self.adapter.parameters()), config.learning_rate)
+        self.optimizer = make_optimizer(config.optimizer, list(self.adapter.parameters()), config.learning_rate,
+                                        config.effective_weight_decay())
         self.start_step, self.losses, self.checkpoints = 0, [], []
         if resume is not None:
             self.adapter.load_lora_state_dict(resume.lora_state())

@@ -196,6 +196,31 @@ def test_dco_by_hand(built, architecture):
     assert float(values[0]) == pytest.approx(float(want), rel=1e-4)
 
 
+def test_dco_with_min_snr_weights_both_errors_per_sample(built):
+    """SD1.5 (ε), min-SNR-γ = 0.01 (so every σ below 10 is weighted down), batch 2: each sample's squared error of the LoRA model and of the base model times
+    min(SNR, γ)/SNR with SNR = 1/σ² (the official code's weight for ε), then the batch mean, before the log-sigmoid."""
+    import torch.nn.functional as F
+
+    from driftless.trainers.loop import train_lora
+    from driftless.trainers.regularizers.dco import DCO
+
+    model, _, _, data = built("sd15-tiny")
+    lora = _moved_lora(model, data)
+    dco, recorder = DCO(beta=50.0, mode="add"), Recorder()
+    values = _recording(dco)
+    train_lora(model, data, TrainConfig(steps=1, batch_size=2, min_snr_gamma=0.01, **FAST), [dco, recorder],
+               initial_lora=lora)
+    seen, hand = recorder.seen[0], ByHand(model, lora)
+    x_t, target = _noised_by_hand(model, seen["x0"], seen["noise"], seen["sigma"])
+    snr = 1 / seen["sigma"].double() ** 2
+    weight = (torch.clamp(snr, max=0.01) / snr).float()
+    assert weight.min() < 1  # some sample is weighted down
+    errors = [((hand.prediction(x_t, seen["sigma"], seen["inputs"], s) - target).square().mean(dim=(1, 2, 3)) * weight).mean()
+              for s in (1.0, 0.0)]
+    want = -F.logsigmoid(-50.0 * (errors[0] - errors[1]))
+    assert float(values[0]) == pytest.approx(float(want), rel=1e-4)
+
+
 def test_prior_preservation_resumes_exactly(tiny_data, tmp_path):
     from driftless.trainers.loop import train_lora
     from driftless.trainers.regularizers.prior_preservation import PriorPreservation

@@ -56,6 +56,20 @@ def test_train_save_sample_graph(run_prompt, comfy_host, architecture):
     assert "step 4/4" in result.log
 
 
+def test_weight_decay_input_reaches_the_optimizer_and_the_file(run_prompt, comfy_host):
+    """Without the input (a workflow saved before it existed) AdamW decays at 0.01; with 0 it does not, and the two
+    runs differ by that alone."""
+    from driftless.lora.files import load_lora
+
+    loras = comfy_host.base_directory / "models" / "loras" / "graph"
+    for name, extra in (("wd_default", {}), ("wd_zero", {"weight_decay": 0.0})):
+        result = run_prompt(_graph(filename=f"graph/{name}", run_name=name, steps=2, checkpoint_every=0, **extra))
+        assert result.success, result.error
+    default, zero = load_lora(loras / "wd_default.safetensors"), load_lora(loras / "wd_zero.safetensors")
+    assert default.metadata["training"]["weight_decay"] == 0.01 and zero.metadata["training"]["weight_decay"] == 0.0
+    assert any(not torch.equal(default[k], zero[k]) for k in zero)
+
+
 def test_resume_latest_through_the_graph(run_prompt, comfy_host):
     first = run_prompt(_graph(run_name="resumable", steps=2, filename="graph/resume_a"))
     assert first.success, first.error

@@ -119,11 +119,25 @@ def test_dsc_loss_by_hand():
     p1 = torch.softmax(torch.tensor([-1.0, -2.0, 0.0]), 0)
     h = lambda p, q: -(p * q.log()).sum().item()  # noqa: E731
     scores = h(p1, ps) + h(ps, ps)
-    # noise: current = 2 (student [1,1] vs t1 [0,0] -> mean 1), past = 1 (student == t2 -> 0)
+    # noise: current = 2 (student [1,1] vs t1 [0,0] -> summed over the latent, as the DC errors are: 2), past = 1
+    # (student == t2 -> 0)
     total = dsc_loss(student, t1, t2, target, current=2, past=1, temperature=1.0, score_weight=0.5, noise_weight=3.0)
-    assert total.item() == pytest.approx(0.5 * scores + 3.0 * 1.0, rel=1e-6)
+    assert total.item() == pytest.approx(0.5 * scores + 3.0 * 2.0, rel=1e-6)
     only_noise = dsc_loss(student, t1, t2, target, current=2, past=1, temperature=1.0, score_weight=0.0, noise_weight=1.0)
-    assert only_noise.item() == pytest.approx(1.0)
+    assert only_noise.item() == pytest.approx(2.0)
+
+
+def test_dsc_noise_term_sums_over_the_latent_and_averages_over_the_batch():
+    """Two samples of 4 elements: squared differences summing to 4 and 8 per sample: the term is (4 + 8)/2 = 6, the
+    same reduction as a DC error (summed over the latent); the past teacher's term alike."""
+    target = torch.zeros(2, 4)
+    teacher = torch.zeros(3, 2, 4)
+    student = torch.zeros(3, 2, 4)
+    student[2, 0] = 1.0  # sample 0 of the current concept: 4 × 1² = 4
+    student[2, 1, :2] = 2.0  # sample 1: 2 × 2² = 8
+    student[1, 1, 0] = 3.0  # the past concept, sample 1: 9 (sample 0: 0) -> 4.5
+    got = dsc_loss(student, teacher, teacher, target, current=2, past=1, temperature=1.0, score_weight=0.0, noise_weight=1.0)
+    assert got.item() == pytest.approx(6.0 + 4.5)
 
 
 # ---- the pool -----------------------------------------------------------------------------------

@@ -98,6 +98,23 @@ def test_dco_by_hand():
     assert not reg.replaces_denoising_loss and DCO(mode="replace").replaces_denoising_loss
 
 
+def test_dco_weights_both_errors_per_sample_as_the_official_code_does_with_min_snr():
+    """Official customize.py, snr_gamma set: per-sample mean squared error × its min-SNR weight, batch mean, for the
+    LoRA's error and the reference's alike. Two samples: errors 0.5 and 2.0 (LoRA), 0.3 and 1.0 (base), weights 2, 0.5."""
+    target = torch.zeros(2, 2)
+    prediction = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # per-sample means 0.5, 2.0
+    frozen = torch.tensor([[0.0, math.sqrt(0.6)], [0.0, math.sqrt(2.0)]])  # 0.3, 1.0
+    weight = torch.tensor([2.0, 0.5])
+    model_error, reference_error = (2 * 0.5 + 0.5 * 2.0) / 2, (2 * 0.3 + 0.5 * 1.0) / 2  # 1.0, 0.55
+    want = math.log1p(math.exp(2.0 * (model_error - reference_error)))
+    assert dco_loss(prediction, frozen, target, beta=2.0, weight=weight).item() == pytest.approx(want, rel=1e-6)
+    ctx = _ctx(prediction=prediction, target=target, frozen=frozen, weight=weight)
+    assert DCO(beta=2.0).loss(ctx).item() == pytest.approx(want, rel=1e-6)
+    # weights all 1 (min-SNR off): the batch means of the paper's form
+    unweighted = math.log1p(math.exp(2.0 * ((0.5 + 2.0) / 2 - (0.3 + 1.0) / 2)))
+    assert dco_loss(prediction, frozen, target, beta=2.0, weight=torch.ones(2)).item() == pytest.approx(unweighted, rel=1e-6)
+
+
 def test_reading_the_frozen_prediction_without_a_frozen_forward_says_what_to_set():
     with pytest.raises(RuntimeError, match="needs_frozen_prediction = True"):
         _ctx().frozen_prediction
@@ -131,6 +148,25 @@ def test_apt_indicator_follows_the_formula_on_a_synthetic_sequence():
     ind.update(torch.tensor([5]), torch.tensor([0.1]), torch.tensor([0.9]))  # base better than LoRA: γ clamps to 0
     assert ind.gamma(torch.tensor([5])).item() == 0.0
     assert torch.equal(ind.bin_of(torch.tensor([0.0, 0.35, 0.999])), torch.tensor([0, 3, 9]))
+
+
+def test_apt_relative_indicator_is_the_share_of_the_base_loss_gained():
+    """gap "relative": γ = 1 − exp(−T·(m_pre − m_θ)/m_pre); the same share gives the same γ whatever the loss scale
+    (a bin at loss 0.5 and one at 0.005, both 20% below the base), where the absolute gap gives 1 − e^(−T·0.1) and
+    1 − e^(−T·0.001)."""
+    from driftless.trainers.regularizers.apt import OverfitIndicator
+
+    ind = OverfitIndicator(bins=2, ema=0.1, temperature=2.0, gap="relative")
+    ind.update(torch.tensor([0, 1]), torch.tensor([0.5, 0.005]), torch.tensor([0.4, 0.004]))
+    want = 1 - math.exp(-2.0 * 0.2)
+    torch.testing.assert_close(ind.gamma(torch.tensor([0, 1])), torch.tensor([want, want]), rtol=1e-5, atol=0)
+    absolute = OverfitIndicator(bins=2, ema=0.1, temperature=2.0)
+    absolute.update(torch.tensor([0, 1]), torch.tensor([0.5, 0.005]), torch.tensor([0.4, 0.004]))
+    torch.testing.assert_close(absolute.gamma(torch.tensor([0, 1])),
+                               torch.tensor([1 - math.exp(-0.2), 1 - math.exp(-0.002)]), rtol=1e-5, atol=0)
+    ind.update(torch.tensor([1]), torch.tensor([0.001]), torch.tensor([0.002]))  # one step where the LoRA does worse
+    m_pre, m_theta = 0.9 * 0.005 + 0.1 * 0.001, 0.9 * 0.004 + 0.1 * 0.002
+    assert ind.gamma(torch.tensor([1])).item() == pytest.approx(1 - math.exp(-2.0 * (m_pre - m_theta) / m_pre), rel=1e-5)
 
 
 @pytest.mark.parametrize("stack_bytes", [8 << 20, 1])  # the layers of a shape in one stack, or one at a time
@@ -215,15 +251,57 @@ def test_apt_augmentation_identity_and_probability():
     torch.testing.assert_close(zoom_out_rotate(x, torch.ones(2), torch.zeros(2)), x, rtol=0, atol=1e-6)
     shrunk = zoom_out_rotate(x, torch.full((2,), 2.0), torch.zeros(2))
     assert not torch.allclose(shrunk, x)
-    apt = APT(p_max=0.8)
     g = torch.Generator().manual_seed(0)
     u = torch.full((2,), 0.35)
-    assert torch.equal(apt.augment(x, u, g), x)  # γ = 0 before any observation: never augmented
-    apt.indicator.update(apt.indicator.bin_of(u), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]))  # γ ≈ 1
-    out = torch.stack([apt.augment(x[:1], u[:1], g)[0] for _ in range(200)])
-    augmented = (out - x[0]).abs().flatten(1).amax(1) > 1e-4
-    assert 0.7 < augmented.float().mean() < 0.9  # p = min(γ, p_max) = 0.8
-    torch.testing.assert_close(apt.denoising_weight(u), torch.zeros(2), rtol=0, atol=1e-6)  # 1 − γ
+    # the paper's form as reported (absolute gap, T = 1000): γ ≈ 1, so p = p_max = 0.8 and the loss weight 0
+    # the default (relative gap, T = 1): the LoRA at loss 0 against the base's 1 has r = 1, γ = 1 − 1/e
+    for settings, p, weight in ((dict(indicator_gap="absolute", temperature=1000.0), 0.8, 0.0),
+                                ({}, 1 - math.exp(-1), math.exp(-1))):
+        apt = APT(p_max=0.8, **settings)
+        assert torch.equal(apt.augment(x, u, g), x)  # γ = 0 before any observation: never augmented
+        apt.indicator.update(apt.indicator.bin_of(u), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]))
+        out = torch.stack([apt.augment(x[:1], u[:1], g)[0] for _ in range(400)])
+        augmented = (out - x[0]).abs().flatten(1).amax(1) > 1e-4
+        assert abs(augmented.float().mean().item() - p) < 0.08  # p = min(γ, p_max); 3 standard errors of 400 draws
+        torch.testing.assert_close(apt.denoising_weight(u), torch.full((2,), weight), rtol=0, atol=1e-6)  # 1 − γ
+
+
+def test_apt_zoom_out_shrinks_one_picture_and_fills_the_border_with_the_background():
+    """A centred square of side 16 on a 32×32 background, zoomed out 2×: one square of side 8, still centred
+    (pixels 12-19, exact: each output pixel reads the midpoint of two input pixels), every other pixel the
+    background (no mirrored copies); each channel keeps its own background."""
+    from driftless.trainers.regularizers.apt import zoom_out_rotate
+
+    background = torch.tensor([0.5, -1.0, 2.0])
+    x = background.view(1, 3, 1, 1).repeat(1, 1, 32, 32)
+    x[:, :, 8:24, 8:24] = 3.0
+    want = background.view(1, 3, 1, 1).repeat(1, 1, 32, 32)
+    want[:, :, 12:20, 12:20] = 3.0
+    got = zoom_out_rotate(x, torch.tensor([2.0]), torch.tensor([0.0]))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert int((got[0, 0] > 2.0).sum()) == 8 * 8  # one square of half the side, not a 3×3 grid of them
+    # a given constant fills the border instead: outside the shrunk picture (pixels 8-23) only
+    filled = zoom_out_rotate(x, torch.tensor([2.0]), torch.tensor([0.0]), fill=torch.zeros(1, 3))
+    torch.testing.assert_close(filled[:, :, :7], torch.zeros(1, 3, 7, 32), rtol=0, atol=1e-6)
+    torch.testing.assert_close(filled[:, :, 9:23, 9], background.view(1, 3, 1).expand(1, 3, 14), rtol=0, atol=1e-5)
+    torch.testing.assert_close(filled[:, :, 12:20, 12:20], torch.full((1, 3, 8, 8), 3.0), rtol=0, atol=1e-5)
+
+
+def test_apt_rotation_fills_the_uncovered_corners_with_the_background():
+    """Turned 45° without zoom, the corners fall outside the picture and take the mean of its outer ring (here a
+    ring of two values); a quarter turn of a centred square gives the same picture."""
+    from driftless.trainers.regularizers.apt import border_fill, zoom_out_rotate
+
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., :, :8] = 1.0  # left half 1, right half 0: the ring's mean is 0.5
+    assert border_fill(x).item() == pytest.approx(0.5)
+    got = zoom_out_rotate(x, torch.tensor([1.0]), torch.tensor([45.0]))
+    for corner in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        assert got[0, 0][corner].item() == pytest.approx(0.5, abs=1e-6)
+    square = torch.zeros(1, 1, 16, 16)
+    square[..., 4:12, 4:12] = 1.0
+    torch.testing.assert_close(zoom_out_rotate(square, torch.tensor([1.0]), torch.tensor([90.0])), square,
+                               rtol=0, atol=1e-5)
 
 
 def test_attention_probabilities_by_hand():
@@ -362,8 +440,9 @@ def test_settings_are_checked_converted_and_overridden_by_name():
 
 # ---- APT on DiTs: the image-query × text-key block of a joint attention (trainers/regularizers/dit.py) ------------
 
-def _joint_map_by_hand(q, k, text, image, bias=None):
-    """softmax over all keys written out per sample and head, then the image rows × text columns, head mean."""
+def _joint_map_by_hand(q, k, text, image, bias=None, per_head_maps=False):
+    """softmax over all keys written out per sample and head, then the image rows × text columns, head mean (or
+    every head's)."""
     b, heads, _, d = q.shape
     rows = []
     for i in range(b):
@@ -374,7 +453,7 @@ def _joint_map_by_hand(q, k, text, image, bias=None):
                 logits = logits + bias[min(i, bias.shape[0] - 1), min(h, bias.shape[1] - 1)]
             weights = torch.exp(logits - logits.max(dim=-1, keepdim=True).values)
             per_head.append((weights / weights.sum(dim=-1, keepdim=True))[image][:, text])
-        rows.append(torch.stack(per_head).mean(dim=0))
+        rows.append(torch.stack(per_head) if per_head_maps else torch.stack(per_head).mean(dim=0))
     return torch.stack(rows)
 
 
@@ -402,6 +481,55 @@ def test_joint_text_map_by_hand(monkeypatch, chunk_bytes, text_first):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
     flat = lambda t: t.transpose(1, 2).reshape(b, n_txt + n_img, heads * d)  # noqa: E731
     torch.testing.assert_close(dit.joint_text_map(flat(q), flat(k), heads, False, text, image), got, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_bytes", [32 << 20, 1])
+def test_joint_text_map_per_head_by_hand(monkeypatch, chunk_bytes):
+    """Every head's map [B, H, N_img, N_txt] and its gradients, against the softmax written out; its head mean is the
+    default map; float64 gradcheck of the per-head backward."""
+    from driftless.trainers.regularizers import dit
+
+    monkeypatch.setattr(dit, "JOINT_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(8)
+    b, heads, d, n_txt, n_img = 2, 3, 4, 5, 7
+    text, image = slice(0, n_txt), slice(n_txt, n_txt + n_img)
+    q, k = (torch.randn(b, heads, n_txt + n_img, d, generator=g, requires_grad=True) for _ in range(2))
+    got = dit.joint_text_map(q, k, heads, True, text, image, per_head=True)
+    want = _joint_map_by_hand(q, k, text, image, per_head_maps=True)
+    assert got.shape == (b, heads, n_img, n_txt)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.mean(dim=1), dit.joint_text_map(q, k, heads, True, text, image), rtol=1e-6, atol=1e-7)
+    weights = torch.randn(b, heads, n_img, n_txt, generator=g)
+    for a, c in zip(torch.autograd.grad((got * weights).sum(), (q, k)), torch.autograd.grad((want * weights).sum(), (q, k))):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+    q64, k64 = (t.detach().double()[:1, :2, :6].requires_grad_() for t in (q, k))
+    assert torch.autograd.gradcheck(lambda q, k: dit.joint_text_map(q, k, 2, True, slice(0, 2), slice(2, 6), per_head=True),
+                                    (q64, k64))
+
+
+def test_apt_per_head_attention_alignment_sees_heads_that_trade_attention():
+    """Two heads whose maps the LoRA model swapped: their head mean is the base model's, so the default term is 0;
+    per head it is mean((P − Q)²), written out. The UNet capture keeps every head's softmax in that mode."""
+    from driftless.trainers.regularizers.apt import APT, attention_probabilities
+
+    g = torch.Generator().manual_seed(9)
+    p, q = torch.softmax(torch.randn(1, 6, 4, generator=g), -1), torch.softmax(torch.randn(1, 6, 4, generator=g), -1)
+    trained, frozen = torch.stack([p, q], dim=1), torch.stack([q, p], dim=1)  # [B, H, Nq, Nk]
+    ctx = _ctx(x0=torch.zeros(1, 4, 2, 2), frozen=torch.zeros(1, 4, 2, 2))
+
+    def term(apt, a, b):
+        apt.captured = {"train": {"features": [], "maps": [a], "stats": {}}, "frozen": {"features": [], "maps": [b], "stats": {}}}
+        return apt.loss(ctx).item()
+
+    mean_apt = APT(adaptive_adjustment=False, representation_weight=0.0, attention_weight=10.0)
+    assert term(mean_apt, trained.mean(1), frozen.mean(1)) == pytest.approx(0.0, abs=1e-12)
+    head_apt = APT(adaptive_adjustment=False, representation_weight=0.0, attention_weight=10.0, attention_maps="per head")
+    assert term(head_apt, trained, frozen) == pytest.approx(10.0 * float((p - q).square().mean()), rel=1e-6)
+    qq, kk, vv = (torch.randn(1, 5, 8, generator=g) for _ in range(3))
+    head_apt.captured = {"train": {"features": [], "maps": [], "stats": {}}}
+    out = head_apt._cross_attention(qq, kk, vv, {"n_heads": 2})
+    torch.testing.assert_close(head_apt.captured["train"]["maps"][0], attention_probabilities(qq, kk, 2))
+    assert out.shape == (1, 5, 8)
 
 
 def test_joint_text_map_gradcheck_and_masks(monkeypatch):

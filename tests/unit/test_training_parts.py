@@ -94,6 +94,26 @@ def test_loss_plot():
     assert blue.sum() > 50  # the moving-average line was drawn
 
 
+def test_weight_decay_is_adamw_s_setting_and_enters_the_fingerprint_only_where_it_acts():
+    from driftless.trainers.loop import make_optimizer
+
+    assert TrainConfig().weight_decay == 0.01 and TrainConfig(weight_decay=0.0).problems() == []
+    assert "weight decay must be in [0, 1]" in TrainConfig(weight_decay=-0.1).problems()[0]
+    # states saved before weight decay was a setting trained AdamW at 0.01 and Adam without: same fingerprint
+    assert TrainConfig(weight_decay=0.01).fingerprint() == "8bed5a3922fa7571"
+    assert TrainConfig(weight_decay=0.0).fingerprint() != TrainConfig().fingerprint()
+    adam = TrainConfig(optimizer="Adam").fingerprint()
+    assert TrainConfig(optimizer="Adam", weight_decay=0.3).fingerprint() == adam  # Adam ignores it
+    assert TrainConfig(optimizer="Adam", weight_decay=0.3).effective_weight_decay() == 0.0
+    # with a zero gradient AdamW's step is the decay alone: p ← p·(1 − lr·wd); Adam's leaves p as it was
+    for name, wd, factor in (("AdamW", 0.5, 1 - 0.1 * 0.5), ("AdamW", 0.0, 1.0), ("Adam", 0.0, 1.0)):
+        p = torch.nn.Parameter(torch.tensor([2.0, -4.0]))
+        opt = make_optimizer(name, [p], lr=0.1, weight_decay=wd)
+        p.grad = torch.zeros(2)
+        opt.step()
+        torch.testing.assert_close(p.detach(), torch.tensor([2.0, -4.0]) * factor, rtol=0, atol=1e-7)
+
+
 def test_an_initial_lora_enters_the_settings_fingerprint_only_when_set():
     from driftless.trainers.config import TrainConfig
 

@@ -9,7 +9,10 @@ past concepts (concept j). On one shared x_t and concepts C_sub = {c_0, past sub
           + w_ε·[ ‖F_T1(x_t, c_n) − F_S(x_t, c_n)‖² + ‖F_T2(x_t, c_j) − F_S(x_t, c_j)‖² ]   (noise-prediction distillation)
 
 p = softmax over C_sub of the DC logits (scores.py) and H the cross-entropy with soft (teacher) targets.
-The squared errors are per-element means, as the denoising loss. Teachers carry no gradient.
+Both terms reduce alike: the DC logits are squared errors summed over the latent (the diffusion classifier's e_j,
+τ = 1 the paper's score), so the noise-prediction squared errors are summed over the latent too, and both terms are
+averaged over the batch. (With per-element means in the second term, its gradient per element was 1/N of the
+first's, N the latent's size, 4096 at SD1.5's 512 px: w_ε did nothing at w_ε = w_s.) Teachers carry no gradient.
 """
 
 import torch
@@ -30,7 +33,12 @@ def dsc_loss(student: torch.Tensor, teacher_current: torch.Tensor, teacher_past:
             + soft_cross_entropy(dc_logits(teacher_past, target, temperature), s)
         total = total + score_weight * scores
     if noise_weight:
-        noise = (student[current].float() - teacher_current[current].float()).square().mean() \
-            + (student[past].float() - teacher_past[past].float()).square().mean()
+        noise = summed_squared_error(student[current], teacher_current[current]) \
+            + summed_squared_error(student[past], teacher_past[past])
         total = total + noise_weight * noise
     return total
+
+
+def summed_squared_error(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """‖prediction − reference‖² summed over each sample's latent, averaged over the batch (as the DC errors, scores.py)."""
+    return (prediction.float() - reference.float()).square().flatten(1).sum(dim=1).mean()

@@ -49,7 +49,7 @@ class StepContext:
     inputs: dict  # apply_model inputs of this micro-batch (c_crossattn, and y for SDXL)
     prediction: torch.Tensor  # the LoRA model's raw output F
     target: torch.Tensor  # F* (ε for ε-models)
-    weight: torch.Tensor  # per-sample loss weight (min-SNR), [B]
+    weight: torch.Tensor  # per-sample weight of the denoising loss, [B]: min-SNR-γ (ones when off) × APT's 1 − γ
     denoising_loss: torch.Tensor  # the (weighted) denoising term of this micro-batch
     adapter: object  # the LoraAdapter being trained
     step: int

@@ -3,15 +3,31 @@
 1. Adaptive training adjustment (ATA). Timesteps fall into B = 10 bins; per bin, an EMA (α = 0.1) of the
    frozen model's loss m_pre and of the LoRA model's loss m_θ on the same noisy inputs. The gap is an
    overfitting indicator
-       γ_b = clamp(1 − exp(−T·(m_pre[b] − m_θ[b])), 0, 1),   T = 1000,
+       γ_b = clamp(1 − exp(−T·(m_pre[b] − m_θ[b]) / m_pre[b]), 0, 1),   T = 1,
    which sets the probability min(γ_b, p_max) of augmenting a sample (zoom-out 1–3×, rotation ±15°) and
    down-weights its denoising loss by (1 − γ_b). A bin's EMAs start at their first observation; γ is 0
    until then.
+
+   The scale of T. As reported, the paper writes γ_b = 1 − exp(−T·(m_pre − m_θ)) with T = 1000 (the number of
+   timesteps) on the losses themselves. The losses here are per-element means, whose size depends on the model,
+   its parameterization (the drift benchmark's ε-losses run from ~0.5 at low noise to ~0.01 at high noise; flow
+   losses are of order 1 at every noise level) and the latent's scale, so no one T fits: at T = 1000 a gap of 0.005 already gives γ = 0.993, and on the drift
+   benchmark γ was ≥ 0.9 in every bin but the noisiest after 300 steps, the loss weight 1 − γ ≈ 0 and the
+   subject never learned (fidelity 0.729 against the base model's 0.730 and plain LoRA's 0.888). The default
+   indicator acts on the relative gap r = (m_pre − m_θ)/m_pre instead: the share of the base model's loss the LoRA
+   has gained in that bin, the same on any model and at any noise level. T = 1 makes γ ≈ r while the gap is small
+   (a LoRA a quarter below the base: γ = 0.22; half: 0.39) and caps it at 1 − 1/e = 0.63 (r ≤ 1), so the
+   adjustment slows a bin that pulls away from the base model without ever stopping it. On the drift benchmark
+   (300 steps, representation and attention terms off) T = 1 reached subject fidelity 0.904 and T = 3 0.817,
+   against plain LoRA's 0.888 (bench/results/drift.md's set-up); with those terms at their default weights, 0.770
+   (docs/regularizers.md#apt has the table). indicator_gap = "absolute" with
+   T = 1000 is the paper's form as reported (the `apt` recipe, trainers/recipes.py).
 2. Representation stabilization (RS): the per-channel mean and standard deviation (over tokens) of every
    watched feature h_l are matched to the frozen model's:
        λ_dist·Σ_l (mean_(b,c) (μ_θ − μ_pre)² + mean_(b,c) (σ_θ − σ_pre)²).
-3. Attention alignment (AA): every watched text-attention probability map A_l, averaged over heads, is matched
-   to the frozen model's: λ_attn·(1/L)·Σ_l mean_(b,q,k) (A_θ − A_pre)².
+3. Attention alignment (AA): every watched text-attention probability map A_l, averaged over heads (or, setting
+   attention_maps = "per head", each head's map), is matched to the frozen model's:
+   λ_attn·(1/L)·Σ_l mean_(b,[h,]q,k) (A_θ − A_pre)².
 
 What is watched, per architecture (the paper is written for SDXL's UNet; the DiT reading is this pack's):
 - UNet (SD1.x, SDXL): h_l = every self-attention (attn1) output; A_l = every cross-attention (attn2) map
@@ -32,8 +48,14 @@ the self-attention outputs are held as they come and reduced after their forward
 replacement per block (dit.py says, per family, where the text and image tokens are) that runs the block as the
 model would, reduces its image stream to statistics at once, and, inside the block, an
 `optimized_attention_override` that lets the model's own attention compute the output and adds the map
-(`dit.joint_text_map`, chunked over queries, nothing of size [B, H, N_img, N] kept for backward). Augmentation
-acts on the latents (the images are already encoded); reflection fills the borders. Choices where the paper is
+(`dit.joint_text_map`, chunked over queries, nothing of size [B, H, N_img, N] kept for backward).
+
+Augmentation (`zoom_out_rotate`) acts on the latents, not on pixels: the training pictures reach the trainer already
+encoded (Training Data encodes them once, before the first step), and decoding, augmenting and re-encoding every
+augmented sample would cost a VAE round trip per step. The VAE's latent is a local, 8× downsampled map of the picture,
+so shrinking it about its centre is close to encoding the shrunk picture; the uncovered border takes the per-channel
+mean of the latent's outer ring, i.e. the picture's background (a flat background encodes to a near-constant
+latent), never mirrored copies of the subject. Choices where the paper is
 silent or unconfirmed (α, T, p_max, clamping, latent-space augmentation, the DiT reading): see docs/papers.md §3;
 all but the DiT reading are settings.
 """
@@ -50,6 +72,17 @@ from .dit import DiTFamily, attention_heads, dit_family, joint_text_map
 from .knobs import MethodConfig, configured, knob
 
 
+INDICATOR_GAPS = {
+    "relative": "(m_pre − m_θ)/m_pre: the share of the base model's loss the LoRA has gained, whatever the model's loss "
+                "scale",
+    "absolute": "m_pre − m_θ in loss units, as the paper is reported (T = 1000 there)",
+}
+ATTENTION_MAPS = {
+    "head mean": "each layer's map averaged over heads (as attention maps are shown; the default λ_attn's scale)",
+    "per head": "every head's map (the formula as written; the same λ_attn pulls harder)",
+}
+
+
 @dataclass(frozen=True)
 class APTConfig(MethodConfig):
     """APT: Adaptive Personalized Training (Chae et al., CVPR 2025, arXiv 2507.02687); the module docstring has
@@ -62,13 +95,20 @@ class APTConfig(MethodConfig):
     attention_weight: λ_attn of attention alignment (AA), matching the head-averaged cross-attention probability
         maps (UNet) or the image-query × text-key block of each joint attention (DiT) to the base model's; 0 turns
         AA off. The maps' squared differences are ~1e-6, hence a large λ.
+    attention_maps: what AA compares: "head mean", the maps averaged over heads (the default: the paper's figures
+        compare per-token maps as attention is usually shown, averaged over heads, and λ_attn's default was set on
+        that scale); "per head", every head's map (A_l = softmax(QKᵀ/√d) per head, as the formula is written;
+        stricter: the mean squared difference over heads is at least that of the head means, so the same λ_attn
+        pulls harder, and heads cannot trade attention between them).
     p_max: upper bound of ATA's augmentation probability.
     zoom_max: ATA's zoom-out factor is drawn from [1, zoom_max] (paper: 1-3).
     rotation_degrees: ATA's rotation is drawn from ±this many degrees (paper: 15).
     bins: B, the number of timestep bins of the overfitting indicator (paper: 10).
     ema: α, the EMA rate of each bin's frozen and trained losses (0.1, as secondary sources report the paper's).
-    temperature: T in γ_b = clamp(1 − exp(−T·(m_pre − m_θ)), 0, 1) (1000, the number of timesteps, as secondary
-        sources report the paper's).
+    temperature: T in γ_b = clamp(1 − exp(−T·gap), 0, 1). Default 1 on the relative gap (the module docstring
+        says why); the paper, as secondary sources report it, uses T = 1000 on the absolute gap.
+    indicator_gap: the gap T multiplies: "relative", (m_pre − m_θ)/m_pre (the default); "absolute", m_pre − m_θ in
+        loss units (the paper as reported).
     """
 
     method: ClassVar[str] = "APT"
@@ -89,15 +129,20 @@ class APTConfig(MethodConfig):
     bins: int = knob(10, "Timestep bins of the indicator (paper: 10).", min=1, max=100)
     ema: float = knob(0.1, "EMA rate α of the per-bin losses (0.1 as reported from the paper by secondary sources).",
                       min=0.001, max=1.0, step=0.01)
-    temperature: float = knob(1000.0, "T in γ = 1 − exp(−T·(m_pre − m_θ)) (1000, the training timesteps, as reported "
-                              "from the paper by secondary sources).", min=1.0, max=1e6, step=10.0)
+    temperature: float = knob(1.0, "T in γ = 1 − exp(−T·gap). On the relative gap (the default) 1 gives γ ≈ the share "
+                              "of the base model's loss the LoRA has gained, at most 0.63; the paper, as reported, uses "
+                              "1000 on the absolute gap, which on small models stops the learning.", min=0.01, max=1e6,
+                              step=0.1)
+    indicator_gap: str = knob("relative", "What T multiplies in γ.", options=INDICATOR_GAPS)
+    attention_maps: str = knob("head mean", "What attention alignment compares.", options=ATTENTION_MAPS)
 
 
 class OverfitIndicator:
-    """Per-bin EMAs of the frozen and the trained model's losses, and γ from their gap (APT eq. for γ_b)."""
+    """Per-bin EMAs of the frozen and the trained model's losses, and γ from their gap (APT eq. for γ_b); `gap`
+    "absolute" is m_pre − m_θ, "relative" (m_pre − m_θ)/m_pre (INDICATOR_GAPS)."""
 
-    def __init__(self, bins: int, ema: float, temperature: float):
-        self.bins, self.ema, self.temperature = bins, ema, temperature
+    def __init__(self, bins: int, ema: float, temperature: float, gap: str = "absolute"):
+        self.bins, self.ema, self.temperature, self.relative = bins, ema, temperature, gap == "relative"
         self.reset()
 
     def reset(self) -> None:
@@ -122,6 +167,8 @@ class OverfitIndicator:
 
     def gamma(self, bins: torch.Tensor) -> torch.Tensor:
         gap = self.m_pre[bins.cpu()] - self.m_theta[bins.cpu()]
+        if self.relative:
+            gap = gap / self.m_pre[bins.cpu()].clamp_min(1e-12)
         g = torch.clamp(1 - torch.exp(-self.temperature * gap), 0.0, 1.0)
         return torch.where(self.seen[bins.cpu()], g, torch.zeros_like(g)).float()
 
@@ -132,14 +179,28 @@ class OverfitIndicator:
         self.m_pre, self.m_theta, self.seen = state["m_pre"].clone(), state["m_theta"].clone(), state["seen"].clone()
 
 
-def zoom_out_rotate(x: torch.Tensor, scale: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Shrink each sample's content by `scale` (≥ 1) and rotate it by `degrees`, borders reflected."""
+def border_fill(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-channel mean of the picture's outermost ring of pixels, [B, C]: the background a zoom-out
+    shows around the shrunk picture (photos of a subject have background at their edges)."""
+    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+    return ring.mean(dim=-1)
+
+
+def zoom_out_rotate(x: torch.Tensor, scale: torch.Tensor, degrees: torch.Tensor,
+                    fill: torch.Tensor | None = None) -> torch.Tensor:
+    """APT's augmentation: each sample's picture [B, C, H, W] shrunk about its centre by `scale` (≥ 1) and rotated by
+    `degrees`; every pixel the shrunk or turned picture no longer covers takes `fill` ([B, C]; default
+    `border_fill`, the picture's own background). One copy of the picture, not the mirrored tiles a reflecting
+    border would make. Bilinear; at scale 2 on an even-sized picture the pixels land exactly (one output pixel
+    from two input pixels' midpoint)."""
+    fill = (border_fill(x) if fill is None else fill).to(x).reshape(x.shape[0], x.shape[1], 1, 1)
     angle = degrees * math.pi / 180
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale  # sampling grid grows by `scale`: content shrinks
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # zeros outside the picture for x − fill, so fill outside it for x
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
 def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,8 +299,9 @@ def attention_probabilities(q, k, heads: int) -> torch.Tensor:
         return torch.softmax((q.float() @ k.float().transpose(-1, -2)) * d**-0.5, dim=-1)
 
 
-def attention_with_map(q, k, v, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(QKᵀ/√d)·V per head on projected [B, N, H·d] tensors, and the map averaged over heads [B, Nq, Nk].
+def attention_with_map(q, k, v, heads: int, per_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(QKᵀ/√d)·V per head on projected [B, N, H·d] tensors, and the map averaged over heads [B, Nq, Nk]
+    (`per_head`: every head's, [B, H, Nq, Nk]).
 
     One explicit softmax serves both. Backward keeps the per-head probabilities (Nk is the prompt's 77 tokens,
     small next to the activations: +1% peak memory on the bench model), which was measured faster than a fused
@@ -249,7 +311,7 @@ def attention_with_map(q, k, v, heads: int) -> tuple[torch.Tensor, torch.Tensor]
     b, nq, _ = q.shape
     values = v.view(b, v.shape[1], heads, -1).transpose(1, 2)
     out = (probs.to(v.dtype) @ values).transpose(1, 2).reshape(b, nq, -1)
-    return out, probs.mean(dim=1)
+    return out, probs if per_head else probs.mean(dim=1)
 
 
 @register
@@ -262,8 +324,9 @@ class APT(Regularizer):
         self.config = c = configured(APTConfig, config, overrides)
         self.ata = c.adaptive_adjustment
         self.lambda_dist, self.lambda_attn = c.representation_weight, c.attention_weight
+        self.per_head = c.attention_maps == "per head"
         self.p_max, self.zoom_max, self.rotation = c.p_max, c.zoom_max, c.rotation_degrees
-        self.indicator = OverfitIndicator(c.bins, c.ema, c.temperature)
+        self.indicator = OverfitIndicator(c.bins, c.ema, c.temperature, c.indicator_gap)
         self.captured: dict[str, dict] = {}  # per forward ("train", "frozen"): what the patches saw, until the loss
         self.setup: TrainingSetup | None = None
 
@@ -334,7 +397,7 @@ class APT(Regularizer):
         return n
 
     def _cross_attention(self, q, k, v, extra_options):
-        out, attention_map = attention_with_map(q, k, v, extra_options["n_heads"])
+        out, attention_map = attention_with_map(q, k, v, extra_options["n_heads"], self.per_head)
         self._store(extra_options, "maps", attention_map)
         return out
 
@@ -351,7 +414,8 @@ class APT(Regularizer):
             text, image, total = family.tokens(diffusion_model, key, args)
             maps: list = []
             if self.lambda_attn > 0:
-                override = _mapping_joint_attention(options.get("optimized_attention_override"), text, image, total, maps)
+                override = _mapping_joint_attention(options.get("optimized_attention_override"), text, image, total, maps,
+                                                    self.per_head)
                 options = {**options, "optimized_attention_override": override}
             out = family.run(diffusion_model, key, args, extra, options)
             if self.lambda_attn > 0:
@@ -400,7 +464,7 @@ class APT(Regularizer):
         return total
 
 
-def _mapping_joint_attention(previous, text: slice, image: slice, total: int, maps: list):
+def _mapping_joint_attention(previous, text: slice, image: slice, total: int, maps: list, per_head: bool = False):
     """An `optimized_attention_override` for one DiT block: every attention call runs as it would (the model's own
     attention function, or the override already in place), and the joint one (over all `total` tokens) adds its
     image-query × text-key map to `maps`."""
@@ -412,7 +476,7 @@ def _mapping_joint_attention(previous, text: slice, image: slice, total: int, ma
         skip_reshape = kwargs.get("skip_reshape", False)
         if attention_heads(q, heads, skip_reshape).shape[2] == total:
             # computed in a rerun too (gradient checkpointing recomputes what the first run saved, in order)
-            attention_map = joint_text_map(q, k, heads, skip_reshape, text, image, kwargs.get("mask"))
+            attention_map = joint_text_map(q, k, heads, skip_reshape, text, image, kwargs.get("mask"), per_head)
             if not override.done:
                 maps.append(attention_map)
         return out

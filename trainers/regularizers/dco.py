@@ -4,7 +4,10 @@
 
 F_ref is the frozen base model (the LoRA at strength 0, same x_t, σ and prompt), F* the native target
 (ε for ε-models). As in the official code, each squared error is the mean over the whole micro-batch
-before the log-sigmoid (not a per-sample, DPO-style loss). The loss rewards doing better than the base
+before the log-sigmoid (not a per-sample, DPO-style loss). With min-SNR-γ weighting on, the official code
+(customize.py, its `snr_gamma` branch) weights both errors alike: each sample's mean squared error times its
+min-SNR weight, then the batch mean; here each error takes the denoising loss's per-sample weight (min-SNR-γ, §1
+of docs/papers.md, and APT's 1 − γ where APT is chained too), which is all ones when weighting is off. The loss rewards doing better than the base
 model on the subject and saturates once the LoRA is ahead by ~1/β, which keeps it close to the base.
 
 In the paper, L_DCO is the whole training loss (`replace`); `add` keeps the denoising loss beside it.
@@ -43,10 +46,19 @@ class DCOConfig(MethodConfig):
     mode: str = knob("replace", "How the term enters the training loss.", options=MODES)
 
 
-def dco_loss(prediction, frozen_prediction, target, beta: float) -> torch.Tensor:
-    model_error = F.mse_loss(prediction.float(), target.float(), reduction="mean")
-    reference_error = F.mse_loss(frozen_prediction.float(), target.float(), reduction="mean")
+def dco_loss(prediction, frozen_prediction, target, beta: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L_DCO of one micro-batch; `weight` [B] weights each sample's squared error in both terms (None: all 1)."""
+    model_error = weighted_error(prediction, target, weight)
+    reference_error = weighted_error(frozen_prediction, target, weight)
     return -F.logsigmoid(-beta * (model_error - reference_error))
+
+
+def weighted_error(prediction, target, weight: torch.Tensor | None) -> torch.Tensor:
+    """mean_b (w_b · mean of sample b's squared error); unweighted, the mean over the whole batch."""
+    if weight is None:
+        return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+    per_sample = (prediction.float() - target.float()).square().mean(dim=tuple(range(1, prediction.ndim)))
+    return (per_sample * weight.to(per_sample)).mean()
 
 
 @register
@@ -64,4 +76,4 @@ class DCO(Regularizer):
         return self.config.as_dict()
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
-        return self.weight * dco_loss(ctx.prediction, ctx.frozen_prediction, ctx.target, self.beta)
+        return self.weight * dco_loss(ctx.prediction, ctx.frozen_prediction, ctx.target, self.beta, ctx.weight)

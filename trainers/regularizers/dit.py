@@ -128,7 +128,8 @@ def _chunks(queries: int, per_query_bytes: int):
 
 
 class JointTextMap(torch.autograd.Function):
-    """The head-averaged joint attention probabilities of image queries over text keys (apt.joint_text_map).
+    """The head-averaged joint attention probabilities of image queries over text keys (apt.joint_text_map), or each
+    head's (`per_head`: [B, H, N_img, N_txt]; then g = G per head, undivided, below).
 
     Forward reduces the logits over all keys chunk by chunk of queries and keeps only the map and the log-sum-exp
     per query and head; backward recomputes each chunk's probabilities P from q, k and the log-sum-exp. The map
@@ -140,24 +141,29 @@ class JointTextMap(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, text_start: int, text_stop: int, bias):
+    def forward(ctx, q, k, text_start: int, text_stop: int, bias, per_head: bool = False):
         with torch.autocast(q.device.type, enabled=False):  # float32 logits under bf16/fp16 training too
-            return JointTextMap._forward(ctx, q, k, text_start, text_stop, bias)
+            return JointTextMap._forward(ctx, q, k, text_start, text_stop, bias, per_head)
 
     @staticmethod
-    def _forward(ctx, q, k, text_start: int, text_stop: int, bias):
+    def _forward(ctx, q, k, text_start: int, text_stop: int, bias, per_head: bool):
         dtype = torch.promote_types(q.dtype, torch.float32)
         b, heads, queries, d = q.shape
         scale = d**-0.5
         kf = k.to(dtype)
-        out = q.new_empty((b, queries, text_stop - text_start), dtype=dtype)
+        out = q.new_empty((b, heads, queries, text_stop - text_start) if per_head else (b, queries, text_stop - text_start),
+                          dtype=dtype)
         lse = q.new_empty((b, heads, queries), dtype=dtype)
         for start, stop in _chunks(queries, b * heads * k.shape[2] * 4):
             s = _logits(q[:, :, start:stop].to(dtype), kf, scale, None if bias is None else bias[..., start:stop, :])
             lse[:, :, start:stop] = torch.logsumexp(s, dim=-1)
-            out[:, start:stop] = torch.exp(s[..., text_start:text_stop] - lse[:, :, start:stop, None]).mean(dim=1)
+            p = torch.exp(s[..., text_start:text_stop] - lse[:, :, start:stop, None])
+            if per_head:
+                out[:, :, start:stop] = p
+            else:
+                out[:, start:stop] = p.mean(dim=1)
         ctx.save_for_backward(q, k, lse, bias)
-        ctx.text = (text_start, text_stop)
+        ctx.text, ctx.per_head = (text_start, text_stop), per_head
         return out
 
     @staticmethod
@@ -172,7 +178,7 @@ class JointTextMap(torch.autograd.Function):
         b, heads, queries, d = q.shape
         scale = d**-0.5
         kf = k.to(dtype)
-        g = grad.to(dtype).unsqueeze(1) / heads  # [B, 1, Nq, N_txt]
+        g = grad.to(dtype) if ctx.per_head else grad.to(dtype).unsqueeze(1) / heads  # [B, H or 1, Nq, N_txt]
         dq = torch.zeros(q.shape, dtype=dtype, device=q.device) if ctx.needs_input_grad[0] else None
         dk = torch.zeros(k.shape, dtype=dtype, device=k.device) if ctx.needs_input_grad[1] else None
         for start, stop in _chunks(queries, b * heads * k.shape[2] * 4):
@@ -186,7 +192,7 @@ class JointTextMap(torch.autograd.Function):
                 dq[:, :, start:stop] = (ds @ kf) * scale
             if dk is not None:
                 dk += (ds.transpose(-1, -2) @ qc) * scale
-        return (None if dq is None else dq.to(q.dtype), None if dk is None else dk.to(k.dtype), None, None, None)
+        return (None if dq is None else dq.to(q.dtype), None if dk is None else dk.to(k.dtype), None, None, None, None)
 
 
 def attention_bias(mask, batch: int, queries: slice, dtype) -> torch.Tensor | None:
@@ -205,10 +211,12 @@ def attention_bias(mask, batch: int, queries: slice, dtype) -> torch.Tensor | No
     return mask.to(dtype)
 
 
-def joint_text_map(q, k, heads: int, skip_reshape: bool, text: slice, image: slice, mask=None) -> torch.Tensor:
+def joint_text_map(q, k, heads: int, skip_reshape: bool, text: slice, image: slice, mask=None,
+                   per_head: bool = False) -> torch.Tensor:
     """Attention alignment's map on a DiT: softmax(QKᵀ/√d) of the joint attention over all keys, per head, then
     the block of image queries × text keys, averaged over heads: [B, N_img, N_txt] (float32, or float64 inputs'
-    precision). q and k as the attention function received them (see `attention_heads`)."""
+    precision); with `per_head`, each head's: [B, H, N_img, N_txt]. q and k as the attention function received them
+    (see `attention_heads`)."""
     q4, k4 = attention_heads(q, heads, skip_reshape), attention_heads(k, heads, skip_reshape)
     bias = attention_bias(mask, q4.shape[0], image, torch.promote_types(q.dtype, torch.float32))
-    return JointTextMap.apply(q4[:, :, image], k4, text.start, text.stop, bias)
+    return JointTextMap.apply(q4[:, :, image], k4, text.start, text.stop, bias, per_head)
