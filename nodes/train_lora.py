@@ -101,9 +101,14 @@ class TrainLora(CheckedNode):
                 io.Vae.Input("vae", optional=True, tooltip="Decodes the validation images (the model's VAE)."),
                 io.Float.Input("weight_decay", default=d.weight_decay, min=0.0, max=1.0, step=0.001, round=False, optional=True,
                                tooltip=f"AdamW's decoupled weight decay: each step multiplies the LoRA weights by 1 - "
-                               f"learning_rate x this (Adam and SGD use none). {d.weight_decay:g} is torch's and diffusers' "
+                               f"learning_rate x this (AdamW8bit and Prodigy too; Adam and SGD use none). {d.weight_decay:g} is torch's and diffusers' "
                                "DreamBooth-LoRA default; at lr 1e-4 over 500 steps it shrinks the LoRA by 0.05%, next to "
                                "nothing. 0 = off, as Preserve & Personalize's SD1.5 LoRA recipe trains."),
+                io.Boolean.Input("tensorboard", default=True, optional=True,
+                                 tooltip="Write TensorBoard event files into models/loras/<run_name>/ (loss, each "
+                                 "regularizer's term, learning rate, APT's gamma per timestep bin, validation images); "
+                                 "view with: tensorboard --logdir models/loras. Needs pip install tensorboard: "
+                                 "without it the run trains as usual and the log says no events were written."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The input model with the trained LoRA applied."),
@@ -138,9 +143,10 @@ class TrainLora(CheckedNode):
     @classmethod
     def execute(cls, model, training_data, run_name, checkpoint_every, resume_from="", regularizer=None,
                 validation_every=0, validation_prompt="", validation_seed=0, validation_steps=20, validation_cfg=5.0,
-                clip=None, vae=None, initial_lora=None, **knobs):
+                clip=None, vae=None, initial_lora=None, tensorboard=True, **knobs):
         from ..lora.files import LoraWeights, lora_metadata, save_lora
         from ..lora.targets import check_supported
+        from ..trainers.logs import RunLog
         from ..trainers.loop import train_lora
         from ..trainers.start import InitialLora, with_initial_lora
         from ..trainers.report import loss_plot
@@ -176,18 +182,25 @@ class TrainLora(CheckedNode):
         report = progress_reporter(cls.hidden.unique_id, config.steps)
         validation = _validation(validation_every, validation_prompt, validation_seed, validation_steps, validation_cfg,
                                  clip, vae, training_data)
+        log = RunLog.open(run_folder, (resume.step if resume is not None else 0) + 1, tensorboard)
+        validation.log = log
 
         def on_step(step, total, loss, rate, trained_model):
             report(step, total, loss, rate)
             validation(step, total, trained_model)
 
-        result = train_lora(
-            model, training_data, config, regularizers, resume,
-            on_step=on_step,
-            on_checkpoint=on_checkpoint,
-            check_interrupt=check_interrupt,
-            initial_lora=initial_lora,
-        )
+        try:
+            result = train_lora(
+                model, training_data, config, regularizers, resume,
+                on_step=on_step,
+                on_checkpoint=on_checkpoint,
+                check_interrupt=check_interrupt,
+                initial_lora=initial_lora,
+                log=log,
+            )
+        finally:
+            if log is not None:
+                log.close()
         meta = lora_metadata(config, result.base_fingerprint, result.steps_done, training_data.captions, regularizers,
                              result.adapter)
         lora = LoraWeights(result.adapter.lora_state_dict(), meta)
@@ -212,8 +225,11 @@ def _validation(every, prompt, seed, steps, cfg, clip, vae, training_data):
         if every and (step % every == 0 or step == total):
             images.append(sample_preview(model, positive, negative, vae, seed=seed, steps=steps, cfg=cfg,
                                          latent_shape=training_data.preview_shape))
+            if callback.log is not None:
+                callback.log.image(step, images[-1])
 
     callback.images = lambda: torch.cat(images) if images else torch.zeros(1, 64, 64, 3)
+    callback.log = None  # a RunLog the images also go to
     return callback
 
 

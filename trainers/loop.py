@@ -22,7 +22,9 @@ from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
 from .data import TrainingData
 from .model_state import frozen_base, gradient_checkpointing, outside_inference_mode, release_inference_tensors
+from .logs import term_keys
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
+from .optimizers import make_optimizer
 from .patches import with_patches
 from .regularizers import PASS_KEY, Regularizer, StepContext, TrainingSetup
 from .schedules import lr_factor
@@ -45,17 +47,6 @@ class TrainResult:
     checkpoints: list = field(default_factory=list)
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """`weight_decay` is AdamW's decoupled decay; Adam and SGD train without any (config.OPTIMIZERS)."""
-    if name == "AdamW":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "Adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "SGD":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
 def check_latents(model_patcher, data: TrainingData) -> None:
     channels = model_patcher.model.latent_format.latent_channels
     if data.channels != channels:
@@ -75,6 +66,7 @@ def train_lora(
     on_checkpoint: Callable | None = None,
     check_interrupt: Callable | None = None,
     initial_lora: InitialLora | dict | None = None,
+    log=None,  # a logs.RunLog: each step's losses, learning rate and regularizer values
 ) -> TrainResult:
     """Train a LoRA on a clone of `model_patcher`; the input patcher and its weights are left as they were.
 
@@ -94,7 +86,7 @@ def train_lora(
         resume.check_regularizers(regularizers)
     run = TrainingRun(model_patcher, data, config, list(regularizers), resume, base_fingerprint,
                       None if initial is None else initial.weights)
-    run.train(on_step, on_checkpoint, check_interrupt)
+    run.train(on_step, on_checkpoint, check_interrupt, log)
     run.adapter.strength = 1.0
     if run.extra_adapters:  # the MODEL handed on carries the trained LoRA only
         for adapter in run.extra_adapters:
@@ -142,6 +134,7 @@ class TrainingRun:
             self.stream.load_state(resume.data_state())
             self.start_step, self.losses = resume.step, resume.losses()
         self.resumed_losses = len(self.losses)
+        self.term_keys, self.step_terms = term_keys(regularizers), {}  # each term of the last step's loss, for logs
         self.model = self.clone.model
         self.model_sampling = self.clone.get_model_object("model_sampling")
         # one [N, C, h, w] batch, or one [1, C, h, w] per example when the photos have several sizes (buckets)
@@ -223,7 +216,7 @@ class TrainingRun:
         self.losses.append(loss)
         return loss
 
-    def train(self, on_step, on_checkpoint, check_interrupt):
+    def train(self, on_step, on_checkpoint, check_interrupt, log=None):
         config = self.config
         started = time.perf_counter()
         with self.training_mode():
@@ -232,6 +225,8 @@ class TrainingRun:
                     check_interrupt()
                 loss = self._advance()
                 done = step + 1
+                if log is not None:
+                    log.write_step(done, self)
                 if on_step is not None:
                     rate = (done - self.start_step) / max(time.perf_counter() - started, 1e-9)
                     on_step(done, config.steps, loss, rate, self.clone)
@@ -242,7 +237,7 @@ class TrainingRun:
         config = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = config.learning_rate * lr_factor(step, config.steps, config.schedule, config.warmup_steps)
-        step_loss = 0.0
+        step_loss, self.step_terms = 0.0, {}
         for _ in range(config.grad_accumulation):
             total = _micro_step(self, step)
             if not torch.isfinite(total):
@@ -316,13 +311,16 @@ def _micro_step(run: TrainingRun, step: int) -> torch.Tensor:
     for regularizer in run.regularizers:
         weight = weight * regularizer.denoising_weight(u).to(weight.device)
     denoise = denoising_loss(prediction, target, weight, pixel_weight).mean()
+    _add_term(run, "denoising", denoise)
     replaced = any(r.replaces_denoising_loss for r in run.regularizers)
     total = denoise.new_zeros(()) if replaced else denoise
     if run.regularizers:
         ctx = StepContext(x0, u, noise, sigma, x_t, inputs, prediction, target, weight, denoise, run.adapter, step,
                           run.setup, frozen=frozen, caption_inputs=captions)
-        for regularizer in run.regularizers:
-            total = total + regularizer.loss(ctx)
+        for key, regularizer in zip(run.term_keys, run.regularizers):
+            term = regularizer.loss(ctx)
+            _add_term(run, key, term)
+            total = total + term
     return total
 
 
@@ -350,6 +348,12 @@ def _null_inputs(run: TrainingRun, shape: tuple) -> dict:
         latent = torch.zeros(1, *shape, device=run.device)
         run.null_by_shape[shape] = model_inputs(run.model, run.null_conditioning, latent)
     return run.null_by_shape[shape]
+
+
+def _add_term(run: TrainingRun, key: str, value: torch.Tensor) -> None:
+    """Accumulate one term of the step's loss (mean over micro-batches, as the step's loss); no sync with the device."""
+    share = value.detach() / run.config.grad_accumulation
+    run.step_terms[key] = run.step_terms[key] + share if key in run.step_terms else share
 
 
 def frozen_prediction(run: TrainingRun, x_t, sigma, inputs, coefficients: Coefficients) -> torch.Tensor:

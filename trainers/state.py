@@ -24,7 +24,7 @@ def save_state(path: pathlib.Path, *, adapter, optimizer, stream, generator, ste
     optim = optimizer.state_dict()
     scalars = {}
     for idx, entry in optim["state"].items():
-        for name, value in entry.items():
+        for name, value in _flatten(entry):
             if isinstance(value, torch.Tensor):
                 tensors[f"optim.{idx}.{name}"] = value
             else:
@@ -44,6 +44,23 @@ def save_state(path: pathlib.Path, *, adapter, optimizer, stream, generator, ste
         "optimizer_scalars": scalars,
     }
     save_safetensors_atomic(tensors, path, metadata)
+
+
+def _flatten(entry: dict, prefix: str = ""):
+    """(dotted name, value) of a parameter's optimizer state; nested dicts (bitsandbytes keeps its quantization
+    tensors in one) become dotted names, which `ResumeState.optimizer_state` nests again."""
+    for name, value in entry.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _nest(state: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for name in parents:
+        state = state.setdefault(name, {})
+    state[last] = value
 
 
 class ResumeState:
@@ -95,10 +112,10 @@ class ResumeState:
         for key, value in self.tensors.items():
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = value.clone()
+                _nest(state.setdefault(int(idx), {}), name, value.clone())
         for key, value in self.meta["optimizer_scalars"].items():
             idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = value
+            _nest(state.setdefault(int(idx), {}), name, value)
         return {"state": state, "param_groups": self.meta["optimizer_param_groups"]}
 
     def data_state(self) -> dict[str, torch.Tensor]:

@@ -111,6 +111,7 @@ class Regularizer(ABC):
     | examples_on_batch                   | continual (DSC)                          |
     | initial_lora, extra_adapters        | continual                                |
     | add_parameter_gradients             | parameter anchor                         |
+    | log_values                          | APT (γ per timestep bin)                 |
     """
 
     name = "base"
@@ -179,6 +180,11 @@ class Regularizer(ABC):
         """For a term of the LoRA weights alone: add `scale` × its gradient to the factors' gradients in closed
         form, once per optimizer step after the backward passes; its `loss` then returns the value without a
         graph. `scale` is the loss scale of fp16 training (1 otherwise). The parameter anchor."""
+
+    def log_values(self) -> dict[str, torch.Tensor]:
+        """Values the run's log (TensorBoard) shows after each step besides the term itself, by name: a scalar, or a
+        1-D tensor shown as one value per index. APT's γ per timestep bin."""
+        return {}
 
     @abstractmethod
     def loss(self, ctx: StepContext) -> torch.Tensor:

@@ -344,6 +344,10 @@ class APT(Regularizer):
         if state:
             self.indicator.load_state_dict(state)
 
+    def log_values(self) -> dict[str, torch.Tensor]:
+        """γ of every timestep bin (0 where the bin has not been seen yet), as the next step will use it."""
+        return {"gamma": self.indicator.gamma(torch.arange(self.indicator.bins))} if self.ata else {}
+
     # ---- ATA: before the forward ------------------------------------------------------------
     def augment(self, x0: torch.Tensor, u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment each sample with probability min(γ of its bin, p_max)."""
