@@ -29,6 +29,7 @@ file stores bit for bit (state.py).
 import contextlib
 import functools
 import importlib.util
+import io
 import logging
 
 import torch
@@ -72,7 +73,8 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> t
     if name == "Prodigy":
         from prodigyopt import Prodigy
 
-        return Prodigy(params, lr=lr, weight_decay=weight_decay, **PRODIGY)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using decoupled weight decay" to stdout
+            return Prodigy(params, lr=lr, weight_decay=weight_decay, **PRODIGY)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

@@ -22,10 +22,13 @@ def save_state(path: pathlib.Path, *, adapter, optimizer, stream, generator, ste
     for i, regularizer in enumerate(regularizers):
         tensors.update({f"reg.{i}.{k}": v for k, v in regularizer.state_dict().items()})
     optim = optimizer.state_dict()
-    scalars = {}
+    scalars, stored = {}, set()
     for idx, entry in optim["state"].items():
         for name, value in _flatten(entry):
             if isinstance(value, torch.Tensor):
+                if value.data_ptr() in stored:  # one tensor in several places (bitsandbytes' quantization maps)
+                    value = value.clone()
+                stored.add(value.data_ptr())
                 tensors[f"optim.{idx}.{name}"] = value
             else:
                 scalars[f"{idx}.{name}"] = value

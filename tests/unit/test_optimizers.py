@@ -75,8 +75,10 @@ class _Stub:
 
 def _params():
     g = torch.Generator().manual_seed(0)
-    # 8192 elements: bitsandbytes quantizes its moments to 8 bits; 24: it keeps them in 32 bits (under min_8bit_size)
-    return [torch.nn.Parameter(torch.randn(64, 128, generator=g)), torch.nn.Parameter(torch.randn(4, 6, generator=g))]
+    # 8192 and 5000 elements: bitsandbytes quantizes their moments to 8 bits (with one quantization map, shared);
+    # 24: it keeps them in 32 bits (under min_8bit_size)
+    return [torch.nn.Parameter(torch.randn(64, 128, generator=g)), torch.nn.Parameter(torch.randn(50, 100, generator=g)),
+            torch.nn.Parameter(torch.randn(4, 6, generator=g))]
 
 
 def _grads(params, seed):
@@ -119,7 +121,8 @@ def test_optimizer_state_survives_the_state_file_bit_for_bit(name, tmp_path):
         _step(straight, params, seed)
     if name == "AdamW8bit":
         state = straight.state[params[0]]
-        assert state["state1"].dtype == torch.uint8 and straight.state[params[1]]["state1"].dtype == torch.float32
+        assert state["state1"].dtype == torch.uint8 and straight.state[params[2]]["state1"].dtype == torch.float32
+        assert state["qmap1"] is straight.state[params[1]]["qmap1"]
     save_state(tmp_path / "s.train-state", **_Stub().kwargs(straight))
 
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
