@@ -21,8 +21,8 @@ from .cast_weights import recast_in_backward
 from .conditioning import batch_inputs, model_inputs
 from .config import TrainConfig
 from .data import TrainingData
-from .model_state import frozen_base, gradient_checkpointing, outside_inference_mode, release_inference_tensors
 from .logs import term_keys
+from .model_state import frozen_base, gradient_checkpointing, outside_inference_mode, release_inference_tensors
 from .objective import Coefficients, denoising_loss, min_snr_weight, sample_sigmas
 from .optimizers import make_optimizer
 from .patches import with_patches
