@@ -141,3 +141,18 @@ def test_the_node_trains_without_tensorboard_and_says_so(run_prompt, comfy_host,
     off = run_prompt(_graph(run_name="switched_off", tensorboard=False))
     assert off.success, off.error
     assert not list((comfy_host.base_directory / "models" / "loras" / "switched_off").glob("events.out.tfevents.*"))
+
+
+def test_the_nodes_resumed_log_holds_every_step_once(run_prompt, comfy_host):
+    """3 steps with a checkpoint at 2, then 'latest' resumed to 4: the run folder's log shows steps 1-4 once, with the
+    losses of 4 steps straight (step 3 of the first attempt, after its last checkpoint, is dropped)."""
+    loras = comfy_host.base_directory / "models" / "loras"
+    for overrides in ({"steps": 3, "checkpoint_every": 2}, {"steps": 4, "checkpoint_every": 2, "resume_from": "latest"}):
+        result = run_prompt(_graph(run_name="logged_resume", **overrides))
+        assert result.success, result.error
+    straight = run_prompt(_graph(run_name="logged_straight", steps=4))
+    assert straight.success, straight.error
+    resumed, _ = _read(loras / "logged_resume")
+    direct, _ = _read(loras / "logged_straight")
+    assert [s for s, _ in resumed["loss/total"]] == [1, 2, 3, 4]
+    assert resumed["loss/total"] == direct["loss/total"]
