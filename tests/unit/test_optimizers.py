@@ -180,3 +180,13 @@ def test_8bit_adamw_runs_on_this_cpu():
     opt = make_optimizer("AdamW8bit", params, 1e-2)
     _step(opt, params, 0)
     assert all((a - b).abs().max() > 1e-4 for a, b in zip(params, before))
+
+
+@pytest.mark.parametrize("name,applied", [("AdamW", 0.05), ("AdamW8bit", 0.05), ("Prodigy", 0.05), ("Adam", 0.0)])
+def test_weight_decay_reaches_the_decoupled_optimizers(name, applied):
+    if optimizers.missing_package(name):
+        pytest.skip(optimizers.missing_package(name))
+    config = TrainConfig(optimizer=name, weight_decay=0.05, learning_rate=1.0 if name == "Prodigy" else 1e-4)
+    assert config.effective_weight_decay() == applied
+    optimizer = make_optimizer(name, _params(), config.learning_rate, config.effective_weight_decay())
+    assert optimizer.param_groups[0].get("weight_decay", 0.0) == applied
