@@ -81,27 +81,26 @@ def apply_job(prompt: dict, record: dict, object_info: dict | None = None) -> di
     for axis, value in axes.items():
         if isinstance(value, dict) and NODE in value:
             bound = {s.partition(".")[2] for s in bindings if s.partition(".")[0] == axis}
-            new_id = f"sweep_{axis}"
+            info = (object_info or {}).get(value[NODE])
+            if object_info is not None and info is None:
+                raise JobError(f"grid.{axis}: node = {value[NODE]!r} is not a node type ComfyUI knows")
             inputs = {}
             for k, v in value.items():
                 if k in (NAME, NODE, INTO, "folder_sha256") or k in bound:
                     continue
                 inputs[k] = _link(prompt, v) if isinstance(v, str) and v.startswith("@") else v
-            info = (object_info or {}).get(value[NODE])
-            if object_info is not None and info is None:
-                raise JobError(f"grid.{axis}: node = {value[NODE]!r} is not a node type ComfyUI knows")
             for name, spec in (info or {}).get("input", {}).get("required", {}).items():
                 if name not in inputs and len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]:
                     inputs[name] = spec[1]["default"]
-            prompt[new_id] = {"class_type": value[NODE], "inputs": inputs,
-                              "_meta": {"title": f"{value.get(NAME, value[NODE])} (sweep)"}}
             selector, name = _split_target(value.get(INTO, DEFAULT_INTO))
             for node_id in select_nodes(prompt, selector):
-                if node_id == new_id:
+                if node_id.startswith("sweep_"):
                     continue
+                new_id = f"sweep_{axis}_{node_id}"  # one per target: each chains what its target had
                 target_inputs = prompt[node_id].setdefault("inputs", {})
-                if isinstance(target_inputs.get(name), list):
-                    inputs.setdefault("chain", target_inputs[name])
+                chained = {"chain": target_inputs[name]} if isinstance(target_inputs.get(name), list) else {}
+                prompt[new_id] = {"class_type": value[NODE], "inputs": {**inputs, **chained},
+                                  "_meta": {"title": f"{value.get(NAME, value[NODE])} (sweep)"}}
                 target_inputs[name] = [new_id, 0]
     return prompt
 

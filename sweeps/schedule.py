@@ -129,7 +129,7 @@ def _follow(refs: dict, store: Store, report: dict, slots: int, poll_s: float, s
                 store.record_failure(job.key, {"key": job.key, "label": job.label, "record": job.record,
                                                "error": error, "attempts": attempts, "failed": time.time()})
                 report["failed"][job.key] = error
-                say(f"FAILED {job.key} {job.label} after {attempts} attempt(s): {error.splitlines()[0] if error else ''}")
+                say(f"FAILED {job.key} {job.label} after {attempts} attempt(s): {' '.join(error.split())[:400]}")
                 continue
             if result.get("skipped"):
                 report["skipped"] += 1

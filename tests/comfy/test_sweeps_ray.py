@@ -1,0 +1,122 @@
+"""Sweeps on a local Ray cluster of 2 CPU workers, each running the tiny example workflow in-process on ComfyUI: jobs
+land once in the results folder, a worker killed mid-job leaves no partial result and its job is retried and counted
+once, a job that fails twice is reported with its error while the rest go on, and a rerun skips what is done."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from driftless.sweeps import schedule, spec, store
+
+pytestmark = pytest.mark.timeout(300)
+
+SPEC = """
+workflow = "{workflow}"
+retries = 1
+[grid]
+seed = [0, 1]
+steps = [4]
+sample_steps = [2]
+[[grid.method]]
+name = "plain"
+[[grid.method]]
+name = "broken"
+node = "DriftlessParameterAnchor"
+form = "no such form"
+[set]
+seed = ["DriftlessTrainLoRA.seed", "RandomNoise.noise_seed", "KSampler.seed"]
+steps = "DriftlessTrainLoRA.steps"
+sample_steps = ["BasicScheduler.steps", "KSampler.steps"]
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _kill_mid_job(results, label_part: str, seen: dict, stop: threading.Event):
+    """Kill the worker running the job whose label has `label_part` once its workflow is executing nodes; note what
+    the results folder held at that moment."""
+    s = store.Store(results)
+    while not stop.is_set():
+        for key, info in s.running(live_only=True).items():
+            if label_part not in info.get("label", ""):
+                continue
+            logs = list((s.root / "tmp").glob(f"{key}.*/log.txt"))
+            if logs and "[runner] node" in logs[0].read_text():
+                os.kill(info["pid"], signal.SIGKILL)
+                seen.update(key=key, pid=info["pid"], committed_then=s.job_dir(key).exists(),
+                            partial_then=sorted(p.name for p in logs[0].parent.iterdir()))
+                return
+        time.sleep(0.02)
+
+
+def test_a_sweep_survives_a_killed_worker_and_failing_jobs(ray_cluster, repo, tmp_path):
+    workflow = repo / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json"
+    path = tmp_path / "sweep.toml"
+    path.write_text(SPEC.format(workflow=workflow))
+    sweep = spec.load_sweep(path, tmp_path / "results")
+    assert len(sweep.jobs) == 4
+    seen, stop = {}, threading.Event()
+    killer = threading.Thread(target=_kill_mid_job, args=(sweep.results, "seed=0 steps=4 sample_steps=2 method=plain",
+                                                           seen, stop))
+    killer.start()
+    log = open(tmp_path / "progress.txt", "w+")
+    try:
+        report = schedule.run_sweep(sweep, stream=log, poll_s=0.1)
+    finally:
+        stop.set()
+        killer.join()
+    log.seek(0)
+    progress = log.read()
+    assert seen, "the job to kill was never seen running:\n" + progress
+    assert seen["committed_then"] is False and "job.json" in seen["partial_then"]  # killed mid-job, not committed
+
+    s = store.Store(sweep.results)
+    plain = {j.key: j for j in sweep.jobs if "plain" in j.label}
+    broken = {j.key: j for j in sweep.jobs if "broken" in j.label}
+    assert report["done"] == 2 and set(report["failed"]) == set(broken), progress
+    finished = s.finished()
+    assert set(finished) == set(plain)  # committed once each; the failures nowhere among them
+    killed = finished[seen["key"]]
+    assert killed["attempt"] == 2 and killed["pid"] != seen["pid"], killed
+    other = finished[next(k for k in plain if k != seen["key"])]
+    assert other["attempt"] == 1
+    for key, result in finished.items():  # every file the result names is there, whole
+        folder = s.job_dir(key)
+        assert all((folder / f).is_file() for f in result["files"]) and "loras/driftless_demo/lora.safetensors" in result["files"]
+        from safetensors.torch import load_file
+
+        assert load_file(folder / "loras" / "driftless_demo" / "lora.safetensors")
+        assert any(k.endswith("metrics.clip_i") for k in result["metrics"])
+        assert json.loads((folder / "job.json").read_text())["record"] == plain[key].record
+    assert list((sweep.results / "tmp").iterdir()) == [] and list((sweep.results / "running").iterdir()) == []
+    failures = s.failures()
+    assert set(failures) == set(broken)
+    for f in failures.values():
+        assert f["attempts"] == 2 and "no such form" in f["error"], f
+    rows = json.loads((sweep.results / "summary.json").read_text())["rows"]
+    counted = {r["group"]: r["n"] for r in rows if r["metric"].endswith("metrics.clip_i")}
+    assert counted == {"steps=4 sample_steps=2 method=plain": 2}  # two seeds, the retried one counted once
+    assert "FAILED" in progress and "attempt 2" in progress and "eta" in progress
+    assert "no such form" in (sweep.results / "summary.md").read_text()
+
+    # a rerun skips the finished jobs (their files untouched) and tries the failed ones again
+    before = {k: (s.job_dir(k) / "result.json").read_bytes() for k in plain}
+    again = schedule.run_sweep(spec.load_sweep(path, tmp_path / "results"), stream=log, poll_s=0.1)
+    assert again["done"] == 0 and again["skipped"] == 2 and set(again["failed"]) == set(broken)
+    assert {k: (s.job_dir(k) / "result.json").read_bytes() for k in plain} == before
+
+    # the retried job's numbers are those of a clean run of the same job (CPU, fp32: bit-identical)
+    clean = schedule.run_sweep(spec.load_sweep(path, tmp_path / "clean"), stream=log, poll_s=0.1)
+    assert clean["done"] == 2
+    assert store.Store(tmp_path / "clean").result(seen["key"])["metrics"] == killed["metrics"]
