@@ -175,8 +175,8 @@ def _run_workflow(record: dict, tmp: pathlib.Path, workflow_path: str, folders: 
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            for name, data in files.items():
-                (partial / pathlib.Path(name).name).write_bytes(data)
+            for name, content in files.items():
+                (partial / pathlib.Path(name).name).write_bytes(content)
             os.replace(partial, target)
     for message in runner.write_demo_assets(data):
         print(message, file=log, flush=True)

@@ -21,6 +21,9 @@ retries = 1
 seed = [0, 1]
 steps = [4]
 sample_steps = [2]
+[[grid.subject]]
+name = "noise"
+folder = "pictures"
 [[grid.method]]
 name = "plain"
 [[grid.method]]
@@ -31,6 +34,7 @@ form = "no such form"
 seed = ["DriftlessTrainLoRA.seed", "RandomNoise.noise_seed", "KSampler.seed"]
 steps = "DriftlessTrainLoRA.steps"
 sample_steps = ["BasicScheduler.steps", "KSampler.steps"]
+"subject.folder" = "DriftlessLoadImages.files"
 """
 
 
@@ -64,10 +68,17 @@ def test_a_sweep_survives_a_killed_worker_and_failing_jobs(ray_cluster, repo, tm
     workflow = repo / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json"
     path = tmp_path / "sweep.toml"
     path.write_text(SPEC.format(workflow=workflow))
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "pictures").mkdir()
+    for i in range(2):  # the subject: two seeded noise pictures, copied to each worker through Ray
+        pixels = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "pictures" / f"p{i}.png")
     sweep = spec.load_sweep(path, tmp_path / "results")
     assert len(sweep.jobs) == 4
     seen, stop = {}, threading.Event()
-    killer = threading.Thread(target=_kill_mid_job, args=(sweep.results, "seed=0 steps=4 sample_steps=2 method=plain",
+    killer = threading.Thread(target=_kill_mid_job, args=(sweep.results, "seed=0 steps=4 sample_steps=2 subject=noise method=plain",
                                                            seen, stop))
     killer.start()
     log = open(tmp_path / "progress.txt", "w+")
@@ -99,6 +110,10 @@ def test_a_sweep_survives_a_killed_worker_and_failing_jobs(ray_cluster, repo, tm
         assert load_file(folder / "loras" / "driftless_demo" / "lora.safetensors")
         assert any(k.endswith("metrics.clip_i") for k in result["metrics"])
         assert json.loads((folder / "job.json").read_text())["record"] == plain[key].record
+        prompt = json.loads((folder / "prompt.json").read_text())
+        assert prompt["3"]["inputs"]["files"].startswith("sweep_inputs/")
+        report = json.loads(next((folder / "output").rglob("metrics_*.json")).read_text())
+        assert report["counts"]["reference"] == 2  # the subject folder's two pictures (the demo's photos are three)
     assert list((sweep.results / "tmp").iterdir()) == [] and list((sweep.results / "running").iterdir()) == []
     failures = s.failures()
     assert set(failures) == set(broken)
@@ -106,7 +121,7 @@ def test_a_sweep_survives_a_killed_worker_and_failing_jobs(ray_cluster, repo, tm
         assert f["attempts"] == 2 and "no such form" in f["error"], f
     rows = json.loads((sweep.results / "summary.json").read_text())["rows"]
     counted = {r["group"]: r["n"] for r in rows if r["metric"].endswith("metrics.clip_i")}
-    assert counted == {"steps=4 sample_steps=2 method=plain": 2}  # two seeds, the retried one counted once
+    assert counted == {"steps=4 sample_steps=2 subject=noise method=plain": 2}  # two seeds, the retried one counted once
     assert "FAILED" in progress and "attempt 2" in progress and "eta" in progress
     assert "no such form" in (sweep.results / "summary.md").read_text()
 
