@@ -1,7 +1,7 @@
 """`python -m driftless.sweeps SPEC`: run a sweep (behind `./driftless sweep`; docs/sweeps.md).
 
 Exit codes: 0 every job done, 1 some job failed (the others ran; see failed/ and summary.md), 2 the spec is
-invalid or another sweep holds the results folder.
+invalid or another sweep holds the results folder, 130 interrupted (Ctrl+C; a rerun goes on where it stopped).
 """
 
 import argparse
@@ -48,6 +48,10 @@ def main(argv=None) -> int:
     except SweepBusy as e:
         print(f"[sweep] error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"[sweep] interrupted: finished jobs stay in {sweep.results}; run the same command to go on",
+              file=sys.stderr)
+        return 130
     print(f"[sweep] finished: {report['done']} run, {report['skipped']} already done, {len(report['failed'])} failed "
           f"in {report['seconds']:.1f} s")
     return 1 if report["failed"] else 0
