@@ -103,6 +103,8 @@ def load_sweep(path: str | pathlib.Path, results: str | pathlib.Path | None = No
     retries = _int(data.get("retries", 1), "retries", where, 0)
     cpus = _int(data.get("cpus_per_job", 1), "cpus_per_job", where, 1)
     replicate = data.get("replicate", "seed")
+    if "replicate" in data and replicate not in grid:
+        raise SpecError(f"{where}: replicate = {replicate!r} is not a grid axis (axes: {', '.join(grid)})")
     bindings = _bindings(data.get("set", {}), grid, where) if "workflow" in data else {}
     if "runner" in data:
         if data.get("set"):

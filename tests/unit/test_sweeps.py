@@ -97,6 +97,7 @@ def test_what_a_job_is_made_of_changes_its_key(tmp_path, change):
     (lambda s: s.replace('folder = "cat"', 'folder = "dog"'), "is not a folder"),
     (lambda s: s.replace("seed = [0, 1, 2]", "seed = [0, 0]"), "two grid points make the same job"),
     (lambda s: "retries = -1\n" + s, "retries must be an integer >= 0"),
+    (lambda s: 'replicate = "seeds"\n' + s, "replicate = 'seeds' is not a grid axis"),
 ])
 def test_spec_mistakes_are_named(tmp_path, edit, message):
     with pytest.raises(spec.SpecError, match=message.replace("(", r"\(").replace("[", r"\[")):
