@@ -131,13 +131,12 @@ def _follow(refs: dict, store: Store, report: dict, slots: int, poll_s: float, s
                 report["failed"][job.key] = error
                 say(f"FAILED {job.key} {job.label} after {attempts} attempt(s): {' '.join(error.split())[:400]}")
                 continue
-            if result.get("skipped"):
-                report["skipped"] += 1
-                say(f"already done {job.key} {job.label}")
-                continue
+            # every job sent was unfinished when the run began: one found finished was committed by an earlier
+            # attempt of this run whose worker died before replying; it counts once, as that attempt's result
             report["done"] += 1
             durations.append(result["seconds"])
             retry = f", attempt {result['attempt']}" if result.get("attempt", 1) > 1 else ""
+            retry += " (committed by an earlier attempt)" if result.get("skipped") else ""
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in list(result["metrics"].items())[:4])
             say(f"done {job.key} {job.label} in {result['seconds']:.1f} s{retry}{': ' + metrics if metrics else ''}")
         finished = total - len(pending)
