@@ -238,7 +238,7 @@ def run_job(key: str, record: dict, label: str, results: str, workflow_path: str
             raise JobError(f"non-finite metric(s): {', '.join(bad)}")
         result = {"key": key, "label": label, "axes": record["axes"], "metrics": metrics, "attempt": attempt,
                   "host": info["host"], "pid": info["pid"], "seconds": time.perf_counter() - started,
-                  "cpu_seconds": time.process_time() - cpu0,
+                  "cpu_seconds": time.process_time() - cpu0, "started_at": info["started"], "ended_at": time.time(),
                   "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "files": sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())}
         (tmp / "result.json").write_text(json.dumps(result, indent=1) + "\n")
