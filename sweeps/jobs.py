@@ -157,7 +157,7 @@ def _run_workflow(record: dict, tmp: pathlib.Path, workflow_path: str, folders: 
                   log) -> dict:
     from ..headless import runner, workflow
 
-    host, object_info = _boot(extra_model_paths)
+    _, object_info = _boot(extra_model_paths)
     import folder_paths
 
     path = pathlib.Path(workflow_path)

@@ -10,6 +10,7 @@ failed, queued, ETA) whenever it changes.
 import contextlib
 import fcntl
 import json
+import math
 import sys
 import time
 
@@ -41,7 +42,7 @@ def _folder_payload(folder) -> dict[str, bytes]:
 
 
 def _fmt_s(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
+    if not math.isfinite(seconds):
         return "?"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -51,7 +52,10 @@ def run_sweep(sweep: Sweep, address: str | None = None, num_cpus: int | None = N
     """Run every job of `sweep` not yet in its results folder; returns {done, skipped, failed, seconds}."""
     stream = stream or sys.stdout
     store = Store(sweep.results)
-    say = lambda text: print(f"[sweep] {text}", file=stream, flush=True)  # noqa: E731
+
+    def say(text: str) -> None:
+        print(f"[sweep] {text}", file=stream, flush=True)
+
     with _exclusive(store):
         store.create()
         store.clean()  # nothing runs now: what an earlier driver left in tmp/ and running/ is dead

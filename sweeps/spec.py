@@ -9,9 +9,11 @@ another machine has the same key, and changing a workflow, an image or a knob ma
 import hashlib
 import itertools
 import json
+import math
 import pathlib
-import tomllib
 from dataclasses import dataclass, field
+
+import tomllib
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # keys of a table value with a meaning of their own (every other key is bound through [set] or is a node input)
@@ -181,7 +183,7 @@ def _bindings(table, grid, where) -> dict[str, list[str]]:
 
 def _normalize(value, where_value, here: pathlib.Path, folders: dict, where: str):
     """A grid value as it enters the record: tables sorted, a subject folder replaced by the digest of its images."""
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         raise SpecError(f"{where}: {where_value}: NaN is not a value")
     if isinstance(value, list):
         return [_normalize(v, f"{where_value}[{i}]", here, folders, where) for i, v in enumerate(value)]

@@ -1,4 +1,4 @@
-"""`./driftless bench sweeps [--jobs 4] [--steps 200] [--repeats 2]`: the same equal jobs (the tiny example workflow,
+"""`./driftless bench sweeps [--jobs 4] [--steps 600] [--repeats 2]`: the same equal jobs (the tiny example workflow,
 the same training length, seeds 0..jobs-1) run by `./driftless sweep` on a local Ray instance with 1 CPU slot and with 2,
 each configuration into a fresh results folder, in the order 1 2 2 1 ... so drift in the machine's load hits both.
 
@@ -74,7 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="driftless bench sweeps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=4, help="equal jobs per sweep (default 4)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per job (default 200)")
+    parser.add_argument("--steps", type=int, default=600,
+                        help="training steps per job (default 600: about 15 s of CPU, three times ComfyUI's start-up)")
     parser.add_argument("--repeats", type=int, default=2, help="sweeps per configuration (default 2)")
     args = parser.parse_args()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="driftless-bench-sweeps-"))
@@ -108,18 +109,18 @@ def main() -> None:
         "|---|---|---|---|",
         *(f"| {r['workers']} | {r['wall_s']['median']:.1f} ({r['wall_s']['min']:.1f}–{r['wall_s']['max']:.1f}) | "
           f"{r['job_cpu_s_total']['median']:.1f} | {r['job_s_median']:.1f} |" for r in rows),
-        "", f"Speed-up, 2 workers over 1: **{speedup:.2f}×** in wall time (medians; per pair "
-            f"{', '.join(f'{p:.2f}' for p in pairs)}); **{cpu_speedup:.2f}×** CPU-time-aware (the 1-worker run's job CPU "
-            f"seconds over the busiest of the 2 workers' share); the 2-worker runs had two jobs running "
-            f"{overlap_two:.0%} of the time."])
-    notes = [f"{args.jobs} equal jobs: example_workflows/tiny/personalize_and_guide_tiny.json with {args.steps} training "
-             f"steps, seeds 0..{args.jobs - 1}; local Ray (`ray.init(num_cpus=1|2)`), one CPU slot per job (Ray sets "
-             "OMP_NUM_THREADS=1 in each worker); each sweep in a fresh Ray instance and results folder, so every "
-             "run pays ComfyUI's start-up in its fresh worker(s).",
+        "", (f"Speed-up, 2 workers over 1: **{speedup:.2f}×** in wall time (medians; per pair "
+             f"{', '.join(f'{p:.2f}' for p in pairs)}); **{cpu_speedup:.2f}×** CPU-time-aware (the 1-worker run's job "
+             f"CPU seconds over the busiest of the 2 workers' share); the 2-worker runs had two jobs running "
+             f"{overlap_two:.0%} of the time.")])
+    notes = [(f"{args.jobs} equal jobs: example_workflows/tiny/personalize_and_guide_tiny.json with {args.steps} "
+              f"training steps, seeds 0..{args.jobs - 1}; local Ray (`ray.init(num_cpus=1|2)`), one CPU slot per job "
+              "(Ray sets OMP_NUM_THREADS=1 in each worker); each sweep in a fresh Ray instance and results folder, so "
+              "every run pays ComfyUI's start-up in its fresh worker(s)."),
              "Load average (1 min) before/after each run: " + "; ".join(
                  f"{r['workers']}w {r['load_before']:.2f}->{r['load_after']:.2f}" for r in runs) + ".",
-             "The machine is shared: other users' processes take CPU from the 2-worker runs first (both cores busy), "
-             "so the ratio is a lower bound of what two idle cores give."]
+             ("The machine is shared: other users' processes take CPU from the 2-worker runs first (both cores busy), "
+              "so the wall ratio is a lower bound of what two idle cores give.")]
     print(table)
     md, js = write_results("sweeps_scaling", rows, table, notes,
                            extra={"runs": runs, "speedup": speedup, "cpu_speedup": cpu_speedup,

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from driftless.sweeps import schedule, spec, store
 
 pytestmark = pytest.mark.timeout(300)
@@ -81,7 +80,7 @@ def test_a_sweep_survives_a_killed_worker_and_failing_jobs(ray_cluster, repo, tm
     killer = threading.Thread(target=_kill_mid_job, args=(sweep.results, "seed=0 steps=4 sample_steps=2 subject=noise method=plain",
                                                            seen, stop))
     killer.start()
-    log = open(tmp_path / "progress.txt", "w+")
+    log = open(tmp_path / "progress.txt", "w+")  # noqa: SIM115  (read back below, closed with tmp_path)
     try:
         report = schedule.run_sweep(sweep, stream=log, poll_s=0.1)
     finally:

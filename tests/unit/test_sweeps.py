@@ -4,11 +4,9 @@ folder's commits, the summary's bootstrap intervals."""
 import json
 import math
 import pathlib
-import shutil
 
 import numpy as np
 import pytest
-
 from driftless.sweeps import jobs, spec, store, summary
 
 WORKFLOW = {  # an API-format prompt, enough for the edits
