@@ -17,8 +17,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="driftless sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", type=pathlib.Path, help="the sweep spec: a TOML file (or JSON with the same keys)")
-    parser.add_argument("--address", help="a running Ray cluster to use ('auto', or HEAD:6379); default: start Ray "
-                        "on this machine")
+    parser.add_argument("--address", help="a running Ray cluster to use ('auto': the one `ray start` started on this "
+                        "machine; or HEAD:6379); default: a new Ray instance on this machine")
     parser.add_argument("--results", type=pathlib.Path, help="the results folder (default: the spec's `results`, "
                         "else SPEC-results beside the spec); on a cluster it must be a folder every node sees")
     parser.add_argument("--num-cpus", type=int, help="CPU slots of the local Ray instance (default: every core)")

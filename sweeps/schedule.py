@@ -1,6 +1,7 @@
 """Run a sweep's jobs as Ray tasks: one job per GPU where the cluster has GPUs, else per `cpus_per_job` CPU slots.
 
-Local by default (`ray.init()` starts a Ray instance on this machine); `address` joins a running cluster. Jobs
+Local by default (`ray.init(address="local")` starts a Ray instance on this machine, even where another is running);
+`address` joins a running cluster ("auto": the one `ray start` started here or RAY_ADDRESS names). Jobs
 already committed in the results folder are skipped. A job whose worker dies or that raises is retried
 (`max_retries` and `retry_exceptions`); one that fails every attempt is recorded in failed/ with its error, and
 the others go on. Progress: a line per job started, finished and failed, and an overall line (done, running,
@@ -79,10 +80,9 @@ def _run_on_ray(sweep, todo, store, report, address, num_cpus, poll_s, verbose, 
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        kwargs = {"include_dashboard": False, "log_to_driver": verbose}
-        if address:
-            kwargs["address"] = address
-        elif num_cpus is not None:
+        # "local": a new instance on this machine even where one is running (another user's `ray start`)
+        kwargs = {"include_dashboard": False, "log_to_driver": verbose, "address": address or "local"}
+        if not address and num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
         ray.init(**kwargs)
     try:

@@ -37,7 +37,7 @@ def one_run(spec_path: pathlib.Path, results: pathlib.Path, cpus: int) -> dict:
     import ray
 
     load_before = os.getloadavg()[0]
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         log = io.StringIO()
         report = schedule.run_sweep(spec.load_sweep(spec_path, results), stream=log, poll_s=0.2)

@@ -41,7 +41,7 @@ sample_steps = ["BasicScheduler.steps", "KSampler.steps"]
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -134,3 +134,24 @@ def test_a_sweep_survives_a_killed_worker_and_failing_jobs(ray_cluster, repo, tm
     clean = schedule.run_sweep(spec.load_sweep(path, tmp_path / "clean"), stream=log, poll_s=0.1)
     assert clean["done"] == 2
     assert store.Store(tmp_path / "clean").result(seen["key"])["metrics"] == killed["metrics"]
+
+
+def test_the_command_runs_a_function_sweep_on_its_own_ray_instance(repo, tmp_path):
+    """`python -m driftless.sweeps SPEC` (what ./driftless sweep runs): a new local Ray instance, jobs of a runner
+    function (no ComfyUI), a job failing on both attempts -> exit 1 with the others done."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "toy.toml"
+    path.write_text('runner = "driftless.sweeps.examples.toy:run_job"\n[grid]\nseed = [0, 1]\nsteps = [40]\n'
+                    '[[grid.method]]\nname = "gd"\nlearning_rate = 0.5\n[[grid.method]]\nname = "bad"\nfail = true\n')
+    env = {**os.environ, "PYTHONPATH": str(repo / ".driftless" / "pythonpath")}
+    command = [sys.executable, "-m", "driftless.sweeps", str(path), "--num-cpus", "2"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "finished: 2 run, 0 already done, 2 failed" in first.stdout, first.stdout
+    results = tmp_path / "toy-results"
+    done = store.Store(results).finished()
+    assert sorted(r["label"] for r in done.values()) == ["seed=0 steps=40 method=gd", "seed=1 steps=40 method=gd"]
+    assert all(abs(r["metrics"]["w"] - 3.0) < 0.1 for r in done.values())
+    assert all("fails on purpose" in f["error"] and f["attempts"] == 2 for f in store.Store(results).failures().values())
