@@ -137,6 +137,9 @@ def _follow(refs: dict, store: Store, report: dict, slots: int, poll_s: float, s
                 continue
             # every job sent was unfinished when the run began: one found finished was committed by an earlier
             # attempt of this run whose worker died before replying; it counts once, as that attempt's result
+            if not store.is_done(job.key):  # the worker wrote it where this machine cannot see
+                say(f"WARNING: {job.key} finished on {result.get('host')} but {store.job_dir(job.key)} is not here: "
+                    "on a cluster the results folder must be one every node sees at the same path")
             report["done"] += 1
             durations.append(result["seconds"])
             retry = f", attempt {result['attempt']}" if result.get("attempt", 1) > 1 else ""
