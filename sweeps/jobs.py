@@ -138,11 +138,26 @@ def collect_metrics(output: pathlib.Path) -> dict[str, float]:
 _BOOTED = {}
 
 
+def _remove_dead_workers_folders() -> None:
+    """Base folders of workers that have exited (driftless-sweep-PID-*, PID no longer running) go."""
+    for folder in pathlib.Path(tempfile.gettempdir()).glob("driftless-sweep-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # exists, another user's
+            continue
+
+
 def _boot(extra_model_paths: list[str]):
     """ComfyUI for this worker process, booted once in a base folder of its own (a GPU, where the task has one)."""
     from ..headless import host
 
     if "host" not in _BOOTED:
+        _remove_dead_workers_folders()
         base = tempfile.mkdtemp(prefix=f"driftless-sweep-{os.getpid()}-")
         _BOOTED["host"] = host.boot(base)
         from utils.extra_config import load_extra_path_config

@@ -207,3 +207,18 @@ def test_summary_averages_over_the_replicate_axis():
     assert 1.0 <= x["low"] <= x["high"] <= 3.0
     text = summary.markdown(rows, {"d": {"label": "seed=1 method=y", "error": "ValueError: no | yes", "attempts": 2}})
     assert "| method=y | loss | 1 | 5 | — (n < 2) |" in text and "| d | seed=1 method=y | 2 | ValueError: no \\| yes |" in text
+
+
+def test_folders_of_exited_workers_are_removed(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(jobs.tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"driftless-sweep-{dead.stdout.strip()}-abc"
+    alive = tmp_path / f"driftless-sweep-{os.getpid()}-def"
+    for folder in (gone, alive):
+        (folder / "models").mkdir(parents=True)
+    jobs._remove_dead_workers_folders()
+    assert not gone.exists() and alive.exists()
