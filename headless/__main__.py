@@ -10,8 +10,7 @@ import logging
 import pathlib
 import sys
 
-from . import demo_backbones, host, runner, workflow
-from .demo_photos import DEMO_FOLDER as DEMO_PHOTOS_FOLDER
+from . import host, runner, workflow
 
 DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "personalize_shapes.json"  # the pretrained shapes model
 TINY_DEMO_WORKFLOW = host.PACK_DIR / "example_workflows" / "tiny" / "personalize_and_guide_tiny.json"
@@ -71,15 +70,8 @@ def main(argv=None) -> int:
         folder_paths.set_output_directory(str(args.output_directory.resolve()))
     for config in args.extra_model_paths_config:
         load_extra_path_config(str(config))
-    named = json.dumps(data)  # the demo's photos and backbones are written when a workflow names them
-    if DEMO_PHOTOS_FOLDER + "/" in named:
-        from .demo_photos import write_demo_photos
-
-        photos = write_demo_photos(pathlib.Path(folder_paths.get_input_directory()))
-        print(f"[runner] demo photos in {photos[0].parent}")
-    if any(name in named for name in demo_backbones.NAMES):
-        folders = demo_backbones.write_demo_backbones(pathlib.Path(folder_paths.models_dir))
-        print(f"[runner] demo metric backbones (random CLIP and DINO: their scores mean nothing) in {folders[0].parent}")
+    for message in runner.write_demo_assets(data):
+        print(message)
     print(f"[runner] ComfyUI {comfy.version} at {comfy.root} (device: {_device()})")
     print(f"[runner] workflow {path} ({'UI' if workflow.is_ui_format(data) else 'API'} format)")
     try:

@@ -6,6 +6,7 @@ show: which node runs, step progress inside it, what it wrote, and the failing n
 """
 
 import asyncio
+import json
 import pathlib
 import signal
 import sys
@@ -100,6 +101,25 @@ def output_files(outputs: dict, kinds: tuple[str, ...] = ("output", "temp", "inp
                     if base is not None:
                         files.append(pathlib.Path(base, entry.get("subfolder", ""), entry["filename"]))
     return files
+
+
+def write_demo_assets(workflow_data: dict) -> list[str]:
+    """The demo's photos (input folder) and random metric backbones (models folder), written when the workflow names
+    them; returns what was written, as lines to show."""
+    import folder_paths
+
+    from . import demo_backbones
+    from .demo_photos import DEMO_FOLDER, write_demo_photos
+
+    named, messages = json.dumps(workflow_data), []
+    if DEMO_FOLDER + "/" in named:
+        photos = write_demo_photos(pathlib.Path(folder_paths.get_input_directory()))
+        messages.append(f"[runner] demo photos in {photos[0].parent}")
+    if any(name in named for name in demo_backbones.NAMES):
+        folders = demo_backbones.write_demo_backbones(pathlib.Path(folder_paths.models_dir))
+        messages.append(f"[runner] demo metric backbones (random CLIP and DINO: their scores mean nothing) in "
+                        f"{folders[0].parent}")
+    return messages
 
 
 def validate(prompt: dict, prompt_id: str) -> tuple[list[str], dict]:

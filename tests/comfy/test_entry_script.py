@@ -12,7 +12,7 @@ def _driftless(repo, *args, timeout=300):
 def test_help_and_unknown_command(repo):
     out = _driftless(repo, "help")
     assert out.returncode == 0
-    for sub in ("setup", "demo", "test", "run FILE.json", "bench NAME", "python"):
+    for sub in ("setup", "demo", "test", "run FILE.json", "bench NAME", "sweep SPEC", "ray ARGS", "python"):
         assert f"./driftless {sub}" in out.stdout
     out = _driftless(repo, "frobnicate")
     assert out.returncode == 2 and "unknown command 'frobnicate'" in out.stderr

@@ -45,7 +45,7 @@ def test_the_pack_keeps_its_import_contracts(repo):
 def _toy_pack(root: pathlib.Path, back_edge: str | None) -> pathlib.Path:
     """A package named like the pack, one module per room, each importing the room below it; `back_edge` adds
     one import the other way ("lora -> nodes", say)."""
-    rooms = {"bench": "headless", "headless": "nodes", "nodes": "trainers", "trainers": "lora", "guidance": "lora",
+    rooms = {"bench": "sweeps", "sweeps": "headless", "headless": "nodes", "nodes": "trainers", "trainers": "lora", "guidance": "lora",
              "metrics": None, "shapes": "tinymodels", "tinymodels": "lora", "lora": None}
     pack = root / "driftless"
     pack.mkdir(parents=True)
@@ -62,7 +62,7 @@ def _toy_pack(root: pathlib.Path, back_edge: str | None) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("back_edge", ["lora -> trainers", "nodes -> headless", "trainers -> guidance", "shapes -> nodes",
-                                       "comfy_host -> nodes"])
+                                       "comfy_host -> nodes", "nodes -> sweeps", "sweeps -> bench"])
 def test_a_back_edge_breaks_the_contract(repo, tmp_path, back_edge):
     config = _contract_config(repo, tmp_path, "layers")
     clean = _lint(_toy_pack(tmp_path / "clean", None), config)

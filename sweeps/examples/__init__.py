@@ -1,0 +1,1 @@
+"""Example sweep specs and a toy job function."""
