@@ -1,6 +1,7 @@
 """`./driftless bench drift [--preset full|quick]`: the shapes model (shipped, or pretrained once), personalize, score."""
 
 import argparse
+import os
 
 from ...headless import host
 
@@ -13,14 +14,25 @@ def main() -> None:
     parser.add_argument("--rebuild-weights", action="store_true",
                         help="pretrain the full preset from its recipe and write the weights shipped in shapes/weights/, then stop")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--steps", type=int, default=100, help="personalization steps per method")
-    parser.add_argument("--variants", action="store_true",
-                        help="plain LoRA against weaker regularizer settings and APT without its adaptive adjustment "
-                        "(writes bench/results/drift_variants.*)")
-    parser.add_argument("--score-every", type=int,
-                        help="score every N steps along training (default: halfway and at the end); denser curves "
-                        "make the matched-fidelity comparison finer")
+    parser.add_argument("--mode", choices=("full", "quick"), default="full",
+                        help="full: every subject x 3 seeds x every method, 120 steps (bench/results/drift.*); quick: the "
+                        "same subjects and seeds, plain LoRA, parameter anchor and APT, 40 steps (drift_quick.*)")
+    parser.add_argument("--subjects", nargs="+", metavar="NAME",
+                        help="subjects to personalize (default: all of bench/drift/grid.py SUBJECTS; --list shows them)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="training seeds (default 0 1 2)")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="methods to train (plain LoRA is always added: it is the matched-fidelity reference)")
+    parser.add_argument("--prior", nargs="+", metavar="PROMPT",
+                        help="prior prompts, e.g. 'red circle on black' (default: the six of benchmark.PRIOR)")
+    parser.add_argument("--align", nargs="+", metavar="PROMPT",
+                        help="text-alignment prompts 'a <colour> sks on a <background> background', given as "
+                        "'blue on black' (default: the four of benchmark.ALIGN)")
+    parser.add_argument("--steps", type=int, help="personalization steps per job (default: the mode's)")
+    parser.add_argument("--score-every", type=int, help="with --steps: score every N steps (default: halfway and at the end)")
+    parser.add_argument("--name", help="results file name under bench/results (default: drift or drift_quick)")
+    parser.add_argument("--list", action="store_true", help="list the subjects, methods and default prompts, and stop")
     args = parser.parse_args()
+    args.load = os.getloadavg()[0]
     host.configure_args(host.find_comfyui(), None, cpu=None)
     import torch
 
@@ -28,6 +40,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from ...shapes import pretrain, weights
 
+    if args.list:
+        from . import benchmark, grid
+
+        for s in grid.SUBJECTS.values():
+            print(f"subject {s.name}: {s.shape}, rgb {s.colour}, {s.pattern}")
+        print("methods:", ", ".join(dict.fromkeys(benchmark.METHODS + benchmark.VARIANTS)))
+        print("prior prompts:", "; ".join(f"{c} {sh} on {b}" for sh, c, b in benchmark.PRIOR))
+        print("align prompts:", "; ".join(f"{c} on {b}" for c, b in benchmark.ALIGN))
+        return
     if args.rebuild_weights:
         settings = pretrain.PRESETS[weights.SHIPPED_PRESET]
         folder = weights.cache_dir(settings)

@@ -9,7 +9,7 @@ seeds (metrics.py). One table row per (method, guidance) at the end of training;
 fidelity against drift along training.
 """
 
-import json
+import os
 import pathlib
 import time
 
@@ -24,7 +24,7 @@ CLASS_PROMPT = "a shape on a white background"  # prior preservation's class: th
 PRIOR_SEEDS, SUBJECT_SEEDS, ALIGN_SEEDS = 3, 6, 2
 CFG, WEAK_STRENGTH, SAMPLER_STEPS = 4.0, 0.3, 12
 METHODS = ("plain LoRA", "parameter anchor", "DCO", "APT", "prior preservation")
-# --variants: plain LoRA against weaker settings than the nodes' defaults (does a gentler pull drift less at the
+# variants (choose them with --methods): plain LoRA against weaker settings than the nodes' defaults (does a gentler pull drift less at the
 # same fidelity?) and APT without its adaptive training adjustment (is the loss scaling what stops it learning?)
 VARIANTS = ("plain LoRA", "parameter anchor, weight 0.001", "DCO, beta 250", "APT, adaptive adjustment off")
 
@@ -79,25 +79,42 @@ class Sampler:
             return self.vae.decode(self.latents(make_guider(self.cond(prompt), self.null), seeds)).float().cpu()
 
 
-def prompt_sets():
-    """(name, prompt, seeds, labels) of every prompt the scores use."""
-    sets = [("prior", dataset.caption(*p), range(100, 100 + PRIOR_SEEDS), p) for p in PRIOR]
+def prompt_sets(prior=PRIOR, align=ALIGN):
+    """(name, prompt, seeds, labels) of every prompt the scores use: prior captions (shape, colour, background) and
+    alignment prompts "a <colour> sks on a <background> background" given as (colour, background)."""
+    sets = [("prior", dataset.caption(*p), range(100, 100 + PRIOR_SEEDS), tuple(p)) for p in prior]
     sets.append(("subject", dataset.subject_caption(), range(200, 200 + SUBJECT_SEEDS), None))
-    sets += [("align", dataset.subject_caption(bg, colour), range(300, 300 + ALIGN_SEEDS), colour) for colour, bg in ALIGN]
+    sets += [("align", dataset.subject_caption(bg, colour), range(300, 300 + ALIGN_SEEDS), colour) for colour, bg in align]
     return sets
 
 
-def sample_all(sampler: Sampler, make_guider) -> dict:
-    return {prompt: sampler.images(make_guider, prompt, list(seeds)) for _, prompt, seeds, _ in prompt_sets()}
+def batched_cond(conds: list) -> list:
+    """One conditioning whose batch holds each prompt's embedding in turn (ComfyUI uses a conditioning whose batch
+    equals the latent batch as it is), so every prompt of the score set samples in one call."""
+    tensors = [c[0][0] for c in conds]
+    return [[torch.cat(tensors), dict(conds[0][0][1])]]
 
 
-def score(net, samples: dict, base: dict, subject_images: torch.Tensor) -> dict:
+def sample_all(sampler: Sampler, make_guider, prior=PRIOR, align=ALIGN) -> dict:
+    """Every prompt of prompt_sets() at its seeds, in one sampling call (one guider: the LoRA is merged once)."""
+    sets = [(prompt, list(seeds)) for _, prompt, seeds, _ in prompt_sets(prior, align)]
+    cond = batched_cond([sampler.cond(p) for p, seeds in sets for _ in seeds])
+    seeds = [s for _, ss in sets for s in ss]
+    with torch.inference_mode():
+        images = sampler.vae.decode(sampler.latents(make_guider(cond, sampler.null), seeds)).float().cpu()
+    out, i = {}, 0
+    for prompt, ss in sets:
+        out[prompt], i = images[i:i + len(ss)], i + len(ss)
+    return out
+
+
+def score(net, samples: dict, base: dict, subject_images: torch.Tensor, prior=PRIOR, align=ALIGN) -> dict:
     feats = lambda x: net.features(x).detach()  # noqa: E731
     with torch.no_grad():
         subject_f = feats(subject_images)
         prior_imgs, prior_base, shape_true, colour_true, align_pred, align_true = [], [], [], [], [], []
         fidelity = None
-        for kind, prompt, seeds, label in prompt_sets():
+        for kind, prompt, seeds, label in prompt_sets(prior, align):
             n = len(seeds)
             if kind == "prior":
                 prior_imgs.append(samples[prompt])
@@ -121,70 +138,78 @@ def score(net, samples: dict, base: dict, subject_images: torch.Tensor) -> dict:
         }
 
 
-def run(folder: pathlib.Path, steps: int, rank: int = 8, learning_rate: float = 1e-3, score_every: int | None = None,
-        methods: tuple[str, ...] = METHODS, log=print) -> dict:
-    import comfy.samplers
+_LOADED = {}
 
+
+def _context(folder: pathlib.Path, prior=PRIOR, align=ALIGN):
+    """Model, classifier, sampler and the base model's samples, loaded once per process (jobs share them read-only)."""
+    key = (str(folder), tuple(map(tuple, prior)), tuple(map(tuple, align)))
+    if key not in _LOADED:
+        import comfy.samplers
+
+        from ...shapes import weights
+
+        model, clip, vae = weights.load_model(folder)
+        sampler = Sampler(model, clip, vae)
+
+        def base_guider(pos, neg):
+            g = comfy.samplers.CFGGuider(model)
+            g.set_conds(pos, neg)
+            g.set_cfg(CFG)
+            return g
+
+        base = sample_all(sampler, base_guider, prior, align)
+        with torch.inference_mode():
+            class_latents = sampler.latents(base_guider(sampler.cond(CLASS_PROMPT), sampler.null), list(range(400, 408)))
+        _LOADED[key] = {"model": model, "vae": vae, "net": weights.load_classifier(folder), "sampler": sampler,
+                                "base": base, "class_latents": class_latents}
+    return _LOADED[key]
+
+
+def run_job(job, folder: pathlib.Path) -> dict:
+    """One (subject, method, knobs, seed) job: train a LoRA on the subject's 4 pictures, score it with CFG at each
+    checkpoint and, when knobs["guidance"], also with personalization guidance (weak strength s) and autoguidance
+    (weak model = the first checkpoint's LoRA) at the last, all at the same cfg. Returns a JSON-able dict."""
     from ...guidance.guider import make_guider
     from ...trainers.config import TrainConfig
     from ...trainers.data import TrainingData
     from ...trainers.loop import TrainingRun
-    from ...shapes import weights
+    from . import grid
 
-    model, clip, vae = weights.load_model(folder)
-    net = weights.load_classifier(folder)
-    sampler = Sampler(model, clip, vae)
-
-    def base_guider(pos, neg):
-        g = comfy.samplers.CFGGuider(model)
-        g.set_conds(pos, neg)
-        g.set_cfg(CFG)
-        return g
-
-    started = time.perf_counter()
-    base = sample_all(sampler, base_guider)
-    subject_images = dataset.draw_subject(4, seed=7)
-    results = {"base model": {"CFG": {**score(net, base, base, subject_images), "step": 0}}}
-    log(f"[drift] base model sampled and scored ({time.perf_counter() - started:.0f} s): {results['base model']['CFG']}")
-
+    t0, c0 = time.perf_counter(), time.process_time()
+    k = job.knob
+    prior, align = k.get("prior", PRIOR), k.get("align", ALIGN)
+    ctx = _context(folder, prior, align)
+    model, sampler, net = ctx["model"], ctx["sampler"], ctx["net"]
+    steps, checkpoints = k["steps"], sorted(k["checkpoints"])
+    subject_images = grid.SUBJECTS[job.subject].render(4, seed=7)
     with torch.inference_mode():
-        subject_latents = vae.encode(subject_images)
-        class_latents = sampler.latents(base_guider(sampler.cond(CLASS_PROMPT), sampler.null), list(range(400, 408)))
+        subject_latents = ctx["vae"].encode(subject_images)
     caption = dataset.subject_caption()
     data = TrainingData(subject_latents.clone(), [sampler.cond(caption)] * 4, sampler.null, [caption] * 4)
-    config = TrainConfig(steps=steps, rank=rank, alpha=rank, learning_rate=learning_rate, targets="attention",
-                         null_prompt_dropout=0.1, seed=0)
-    every = score_every or max(1, steps // 2)
-    checkpoints = sorted({*range(every, steps + 1, every), steps})
-    curves, indicators = {}, {}
-    for name in methods:
-        t0 = time.perf_counter()
-        regs = make_regularizers(name, class_latents.clone(), sampler.cond(CLASS_PROMPT))
-        training = TrainingRun(model, data, config, regs)
-        curves[name], results[name] = [], {}
-        for step in range(1, steps + 1):
-            if step - 1 in checkpoints:
-                training.activate()  # sampling loaded the guider's clone, which took the LoRA hooks off
-            training.step()
-            if step in checkpoints:
-                lora = {k: v.detach().clone() for k, v in training.adapter.lora_state_dict().items()}
-                modes = ("cfg", "personalization") if step == steps else ("cfg",)
-                for mode in modes:
-                    guider = lambda pos, neg: make_guider(model, pos, neg, lora, cfg=CFG, mode=mode,  # noqa: E731
-                                                          s_start=WEAK_STRENGTH, s_end=WEAK_STRENGTH)
-                    scores = {**score(net, sample_all(sampler, guider), base, subject_images), "step": step}
-                    if mode == "cfg":
-                        curves[name].append(scores)
-                    if step == steps:
-                        results[name]["CFG" if mode == "cfg" else f"personalization guidance (s={WEAK_STRENGTH})"] = scores
-        for reg in regs:  # APT's overfitting indicator at the end: what its loss scale 1 - γ had come to
-            if hasattr(reg, "indicator"):
-                ind = reg.indicator
-                indicators[name] = {"gap_per_bin": (ind.m_pre - ind.m_theta).tolist(),
-                                    "gamma_per_bin": ind.gamma(torch.arange(ind.bins)).tolist()}
-        log(f"[drift] {name}: {steps} steps, scored at {checkpoints} ({time.perf_counter() - t0:.0f} s): {results[name]['CFG']}")
-    return {"results": results, "curves": curves, "apt_indicators": indicators, "settings": {"steps": steps, "rank": rank, "learning_rate": learning_rate,
-            "cfg": CFG, "weak_strength": WEAK_STRENGTH, "sampler_steps": SAMPLER_STEPS, "checkpoints": checkpoints}}
+    config = TrainConfig(steps=steps, rank=k["rank"], alpha=k["rank"], learning_rate=k["learning_rate"],
+                         targets="attention", null_prompt_dropout=0.1, seed=job.seed)
+    regs = make_regularizers(job.method, ctx["class_latents"].clone(), sampler.cond(CLASS_PROMPT))
+    training = TrainingRun(model, data, config, regs)
+    curve, loras, final = [], {}, {}
+    for step in range(1, steps + 1):
+        training.activate()  # sampling loads the guider's clone, which takes the LoRA hooks off
+        training.step()
+        if step in checkpoints:
+            loras[step] = {n: v.detach().clone() for n, v in training.adapter.lora_state_dict().items()}
+            guider = lambda pos, neg: make_guider(model, pos, neg, loras[step], cfg=CFG, mode="cfg")  # noqa: E731
+            curve.append({**score(net, sample_all(sampler, guider, prior, align), ctx["base"], subject_images, prior, align), "step": step})
+    final["CFG"] = {kk: v for kk, v in curve[-1].items() if kk != "step"}
+    if k.get("guidance"):
+        last, first = loras[checkpoints[-1]], loras[checkpoints[0]]
+        for mode, extra in (("personalization guidance", {"mode": "personalization", "s_start": WEAK_STRENGTH,
+                                                            "s_end": WEAK_STRENGTH}),
+                            ("autoguidance", {"mode": "autoguidance", "weak_lora": first})):
+            guider = lambda pos, neg: make_guider(model, pos, neg, last, cfg=CFG, **extra)  # noqa: E731
+            final[mode] = score(net, sample_all(sampler, guider, prior, align), ctx["base"], subject_images, prior, align)
+    base = score(net, ctx["base"], ctx["base"], subject_images, prior, align)
+    return {"key": job.key, "job": job.record(), "base": base, "curve": curve, "final": final,
+            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
 COLUMNS = [("subject_fidelity", "subject fidelity ↑"), ("text_alignment", "text alignment ↑"),
@@ -231,37 +256,110 @@ def matched_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(folder: pathlib.Path, args) -> None:
-    from ..common import RESULTS, write_results
-    from . import plot
+MODES = {
+    # the default set: every subject, 3 seeds, every method; plain LoRA also sampled with the guidance modes
+    "full": {"methods": METHODS, "seeds": (0, 1, 2), "knobs": {"steps": 120, "checkpoints": (30, 60, 90, 120),
+                                                             "rank": 8, "learning_rate": 1e-3}},
+    # the same subjects and seeds, the methods the claims table reads, shorter training
+    "quick": {"methods": ("plain LoRA", "parameter anchor", "APT"), "seeds": (0, 1, 2),
+              "knobs": {"steps": 40, "checkpoints": (20, 40), "rank": 8, "learning_rate": 1e-3}},
+}
 
-    name = "drift_variants" if args.variants else "drift"
-    out = run(folder, args.steps, score_every=args.score_every, methods=VARIANTS if args.variants else METHODS)
-    matched = matched_fidelity(out)
-    text = table(out) + "\n\nAt matched fidelity (CFG along training, against plain LoRA's curve from the base model):\n\n"
-    text += matched_table(matched)
+
+def parse_prior(text: str) -> tuple[str, str, str]:
+    """"red circle on black" -> ("circle", "red", "black"): a pretraining caption the classifier can read."""
+    words = text.lower().replace("a ", " ").replace("background", "").split()
+    shape = next((w for w in words if w in dataset.SHAPES), None)
+    colours = [w for w in words if w in dataset.COLOURS]
+    backgrounds = [w for w in words[words.index("on") + 1:] if w in dataset.BACKGROUNDS] if "on" in words else []
+    if shape is None or not colours or not backgrounds:
+        raise SystemExit(f"--prior {text!r}: write '<colour> <shape> on <background>' with a colour of {list(dataset.COLOURS)}, "
+                         f"a shape of {list(dataset.SHAPES)} and a background of {list(dataset.BACKGROUNDS)}")
+    return shape, colours[0], backgrounds[0]
+
+
+def parse_align(text: str) -> tuple[str, str]:
+    """"blue on black" -> ("blue", "black"): the prompt "a blue sks on a black background"."""
+    words = text.lower().split()
+    if len(words) != 3 or words[1] != "on" or words[0] not in dataset.COLOURS or words[2] not in dataset.BACKGROUNDS:
+        raise SystemExit(f"--align {text!r}: write '<colour> on <background>' with a colour of {list(dataset.COLOURS)} "
+                         f"and a background of {list(dataset.BACKGROUNDS)}")
+    return words[0], words[2]
+
+
+def jobs_for(args) -> list:
+    from . import grid
+
+    mode = MODES[args.mode]
+    knobs = dict(mode["knobs"])
+    if args.steps:
+        knobs["steps"] = args.steps
+        knobs["checkpoints"] = tuple(sorted({*range(args.score_every or max(1, args.steps // 2), args.steps + 1,
+                                                    args.score_every or max(1, args.steps // 2)), args.steps}))
+    if args.prior:
+        knobs["prior"] = tuple(parse_prior(p) for p in args.prior)
+    if args.align:
+        knobs["align"] = tuple(parse_align(p) for p in args.align)
+    methods = tuple(args.methods or mode["methods"])
+    for m in methods:
+        if m not in METHODS + VARIANTS:
+            raise SystemExit(f"unknown method {m!r}: choose from {list(dict.fromkeys(METHODS + VARIANTS))}")
+    if "plain LoRA" not in methods:
+        methods = ("plain LoRA", *methods)  # the matched-fidelity reference
+    return grid.expand(args.subjects or list(grid.SUBJECTS), methods, args.seeds or mode["seeds"], knobs)
+
+
+def summary_table(summary: dict) -> str:
+    cell = lambda v: f"{v[0]:.3f} ({v[1]:.3f}–{v[2]:.3f})"  # noqa: E731
+    lines = ["| method | guidance | n | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
+    for name, row in summary["final"].items():
+        method, mode = name.split(" | ")
+        lines.append(f"| {method} | {mode} | {row['n']} | " + " | ".join(cell(row[k]) for k, _ in COLUMNS) + " |")
+    lines += ["", "At matched fidelity (last checkpoint, CFG; plain LoRA's drift interpolated along its own checkpoints "
+              "for the same subject and seed):", "",
+              "| method | drift / plain LoRA's at the same fidelity (< 1: less drift) | units | unmatched |", "|---|---|---|---|"]
+    for method, m in summary["matched"].items():
+        r = "–" if m["ratio"] is None else f"{m['ratio'][0]:.2f} ({m['ratio'][1]:.2f}–{m['ratio'][2]:.2f})"
+        lines.append(f"| {method} | {r} | {m['n']} | {m['unmatched']} |")
+    lines += ["", "Paired differences (same subject and seed):", "", "| comparison | mean (95% interval) | n |", "|---|---|---|"]
+    for name, d in summary["deltas"].items():
+        lines.append(f"| {name} | {d['delta'][0]:+.3f} ({d['delta'][1]:+.3f} to {d['delta'][2]:+.3f}) | {d['n']} |")
+    return "\n".join(lines)
+
+
+def main(folder: pathlib.Path, args) -> None:
+    from ..common import write_results
+    from . import grid
+
+    jobs = jobs_for(args)
+    name = args.name or ("drift" if args.mode == "full" else f"drift_{args.mode}")
+    print(f"[drift] {len(jobs)} jobs ({args.mode} mode): {len({j.subject for j in jobs})} subjects x "
+          f"{len({j.method for j in jobs})} methods x {len({j.seed for j in jobs})} seeds, knobs {jobs[0].knob}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    results = []
+    for n, job in enumerate(jobs, 1):
+        r = run_job(job, folder)
+        results.append(r)
+        print(f"[drift] {n}/{len(jobs)} {job.subject} / {job.method} / seed {job.seed} ({r['wall_s']:.0f} s wall, "
+              f"{r['cpu_s']:.0f} s CPU): fidelity {r['final']['CFG']['subject_fidelity']:.3f}, "
+              f"RMSE {r['final']['CFG']['prior_rmse_to_base']:.3f}", flush=True)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    summary = grid.summarise(results)
+    text = summary_table(summary)
     print(text)
-    report = json.loads((folder / "pretrain.json").read_text())
-    s = out["settings"]
+    k = jobs[0].knob
     notes = [
-        f"model: drift-bench pretrained by shapes/pretrain.py (preset {args.preset}; cache {folder.name}; "
-        f"pretraining {report['timings']['unet']['wall_s']:.0f} s wall, {report['timings']['unet']['cpu_s']:.0f} s CPU, "
-        f"{report['threads']} threads; classifier accuracy on renders {report['classifier_accuracy']})",
-        f"subject: 4 pictures of an orange cross, caption '{dataset.subject_caption()}'; LoRA rank {s['rank']} on attention, "
-        f"lr {s['learning_rate']}, {s['steps']} steps, batch 1, AdamW, 10% empty captions; regularizers "
-        + ("at the settings their names give, the rest at node defaults" if args.variants else "at their node defaults"),
-        f"sampling: euler, {s['sampler_steps']} steps, cfg {s['cfg']}; personalization guidance with weak strength s = {s['weak_strength']}",
-        f"prior: {len(PRIOR)} dataset captions x {PRIOR_SEEDS} seeds, scored against the base model at the same seeds; "
-        f"alignment: {len(ALIGN)} 'a <colour> sks' prompts x {ALIGN_SEEDS} seeds; fidelity: {SUBJECT_SEEDS} seeds",
-        f"plot: bench/results/{name}.png, subject fidelity vs prior pixel RMSE to base along training "
-        f"(CFG at steps {s['checkpoints']}); personalization guidance as separate points at the last step",
-        *(f"{m} after {s['steps']} steps: indicator gap m_pre - m_theta per timestep bin "
-          f"[{', '.join(f'{g:.4f}' for g in ind['gap_per_bin'])}], gamma [{', '.join(f'{g:.2f}' for g in ind['gamma_per_bin'])}]"
-          for m, ind in out["apt_indicators"].items()),
+        f"run: {len(jobs)} jobs in {wall:.0f} s wall, {cpu:.0f} s CPU (process time, all threads), "
+        f"{os.cpu_count()} cores, load average at the start {args.load:.2f}",
+        f"subjects: {', '.join(sorted({j.subject for j in jobs}))} (bench/drift/grid.py SUBJECTS); seeds "
+        f"{sorted({j.seed for j in jobs})}; every subject captioned '{dataset.subject_caption()}'",
+        f"training: LoRA rank {k['rank']} on attention, lr {k['learning_rate']}, {k['steps']} steps, batch 1, AdamW, "
+        f"10% empty captions; regularizers at their node defaults; scored with CFG at steps {list(k['checkpoints'])}",
+        f"sampling: euler, {SAMPLER_STEPS} steps, cfg {CFG}; plain LoRA's last checkpoint also with personalization "
+        f"guidance (s = {WEAK_STRENGTH}) and autoguidance (weak model: its first checkpoint), same cfg",
+        f"intervals: percentile bootstrap 95% over (subject, seed) units, 4000 resamples (grid.bootstrap_mean)",
     ]
-    md, js = write_results(name, [{"method": m, "guidance": g, **v} for m, d in out["results"].items() for g, v in d.items()],
-                           text, notes, extra={"matched_fidelity": matched, "apt_indicators": out["apt_indicators"]})
-    curves_path = RESULTS / f"{name}_curves.json"
-    curves_path.write_text(json.dumps(out["curves"], indent=2) + "\n")
-    png = plot.fidelity_vs_drift(out, RESULTS / f"{name}.png")
-    print(f"[bench] wrote {md}, {js}, {curves_path} and {png}")
+    rows = [{"method": n.split(" | ")[0], "guidance": n.split(" | ")[1], **v} for n, v in summary["final"].items()]
+    md, js = write_results(name, rows, text, notes, extra={"mode": args.mode, "summary": summary, "jobs": results,
+                                                          "wall_s": wall, "cpu_s": cpu})
+    print(f"[bench] wrote {md} and {js}")

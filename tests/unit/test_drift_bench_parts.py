@@ -182,3 +182,109 @@ def test_matched_fidelity_rows_against_plain_loras_curve():
     table = benchmark.matched_table(rows)
     assert "| DCO | 100 | 0.850 | 0.100 | 0.150 | 0.67 |" in table
     assert "– (at the base model)" in table and "not reached" in table
+
+
+def test_bootstrap_mean_on_hand_computable_cases():
+    """Constant values: every resample has the same mean. Two values 0 and 1: a resample's mean is 0, 1/2 or 1 with
+    probabilities 1/4, 1/2, 1/4, so the 2.5th percentile is 0 and the 97.5th is 1 (and the share of 1/2 is ~1/2)."""
+    from driftless.bench.drift import grid
+
+    assert grid.bootstrap_mean([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3, 0.3))
+    mean, low, high = grid.bootstrap_mean([0.0, 1.0], resamples=4000, seed=1)
+    assert (mean, low, high) == (0.5, 0.0, 1.0)
+    assert grid.bootstrap_mean([0.0, 1.0], seed=1) == grid.bootstrap_mean([0.0, 1.0], seed=1)  # seeded
+    # ten units, nine at 0 and one at 1: P(resample mean = 0) = 0.9^10 = 0.349 > 2.5%, so the low end is 0
+    _, low, high = grid.bootstrap_mean([0.0] * 9 + [1.0])
+    assert low == 0.0 and 0.2 <= high <= 0.4  # P(mean >= 0.3) = 0.070, P(mean >= 0.4) = 0.013
+    with pytest.raises(ValueError, match="at least one"):
+        grid.bootstrap_mean([])
+
+
+def test_matched_ratio_interpolates_plain_loras_curve_by_hand():
+    from driftless.bench.drift import grid
+
+    plain = [(0.40, 0.0), (0.50, 0.10), (0.60, 0.30)]  # base model, then two checkpoints
+    # fidelity 0.55 is halfway along the second segment: plain drift 0.20; the method's 0.10 is half of it
+    assert grid.matched_ratio((0.55, 0.10), plain) == pytest.approx(0.5)
+    assert grid.matched_ratio((0.45, 0.10), plain) == pytest.approx(2.0)  # plain 0.05 there
+    assert grid.matched_ratio((0.70, 0.10), plain) is None  # beyond plain LoRA's reach
+    assert grid.matched_ratio((0.41, 0.10), plain) is None  # plain 0.01: still at the base model
+
+
+def test_verdict_reads_the_interval():
+    from driftless.bench.drift import grid
+
+    assert grid.verdict(0.6, 0.9, better_below=1.0) == "holds"
+    assert grid.verdict(1.1, 1.4, better_below=1.0) == "does not hold"
+    assert grid.verdict(0.8, 1.2, better_below=1.0) == "inconclusive"
+    assert grid.verdict(0.01, 0.2, better_above=0.0) == "holds"
+    assert grid.verdict(-0.2, -0.01, better_above=0.0) == "does not hold"
+    assert grid.verdict(-0.1, 0.1, better_above=0.0) == "inconclusive"
+
+
+def test_jobs_are_records_with_content_keys():
+    from driftless.bench.drift import grid
+
+    knobs = {"steps": 40, "checkpoints": (20, 40), "rank": 8, "learning_rate": 1e-3}
+    jobs = grid.expand(["orange-cross", "cyan-square"], ["plain LoRA", "APT"], [0, 1, 2], knobs)
+    assert len(jobs) == 12 and len({j.key for j in jobs}) == 12
+    again = grid.expand(["orange-cross"], ["plain LoRA"], [0], dict(reversed(list(knobs.items()))))[0]
+    assert again.key == jobs[0].key and again.record() == jobs[0].record()  # the knobs' order does not matter
+    assert jobs[0].record() == {"subject": "orange-cross", "method": "plain LoRA", "seed": 0,
+                                "knobs": {**knobs, "guidance": True}}
+    assert not next(j for j in jobs if j.method == "APT").knob["guidance"]
+    with pytest.raises(ValueError, match="unknown subject 'dog'"):
+        grid.expand(["dog"], ["plain LoRA"], [0], knobs)
+
+
+def test_default_subjects_differ_in_shape_colour_and_pattern():
+    from driftless.bench.drift import grid
+
+    subjects = list(grid.SUBJECTS.values())
+    assert len(subjects) >= 6
+    assert len({s.shape for s in subjects}) >= 3 and len({s.colour for s in subjects}) >= 3
+    assert {s.pattern for s in subjects} == set(grid.PATTERNS)
+    for s in subjects:
+        assert s.colour not in dataset.COLOURS.values()  # no subject is a pretraining colour
+    pictures = grid.SUBJECTS["purple-cross-stripes"].render(2, seed=7)
+    assert pictures.shape == (2, 32, 32, 3) and torch.equal(pictures, grid.SUBJECTS["purple-cross-stripes"].render(2, seed=7))
+    colour = torch.tensor(grid.SUBJECTS["purple-cross-stripes"].colour)
+    on = ((pictures - colour).abs().sum(-1) < 1e-6)
+    dark = ((pictures - 0.35 * colour).abs().sum(-1) < 1e-6)
+    assert on.any() and dark.any()  # both stripes are drawn
+    rows_on, rows_dark = on.any(-1), dark.any(-1)
+    assert not (rows_on & rows_dark).any()  # horizontal stripes: a row is one or the other
+
+
+def _result(subject, method, seed, curve, final, base_fidelity=0.4):
+    return {"job": {"subject": subject, "method": method, "seed": seed}, "base": {"subject_fidelity": base_fidelity},
+            "curve": [{"subject_fidelity": f, "prior_rmse_to_base": d} for f, d in curve], "final": final}
+
+
+def test_summary_and_claims_from_hand_made_results():
+    from driftless.bench.drift import grid
+
+    s = lambda f, t, p, d: {"subject_fidelity": f, "text_alignment": t, "prior_accuracy": p,  # noqa: E731
+                            "prior_similarity_to_base": 1 - d, "prior_rmse_to_base": d}
+    results = []
+    for subject in ("orange-cross", "cyan-square"):
+        for seed in (0, 1):
+            results.append(_result(subject, "plain LoRA", seed, [(0.5, 0.1), (0.6, 0.3)],
+                                   {"CFG": s(0.6, 0.8, 0.7, 0.3), "personalization guidance": s(0.7, 0.6, 0.6, 0.4),
+                                    "autoguidance": s(0.65, 0.7, 0.6, 0.4)}))
+            results[-1]["base"] = s(0.4, 1.0, 0.8, 0.0)
+            # the anchor at fidelity 0.55 with drift 0.1: plain LoRA had 0.2 there -> ratio 0.5 in every unit
+            results.append(_result(subject, "parameter anchor", seed, [(0.55, 0.1)], {"CFG": s(0.55, 0.8, 0.7, 0.1)}))
+            results[-1]["base"] = s(0.4, 1.0, 0.8, 0.0)
+    summary = grid.summarise(results, resamples=200)
+    assert summary["matched"]["parameter anchor"]["ratio"] == pytest.approx((0.5, 0.5, 0.5))
+    assert summary["final"]["plain LoRA | CFG"]["subject_fidelity"] == pytest.approx((0.6, 0.6, 0.6))
+    d = summary["deltas"]["plain LoRA: personalization guidance − CFG: text_alignment"]["delta"]
+    assert d == pytest.approx((-0.2, -0.2, -0.2))
+    rows = {r["claim"]: r for r in grid.claims(summary)}
+    assert rows["P&P: less drift than DreamBooth-LoRA at matched fidelity"]["verdict"] == "holds"
+    assert rows["personalization guidance: better text alignment than CFG"]["verdict"] == "does not hold"
+    assert rows["personalization guidance: better subject fidelity than autoguidance"]["verdict"] == "holds"
+    assert rows["DC-score continual learning: less forgetting than sequential LoRA and LoRA-EWC"]["verdict"] == "not measured"
+    text = grid.claims_markdown(grid.claims(summary), "from a test")
+    assert "| 0.50× (0.50–0.50) | holds |" in text

@@ -1,0 +1,251 @@
+"""The drift benchmark's jobs, subjects and statistics: pure Python/numpy/torch, no ComfyUI.
+
+A job is one LoRA training, described completely by a (subject, method, knobs, seed) record; its content key
+(a hash of that record) names its result, so jobs can run in any order, in any process, and be cached.
+`expand` turns the command line's choices into the grid of jobs; `summarise` turns the results into figures
+with percentile-bootstrap 95% intervals (Efron & Tibshirani 1993, ch. 13) that resample the (subject, seed)
+units; `matched_ratio` compares a method's drift with plain LoRA's at the same subject fidelity.
+"""
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from ...shapes import dataset, metrics
+
+# --- subjects: shapes, colours and surface patterns the pretraining never showed together ----------------------
+
+PATTERNS = ("solid", "stripes", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    name: str
+    shape: str  # one of dataset.shape_mask's shapes
+    colour: tuple[float, float, float]
+    pattern: str = "solid"  # solid, stripes (horizontal, every other 2 pixels darker), dots (a 4-pixel grid of dark dots)
+
+    def render(self, n: int, seed: int) -> torch.Tensor:
+        """n pictures [n, 32, 32, 3] of the subject on white at seeded random sizes and positions."""
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"pattern must be one of {PATTERNS}, got {self.pattern!r}")
+        rng = np.random.default_rng(seed)
+        rows, cols = np.mgrid[0:dataset.SIZE, 0:dataset.SIZE]
+        dark = {"solid": np.zeros_like(rows, bool), "stripes": (rows // 2) % 2 == 1,
+                "dots": (rows % 4 == 1) & (cols % 4 == 1)}[self.pattern][..., None]
+        colour = np.asarray(self.colour, np.float32)
+        surface = np.where(dark, colour * 0.35, colour).astype(np.float32)
+        out = []
+        for _ in range(n):
+            side, centre = dataset.draw_layout(rng)
+            m = dataset.shape_mask(self.shape, side, centre)[..., None]
+            out.append(m * surface + (1 - m) * np.asarray(dataset.BACKGROUNDS["white"], np.float32))
+        return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+SUBJECTS = {s.name: s for s in (
+    Subject("orange-cross", "cross", (1.0, 0.5, 0.0)),
+    Subject("purple-cross-stripes", "cross", (0.55, 0.15, 0.7), "stripes"),
+    Subject("cyan-square", "square", (0.1, 0.8, 0.85)),
+    Subject("orange-circle-stripes", "circle", (1.0, 0.5, 0.0), "stripes"),
+    Subject("magenta-triangle-dots", "triangle", (0.9, 0.1, 0.7), "dots"),
+    Subject("teal-cross-dots", "cross", (0.0, 0.5, 0.5), "dots"),
+)}
+
+
+# --- jobs ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    subject: str
+    method: str
+    seed: int
+    knobs: tuple = ()  # sorted (name, value) pairs: steps, checkpoints, rank, learning_rate, guidance, ...
+
+    @property
+    def knob(self) -> dict:
+        return dict(self.knobs)
+
+    def record(self) -> dict:
+        """The job as plain JSON-able data (what a remote worker receives)."""
+        return {"subject": self.subject, "method": self.method, "seed": self.seed, "knobs": self.knob}
+
+    @property
+    def key(self) -> str:
+        """Content key: the same record gives the same key on every machine."""
+        blob = json.dumps(self.record(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def expand(subjects, methods, seeds, knobs: dict, guidance_methods=("plain LoRA",)) -> list[Job]:
+    """Every (subject, method, seed) with the same knobs; `guidance=True` in the knobs of the methods named in
+    guidance_methods (their last checkpoint is also sampled with personalization guidance and autoguidance)."""
+    for s in subjects:
+        if s not in SUBJECTS:
+            raise ValueError(f"unknown subject {s!r}: choose from {sorted(SUBJECTS)}")
+    jobs = []
+    for subject in subjects:
+        for method in methods:
+            for seed in seeds:
+                k = {**knobs, "guidance": method in guidance_methods}
+                jobs.append(Job(subject, method, int(seed), tuple(sorted(k.items()))))
+    return jobs
+
+
+# --- statistics ----------------------------------------------------------------------------------------------
+
+
+def bootstrap_mean(values, resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` (one per independent unit, here a (subject, seed) pair) and its
+    percentile-bootstrap 95% interval (Efron & Tibshirani 1993, ch. 13): the units are drawn with replacement
+    `resamples` times and the 2.5th and 97.5th percentiles of the resampled means are taken (numpy's default
+    linear interpolation between order statistics). Seeded: the same values give the same interval."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap_mean needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(x.mean()), float(low), float(high)
+
+
+def matched_ratio(method_point: tuple[float, float], plain_curve: list[tuple[float, float]],
+                  near_base: float = 0.02) -> float | None:
+    """A method's drift over plain LoRA's drift at the method's subject fidelity. `plain_curve` is plain LoRA's
+    (fidelity, drift) points in training order from the base model (drift 0) on, for the same subject and seed;
+    its drift at the method's fidelity is interpolated linearly along it (metrics.matched_drift). None when plain
+    LoRA never reached that fidelity or was still within `near_base` of the base model (no ratio to speak of)."""
+    fidelity, drift = method_point
+    plain = metrics.matched_drift(plain_curve, fidelity)
+    if plain is None or plain < near_base:
+        return None
+    return drift / plain
+
+
+def verdict(low: float, high: float, better_below: float | None = None, better_above: float | None = None) -> str:
+    """From an interval: `holds` if it lies wholly on the claimed side of the threshold, `does not hold` if wholly on
+    the other side, `inconclusive` if it straddles it."""
+    if better_below is not None:
+        return "holds" if high < better_below else "does not hold" if low > better_below else "inconclusive"
+    return "holds" if low > better_above else "does not hold" if high < better_above else "inconclusive"
+
+
+def unit_of(result: dict) -> tuple[str, int]:
+    return result["job"]["subject"], result["job"]["seed"]
+
+
+def summarise(results: list[dict], resamples: int = 4000) -> dict:
+    """Figures with intervals from job results (benchmark.run_job's dicts).
+
+    - `final`: per (method, guidance) the mean of each score at the last checkpoint over (subject, seed) units;
+    - `matched`: per method, plain LoRA's-curve drift ratio at the method's last checkpoint (same subject and seed);
+    - `deltas`: per-unit paired differences the claims are read from (guidance modes against CFG and autoguidance;
+      APT's prior and text alignment against plain LoRA's)."""
+    by = {}
+    for r in results:
+        by.setdefault(r["job"]["method"], {})[unit_of(r)] = r
+    scores = ("subject_fidelity", "text_alignment", "prior_accuracy", "prior_similarity_to_base", "prior_rmse_to_base")
+    final = {}
+    for method, units in by.items():
+        modes = {m for r in units.values() for m in r["final"]}
+        for mode in sorted(modes):
+            rows = [r["final"][mode] for r in units.values() if mode in r["final"]]
+            final[f"{method} | {mode}"] = {k: bootstrap_mean([row[k] for row in rows], resamples) for k in scores}
+            final[f"{method} | {mode}"]["n"] = len(rows)
+    base_rows = [r["base"] for r in by.get("plain LoRA", {}).values()]  # one per (subject, seed) unit
+    if base_rows:
+        final["base model | CFG"] = {k: bootstrap_mean([row[k] for row in base_rows], resamples) for k in scores}
+        final["base model | CFG"]["n"] = len(base_rows)
+    plain = by.get("plain LoRA", {})
+    matched, deltas = {}, {}
+    for method, units in by.items():
+        if method == "plain LoRA":
+            continue
+        ratios, missing = [], 0
+        for unit, r in units.items():
+            if unit not in plain:
+                continue
+            curve = [(plain[unit]["base"]["subject_fidelity"], 0.0)]
+            curve += [(c["subject_fidelity"], c["prior_rmse_to_base"]) for c in plain[unit]["curve"]]
+            last = r["curve"][-1]
+            ratio = matched_ratio((last["subject_fidelity"], last["prior_rmse_to_base"]), curve)
+            (ratios.append(ratio) if ratio is not None else None)
+            missing += ratio is None
+        if ratios:
+            matched[method] = {"ratio": bootstrap_mean(ratios, resamples), "n": len(ratios), "unmatched": missing}
+        else:
+            matched[method] = {"ratio": None, "n": 0, "unmatched": missing}
+        for k in ("prior_accuracy", "text_alignment"):
+            diffs = [r["final"]["CFG"][k] - plain[u]["final"]["CFG"][k] for u, r in units.items() if u in plain]
+            if diffs:
+                deltas[f"{method} − plain LoRA: {k}"] = {"delta": bootstrap_mean(diffs, resamples), "n": len(diffs)}
+    for method, units in by.items():
+        guided = [r for r in units.values() if "personalization guidance" in r["final"]]
+        for other in ("CFG", "autoguidance"):
+            for k in ("subject_fidelity", "text_alignment"):
+                diffs = [r["final"]["personalization guidance"][k] - r["final"][other][k] for r in guided if other in r["final"]]
+                if diffs:
+                    deltas[f"{method}: personalization guidance − {other}: {k}"] = {
+                        "delta": bootstrap_mean(diffs, resamples), "n": len(diffs)}
+    return {"final": final, "matched": matched, "deltas": deltas}
+
+
+# --- the claims table ------------------------------------------------------------------------------------------
+
+
+def claims(summary: dict) -> list[dict]:
+    """One row per claim of the four papers: the measured effect, its interval and the verdict from the interval."""
+    rows = []
+
+    def ratio_row(claim, method):
+        m = summary["matched"].get(method)
+        if not m or m["ratio"] is None:
+            return {"claim": claim, "measure": f"{method} drift / plain LoRA drift at matched fidelity",
+                    "effect": None, "verdict": "not measured"}
+        mean, lo, hi = m["ratio"]
+        return {"claim": claim, "measure": f"{method} drift / plain LoRA drift at matched fidelity (n = {m['n']}, "
+                f"{m['unmatched']} unmatched)", "effect": (mean, lo, hi), "verdict": verdict(lo, hi, better_below=1.0)}
+
+    def delta_row(claim, key, measure):
+        d = summary["deltas"].get(key)
+        if not d:
+            return {"claim": claim, "measure": measure, "effect": None, "verdict": "not measured"}
+        mean, lo, hi = d["delta"]
+        return {"claim": claim, "measure": f"{measure} (n = {d['n']})", "effect": (mean, lo, hi),
+                "verdict": verdict(lo, hi, better_above=0.0)}
+
+    rows.append(ratio_row("P&P: less drift than DreamBooth-LoRA at matched fidelity", "parameter anchor"))
+    for k, what in (("prior_accuracy", "prior accuracy"), ("text_alignment", "text alignment")):
+        d = summary["deltas"].get(f"APT − plain LoRA: {k}")
+        if not d:
+            rows.append({"claim": f"APT: {what} kept", "measure": f"APT − plain LoRA, {what}", "effect": None,
+                         "verdict": "not measured"})
+            continue
+        mean, lo, hi = d["delta"]
+        # "kept": no loss against plain LoRA; holds if the interval lies above −0.05, fails if wholly below it
+        rows.append({"claim": f"APT: {what} kept (not below plain LoRA's by more than 0.05)",
+                     "measure": f"APT − plain LoRA, {what} (n = {d['n']})", "effect": (mean, lo, hi),
+                     "verdict": verdict(lo, hi, better_above=-0.05)})
+    for other in ("CFG", "autoguidance"):
+        for k, what in (("text_alignment", "text alignment"), ("subject_fidelity", "subject fidelity")):
+            rows.append(delta_row(f"personalization guidance: better {what} than {other}",
+                                  f"plain LoRA: personalization guidance − {other}: {k}",
+                                  f"personalization guidance − {other}, {what}, same LoRA and cfg"))
+    rows.append({"claim": "DC-score continual learning: less forgetting than sequential LoRA and LoRA-EWC",
+                 "measure": "no forgetting benchmark in bench/ yet (bench/speed/continual.py times steps only)",
+                 "effect": None, "verdict": "not measured"})
+    return rows
+
+
+def claims_markdown(rows: list[dict], provenance: str) -> str:
+    lines = [provenance, "", "| claim | measure | effect (mean, 95% bootstrap interval) | verdict |", "|---|---|---|---|"]
+    for r in rows:
+        eff = "–" if r["effect"] is None else f"{r['effect'][0]:+.3f} ({r['effect'][1]:+.3f} to {r['effect'][2]:+.3f})"
+        if r["effect"] is not None and "drift /" in r["measure"]:
+            eff = f"{r['effect'][0]:.2f}× ({r['effect'][1]:.2f}–{r['effect'][2]:.2f})"
+        lines.append(f"| {r['claim']} | {r['measure']} | {eff} | {r['verdict']} |")
+    return "\n".join(lines)
