@@ -15,8 +15,8 @@ def main() -> None:
                         help="pretrain the full preset from its recipe and write the weights shipped in shapes/weights/, then stop")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--mode", choices=("full", "quick"), default="full",
-                        help="full: every subject x 3 seeds x every method, 120 steps (bench/results/drift.*); quick: the "
-                        "same subjects and seeds, plain LoRA, parameter anchor and APT, 40 steps (drift_quick.*)")
+                        help="full: every subject x 3 seeds x every method, 300 steps scored every 50 (bench/results/drift.*); quick: the "
+                        "same subjects and seeds, plain LoRA, parameter anchor and APT, 100 steps scored every 25 (drift_quick.*)")
     parser.add_argument("--subjects", nargs="+", metavar="NAME",
                         help="subjects to personalize (default: all of bench/drift/grid.py SUBJECTS; --list shows them)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="training seeds (default 0 1 2)")

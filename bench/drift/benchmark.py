@@ -258,11 +258,11 @@ def matched_table(rows: list[dict]) -> str:
 
 MODES = {
     # the default set: every subject, 3 seeds, every method; plain LoRA also sampled with the guidance modes
-    "full": {"methods": METHODS, "seeds": (0, 1, 2), "knobs": {"steps": 120, "checkpoints": (30, 60, 90, 120),
+    "full": {"methods": METHODS, "seeds": (0, 1, 2), "knobs": {"steps": 300, "checkpoints": (50, 100, 150, 200, 250, 300),
                                                              "rank": 8, "learning_rate": 1e-3}},
     # the same subjects and seeds, the methods the claims table reads, shorter training
     "quick": {"methods": ("plain LoRA", "parameter anchor", "APT"), "seeds": (0, 1, 2),
-              "knobs": {"steps": 40, "checkpoints": (20, 40), "rank": 8, "learning_rate": 1e-3}},
+              "knobs": {"steps": 100, "checkpoints": (25, 50, 75, 100), "rank": 8, "learning_rate": 1e-3}},
 }
 
 
@@ -328,8 +328,8 @@ def summary_table(summary: dict) -> str:
 
 
 def main(folder: pathlib.Path, args) -> None:
-    from ..common import write_results
-    from . import grid
+    from ..common import RESULTS, write_results
+    from . import claims, grid, plot
 
     jobs = jobs_for(args)
     name = args.name or ("drift" if args.mode == "full" else f"drift_{args.mode}")
@@ -362,4 +362,25 @@ def main(folder: pathlib.Path, args) -> None:
     rows = [{"method": n.split(" | ")[0], "guidance": n.split(" | ")[1], **v} for n, v in summary["final"].items()]
     md, js = write_results(name, rows, text, notes, extra={"mode": args.mode, "summary": summary, "jobs": results,
                                                           "wall_s": wall, "cpu_s": cpu})
-    print(f"[bench] wrote {md} and {js}")
+    png = plot.fidelity_vs_drift(mean_curves(results), RESULTS / f"{name}.png")
+    if args.mode == "quick" and name == "drift_quick" or args.mode == "full" and name == "drift":
+        claims.update(js)  # docs/claims.md follows the default runs; a named run leaves it alone
+    print(f"[bench] wrote {md}, {js} and {png}")
+
+
+def mean_curves(results: list[dict]) -> dict:
+    """Per method, the mean (over subject and seed) of each checkpoint's scores and of the last checkpoint's per
+    guidance mode, shaped as plot.fidelity_vs_drift reads them."""
+    import numpy as np
+
+    by = {}
+    for r in results:
+        by.setdefault(r["job"]["method"], []).append(r)
+    keys = ("subject_fidelity", "prior_rmse_to_base")
+    mean = lambda rows: {k: float(np.mean([row[k] for row in rows])) for k in keys}  # noqa: E731
+    out = {"curves": {}, "results": {"base model": {"CFG": mean([r["base"] for r in by.get("plain LoRA", results)])}}}
+    for method, rs in by.items():
+        out["curves"][method] = [{**mean([r["curve"][i] for r in rs]), "step": rs[0]["curve"][i]["step"]}
+                                 for i in range(len(rs[0]["curve"]))]
+        out["results"][method] = {mode: mean([r["final"][mode] for r in rs]) for mode in rs[0]["final"]}
+    return out

@@ -41,8 +41,10 @@ def fidelity_vs_drift(out: dict, path: pathlib.Path, x_key="subject_fidelity", y
         for x, y in pts:
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         for mode, s in out["results"][name].items():
-            if mode != "CFG":  # personalization guidance: a hollow square
-                x, y = px(s[x_key]), py(s[y_key])
+            x, y = px(s[x_key]), py(s[y_key])
+            if mode == "autoguidance":  # a hollow triangle
+                d.polygon([(x, y - 6), (x - 6, y + 5), (x + 6, y + 5)], outline=colour)
+            elif mode != "CFG":  # personalization guidance: a hollow square
                 d.rectangle([x - 5, y - 5, x + 5, y + 5], outline=colour, width=2)
         d.line([W - R + 10, T + 12 + 18 * k, W - R + 30, T + 12 + 18 * k], fill=colour, width=3)
         d.text((W - R + 35, T + 6 + 18 * k), name, fill=(0, 0, 0))
@@ -54,7 +56,8 @@ def fidelity_vs_drift(out: dict, path: pathlib.Path, x_key="subject_fidelity", y
     n = len(out["curves"])
     d.text((W - R + 10, T + 12 + 18 * n), "dots: CFG along training", fill=(0, 0, 0))
     d.text((W - R + 10, T + 30 + 18 * n), "squares: pers. guidance", fill=(0, 0, 0))
-    d.text((W - R + 10, T + 48 + 18 * n), "+: base model", fill=(0, 0, 0))
+    d.text((W - R + 10, T + 48 + 18 * n), "triangles: autoguidance", fill=(0, 0, 0))
+    d.text((W - R + 10, T + 66 + 18 * n), "+: base model", fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path

@@ -288,3 +288,26 @@ def test_summary_and_claims_from_hand_made_results():
     assert rows["DC-score continual learning: less forgetting than sequential LoRA and LoRA-EWC"]["verdict"] == "not measured"
     text = grid.claims_markdown(grid.claims(summary), "from a test")
     assert "| 0.50× (0.50–0.50) | holds |" in text
+
+
+def test_claims_page_block_is_rewritten_from_the_json(tmp_path):
+    import json
+
+    from driftless.bench.drift import claims
+
+    summary = {"final": {}, "matched": {"parameter anchor": {"ratio": (1.2, 1.1, 1.3), "n": 18, "unmatched": 0}},
+               "deltas": {}}
+    report = {"summary": summary, "command": "./driftless bench drift --mode quick", "mode": "quick",
+              "date": "2026-12-05 13:50 UTC", "jobs": [{}] * 54, "wall_s": 300.0, "cpu_s": 500.0}
+    js = tmp_path / "drift_quick.json"
+    js.write_text(json.dumps(report))
+    page = tmp_path / "claims.md"
+    page.write_text(f"intro\n{claims.BEGIN}\nold table\n{claims.END}\noutro\n")
+    claims.update(js, page)
+    text = page.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{claims.END}\noutro\n") and "old table" not in text
+    assert "`./driftless bench drift --mode quick` (quick mode)" in text and "54 jobs" in text
+    assert "| 1.20× (1.10–1.30) | does not hold |" in text
+    page.write_text("no markers")
+    with pytest.raises(SystemExit, match="lacks the markers"):
+        claims.update(js, page)
