@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--mode", choices=("full", "quick"), default="full",
                         help="full: every subject x 3 seeds x every method, 300 steps scored every 50 (bench/results/drift.*); quick: the "
-                        "same subjects and seeds, plain LoRA, parameter anchor and APT, 100 steps scored every 25 (drift_quick.*)")
+                        "same subjects and seeds, plain LoRA, parameter anchor and APT, 100 steps scored at 50 and 100 (drift_quick.*)")
     parser.add_argument("--subjects", nargs="+", metavar="NAME",
                         help="subjects to personalize (default: all of bench/drift/grid.py SUBJECTS; --list shows them)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="training seeds (default 0 1 2)")

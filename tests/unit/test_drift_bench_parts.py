@@ -311,3 +311,19 @@ def test_claims_page_block_is_rewritten_from_the_json(tmp_path):
     page.write_text("no markers")
     with pytest.raises(SystemExit, match="lacks the markers"):
         claims.update(js, page)
+
+
+def test_prompts_from_the_command_line():
+    from driftless.bench.drift import benchmark
+
+    assert benchmark.parse_prior("red circle on black") == ("circle", "red", "black")
+    assert benchmark.parse_prior("a green triangle on a gray background") == ("triangle", "green", "gray")
+    assert benchmark.parse_align("blue on white") == ("blue", "white")
+    with pytest.raises(SystemExit, match="'<colour> <shape> on <background>'"):
+        benchmark.parse_prior("orange circle on black")
+    with pytest.raises(SystemExit, match="'<colour> on <background>'"):
+        benchmark.parse_align("blue")
+    sets = benchmark.prompt_sets(prior=[("square", "red", "white")], align=[("blue", "black")])
+    assert [(kind, prompt) for kind, prompt, _, _ in sets] == [
+        ("prior", "a red square on a white background"), ("subject", "a sks on a white background"),
+        ("align", "a blue sks on a black background")]
