@@ -8,8 +8,6 @@ units; `matched_ratio` compares a method's drift with plain LoRA's at the same s
 """
 
 import dataclasses
-import hashlib
-import json
 
 import numpy as np
 import torch
@@ -76,9 +74,10 @@ class Job:
 
     @property
     def key(self) -> str:
-        """Content key: the same record gives the same key on every machine."""
-        blob = json.dumps(self.record(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Content key (the sweeps' sweeps.spec.content_key): the same record gives the same key on every machine."""
+        from ...sweeps.spec import content_key
+
+        return content_key(self.record())
 
 
 def expand(subjects, methods, seeds, knobs: dict, guidance_methods=("plain LoRA",)) -> list[Job]:
@@ -102,14 +101,15 @@ def expand(subjects, methods, seeds, knobs: dict, guidance_methods=("plain LoRA"
 def bootstrap_mean(values, resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high): the mean of `values` (one per independent unit, here a (subject, seed) pair) and its
     percentile-bootstrap 95% interval (Efron & Tibshirani 1993, ch. 13): the units are drawn with replacement
-    `resamples` times and the 2.5th and 97.5th percentiles of the resampled means are taken (numpy's default
-    linear interpolation between order statistics). Seeded: the same values give the same interval."""
+    `resamples` times and the 2.5th and 97.5th percentiles of the resampled means are taken. Seeded: the same
+    values give the same interval."""
+    from ...sweeps.summary import bootstrap_interval
+
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("bootstrap_mean needs at least one value")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    interval = bootstrap_interval(x, resamples=resamples, seed=seed)  # scipy.stats.bootstrap, percentile method
+    low, high = interval if interval is not None else (x.mean(), x.mean())  # one unit: no spread to resample
     return float(x.mean()), float(low), float(high)
 
 
