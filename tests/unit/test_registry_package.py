@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")  # comfy-cli's pathspec use
 
-NOT_SHIPPED = ("tests/", "bench/", "tools/", "headless/", "docs/", ".ci/", "output/", "test-artifacts/", ".driftless/")
+NOT_SHIPPED = ("tests/", "bench/", "tools/", "headless/", "sweeps/", "docs/", ".ci/", "output/", "test-artifacts/", ".driftless/")
 LOG_CALLS = {"debug", "info", "warning", "error", "exception", "critical", "warn", "log"}
 
 
