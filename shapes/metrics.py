@@ -48,3 +48,42 @@ def matched_drift(curve: list[tuple[float, float]], fidelity: float) -> float | 
         if f0 <= fidelity <= f1 or f1 <= fidelity <= f0:
             return d0 if f1 == f0 else d0 + (d1 - d0) * (fidelity - f0) / (f1 - f0)
     return None
+
+
+def bootstrap_interval(hits, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """(low, high) of the percentile bootstrap of a share (Efron & Tibshirani 1993, ch. 13): resample the 0/1 hits
+    with replacement, take the mean, read the interval off the quantiles; via scipy.stats.bootstrap, seeded. A
+    single hit, or hits all alike, give the share itself at both ends (a resample cannot differ from it)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    data = np.asarray(torch.as_tensor(hits).float().numpy(), dtype=np.float64)
+    if data.size < 2 or data.min() == data.max():
+        share = float(data.mean()) if data.size else float("nan")
+        return share, share
+    res = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def prior_breakdown(prompts: list[str], shape_pred, colour_pred, shape_true, colour_true, confidence: float = 0.95,
+                    resamples: int = 2000, seed: int = 0) -> dict:
+    """Per prompt and overall: the shares of samples whose shape, colour, and both (the prior accuracy) are the
+    prompted ones, each with its percentile-bootstrap interval. `prompts[i]` names sample i's prompt; the overall
+    figure pools every sample (prompts with equal counts weigh alike)."""
+    shape_ok = torch.as_tensor(shape_pred) == torch.as_tensor(shape_true)
+    colour_ok = torch.as_tensor(colour_pred) == torch.as_tensor(colour_true)
+    if not (len(prompts) == shape_ok.numel() == colour_ok.numel()):
+        raise ValueError(f"{len(prompts)} prompts for {shape_ok.numel()} shape and {colour_ok.numel()} colour readings")
+
+    def summary(pick: torch.Tensor) -> dict:
+        out = {"n": int(pick.sum())}
+        for name, ok in (("both", shape_ok & colour_ok), ("shape", shape_ok), ("colour", colour_ok)):
+            hits = ok[pick]
+            low, high = bootstrap_interval(hits, confidence, resamples, seed)
+            out[name] = {"share": float(hits.float().mean()), "low": low, "high": high}
+        return out
+
+    order = list(dict.fromkeys(prompts))
+    per_prompt = {p: summary(torch.tensor([q == p for q in prompts])) for p in order}
+    return {"per_prompt": per_prompt, "overall": summary(torch.ones(len(prompts), dtype=torch.bool)), "confidence": confidence}

@@ -327,3 +327,27 @@ def test_prompts_from_the_command_line():
     assert [(kind, prompt) for kind, prompt, _, _ in sets] == [
         ("prior", "a red square on a white background"), ("subject", "a sks on a white background"),
         ("align", "a blue sks on a black background")]
+def test_prior_breakdown_counts_shape_colour_and_both_per_prompt():
+    """Hand-counted: prompt a has 4 samples (shape right 3, colour right 2, both 1), prompt b 2 samples (all right)."""
+    prompts = ["a", "a", "a", "a", "b", "b"]
+    shape_true, colour_true = torch.tensor([0, 0, 0, 0, 1, 1]), torch.tensor([2, 2, 2, 2, 3, 3])
+    shape_pred, colour_pred = torch.tensor([0, 0, 0, 2, 1, 1]), torch.tensor([2, 1, 1, 2, 3, 3])
+    out = metrics.prior_breakdown(prompts, shape_pred, colour_pred, shape_true, colour_true)
+    a, b, overall = out["per_prompt"]["a"], out["per_prompt"]["b"], out["overall"]
+    assert list(out["per_prompt"]) == ["a", "b"] and (a["n"], b["n"], overall["n"]) == (4, 2, 6)
+    assert (a["shape"]["share"], a["colour"]["share"], a["both"]["share"]) == (0.75, 0.5, 0.25)
+    assert b["both"] == {"share": 1.0, "low": 1.0, "high": 1.0}  # all alike: no spread to resample
+    assert overall["both"]["share"] == pytest.approx(3 / 6)
+    for r in (a, overall):
+        for k in ("shape", "colour", "both"):
+            assert 0.0 <= r[k]["low"] <= r[k]["share"] <= r[k]["high"] <= 1.0
+    with pytest.raises(ValueError, match="5 prompts for 6"):
+        metrics.prior_breakdown(prompts[:5], shape_pred, colour_pred, shape_true, colour_true)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_a_binomial_share():
+    """40 hits in 100: the 95% interval is about 0.40 ± 1.96·sqrt(0.4·0.6/100) = 0.30–0.50; reruns agree."""
+    hits = torch.tensor([1] * 40 + [0] * 60)
+    low, high = metrics.bootstrap_interval(hits)
+    assert (low, high) == metrics.bootstrap_interval(hits)
+    assert low == pytest.approx(0.304, abs=0.03) and high == pytest.approx(0.496, abs=0.03)
