@@ -548,10 +548,15 @@ def folder_demo(info: dict, profile: str = "tiny") -> dict:
     pos = w.node("CLIPTextEncode", 4, title="Prompt", clip=model.out(1), text=p["prompt"])
     neg = w.node("CLIPTextEncode", 4, title="Null prompt", clip=model.out(1), text="")
     latent = w.node("EmptyLatentImage", 4, width=p["size"], height=p["size"], batch_size=1)
-    sampled = w.node("KSampler", 5, title="Sample (personalized)", model=train.out(0), positive=pos, negative=neg,
-                     latent_image=latent, seed=42, steps=p["sample_steps"], cfg=5.0, sampler_name="euler",
-                     scheduler="normal", denoise=1.0)
-    image = w.node("VAEDecode", 5, samples=sampled, vae=model.out(2))
+    guider = w.node("DriftlessPersonalizationGuider", 4, title="Personalization guidance (s = 0.3)", model=train.out(0),
+                    lora=train.out(1), positive=pos, null=neg, cfg=5.0, weak_strength=0.3, schedule="constant",
+                    weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
+    noise = w.node("RandomNoise", 4, noise_seed=42)
+    sampler = w.node("KSamplerSelect", 4, sampler_name="euler")
+    sigmas = w.node("BasicScheduler", 4, model=model, scheduler="normal", steps=p["sample_steps"], denoise=1.0)
+    sampled = w.node("SamplerCustomAdvanced", 5, title="Sample (personalized, guided)", noise=noise, guider=guider,
+                     sampler=sampler, sigmas=sigmas, latent_image=latent)
+    image = w.node("VAEDecode", 5, samples=sampled.out(0), vae=model.out(2))
     w.node("SaveImage", 6, title="Save (personalized)", images=image, filename_prefix=f"{p['folder']}/folder_sample")
     return w.to_json()
 

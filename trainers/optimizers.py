@@ -29,8 +29,8 @@ file stores bit for bit (state.py).
 import contextlib
 import functools
 import importlib.util
-import io
 import logging
+from io import StringIO
 
 import torch
 
@@ -73,7 +73,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> t
     if name == "Prodigy":
         from prodigyopt import Prodigy
 
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using decoupled weight decay" to stdout
+        with contextlib.redirect_stdout(StringIO()):  # it prints "Using decoupled weight decay" to stdout
             return Prodigy(params, lr=lr, weight_decay=weight_decay, **PRODIGY)
     raise ValueError(f"unknown optimizer {name!r}")
 
