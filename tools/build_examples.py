@@ -519,7 +519,7 @@ FOLDER_NOTE = """## Driftless: train from a folder of captioned photos{suffix}
 2. **Driftless Train LoRA** trains on a clone of the MODEL, batches of one size at a time, with a validation
    image every few steps
 3. **Driftless Save LoRA** writes `models/loras/{folder}/folder_lora.safetensors`; the trained MODEL samples
-   the prompt
+   the prompt through the **Personalization Guider** (s = 0.3)
 
 Headless: `{headless}`."""
 
