@@ -38,15 +38,13 @@ def spread(values: list[float]) -> dict:
 
 
 def bootstrap_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the median of `values` (Efron & Tibshirani 1993, ch. 13), seeded so
-    that the same figures give the same interval."""
-    import torch
+    """Percentile bootstrap 95% interval of the median of `values` (the sweeps' scipy.stats.bootstrap helper), seeded
+    so that the same figures give the same interval."""
+    import numpy as np
 
-    g = torch.Generator().manual_seed(seed)
-    data = torch.tensor(values, dtype=torch.float64)
-    picks = torch.randint(len(values), (resamples, len(values)), generator=g)
-    medians = data[picks].median(dim=1).values.sort().values
-    return float(medians[int(0.025 * resamples)]), float(medians[int(0.975 * resamples) - 1])
+    from ..sweeps.summary import bootstrap_interval
+
+    return bootstrap_interval(values, resamples=resamples, seed=seed, statistic=np.median)
 
 
 def machine() -> dict:

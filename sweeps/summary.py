@@ -9,16 +9,17 @@ from .spec import value_label
 SECONDS = "job seconds"  # each job's wall time in its worker (ComfyUI's start-up included for a worker's first job)
 
 
-def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0):
-    """(low, high) of the percentile bootstrap of the mean; None for fewer than 2 values. Seeded: reruns agree."""
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0, statistic=np.mean):
+    """(low, high) of the percentile bootstrap of `statistic` (the mean by default); None for fewer than 2 values.
+    Seeded: reruns agree."""
     from scipy.stats import bootstrap
 
     data = np.asarray(values, dtype=np.float64)
     if data.size < 2:
         return None
-    if np.all(data == data[0]):  # every resample has the same mean
+    if np.all(data == data[0]):  # every resample has the same statistic
         return float(data[0]), float(data[0])
-    res = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+    res = bootstrap((data,), statistic, confidence_level=confidence, n_resamples=resamples, method="percentile",
                     rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 

@@ -111,6 +111,19 @@ DEMO_NOTE = """## Driftless: photos -> LoRA -> guided samples -> metrics{suffix}
 Headless: `{headless}`."""
 
 
+def guided_sample(w, p: dict, model, train, pos, neg, latent):
+    """The trained MODEL sampled through the Personalization Guider (s = 0.3, cfg 5, euler, seed 42) with
+    SamplerCustomAdvanced in columns 4–5; returns the sampler node (its output 0 is the latent)."""
+    guider = w.node("DriftlessPersonalizationGuider", 4, title="Personalization guidance (s = 0.3)", model=train.out(0),
+                    lora=train.out(1), positive=pos, null=neg, cfg=5.0, weak_strength=0.3, schedule="constant",
+                    weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
+    noise = w.node("RandomNoise", 4, noise_seed=42)
+    sampler = w.node("KSamplerSelect", 4, sampler_name="euler")
+    sigmas = w.node("BasicScheduler", 4, model=model, scheduler="normal", steps=p["sample_steps"], denoise=1.0)
+    return w.node("SamplerCustomAdvanced", 5, title="Sample (personalized, guided)", noise=noise, guider=guider,
+                  sampler=sampler, sigmas=sigmas, latent_image=latent)
+
+
 def demo(info: dict, profile: str = "tiny") -> dict:
     p, w, model = start(info, profile, "personalize_and_guide", DEMO_NOTE, height=500, photos=3, metrics=True)
     batch = photos(w, p, 1)
@@ -123,14 +136,7 @@ def demo(info: dict, profile: str = "tiny") -> dict:
     pos = w.node("CLIPTextEncode", 3, title="Prompt", clip=model.out(1), text=p["prompt"])
     neg = w.node("CLIPTextEncode", 3, title="Null prompt", clip=model.out(1), text="")
     latent = w.node("EmptyLatentImage", 3, width=p["size"], height=p["size"], batch_size=2)
-    guider = w.node("DriftlessPersonalizationGuider", 4, title="Personalization guidance (s = 0.3)", model=train.out(0),
-                    lora=train.out(1), positive=pos, null=neg, cfg=5.0, weak_strength=0.3, schedule="constant",
-                    weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
-    noise = w.node("RandomNoise", 4, noise_seed=42)
-    sampler = w.node("KSamplerSelect", 4, sampler_name="euler")
-    sigmas = w.node("BasicScheduler", 4, model=model, scheduler="normal", steps=p["sample_steps"], denoise=1.0)
-    guided = w.node("SamplerCustomAdvanced", 5, title="Sample (personalized, guided)", noise=noise, guider=guider,
-                    sampler=sampler, sigmas=sigmas, latent_image=latent)
+    guided = guided_sample(w, p, model, train, pos, neg, latent)
     base = w.node("KSampler", 5, title="Sample (base)", model=model.out(0), positive=pos, negative=neg, latent_image=latent,
                   seed=42, steps=p["sample_steps"], cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
     decoded = {}
@@ -548,14 +554,7 @@ def folder_demo(info: dict, profile: str = "tiny") -> dict:
     pos = w.node("CLIPTextEncode", 4, title="Prompt", clip=model.out(1), text=p["prompt"])
     neg = w.node("CLIPTextEncode", 4, title="Null prompt", clip=model.out(1), text="")
     latent = w.node("EmptyLatentImage", 4, width=p["size"], height=p["size"], batch_size=1)
-    guider = w.node("DriftlessPersonalizationGuider", 4, title="Personalization guidance (s = 0.3)", model=train.out(0),
-                    lora=train.out(1), positive=pos, null=neg, cfg=5.0, weak_strength=0.3, schedule="constant",
-                    weak_strength_end=0.3, start=0.0, end=1.0, mode="personalization")
-    noise = w.node("RandomNoise", 4, noise_seed=42)
-    sampler = w.node("KSamplerSelect", 4, sampler_name="euler")
-    sigmas = w.node("BasicScheduler", 4, model=model, scheduler="normal", steps=p["sample_steps"], denoise=1.0)
-    sampled = w.node("SamplerCustomAdvanced", 5, title="Sample (personalized, guided)", noise=noise, guider=guider,
-                     sampler=sampler, sigmas=sigmas, latent_image=latent)
+    sampled = guided_sample(w, p, model, train, pos, neg, latent)
     image = w.node("VAEDecode", 5, samples=sampled.out(0), vae=model.out(2))
     w.node("SaveImage", 6, title="Save (personalized)", images=image, filename_prefix=f"{p['folder']}/folder_sample")
     return w.to_json()
