@@ -3,7 +3,8 @@
 It scores the benchmark: prior drift (does the personalized model still draw the prompted shape and
 colour?), text alignment (is "a blue sks" blue?), and through its penultimate features, subject
 fidelity and closeness of two pictures (cosine similarity, as DINO features serve in DreamBench).
-Training adds noise and blur, so decoded samples (softer than the renders) are read as well.
+Training adds noise and blur and, when given the VAE's round trip, shows half of each batch as the VAE decodes it:
+samples only ever reach the classifier through the decoder, so that is the picture it must read.
 """
 
 import numpy as np
@@ -46,7 +47,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1).permute(0, 2, 3, 1)
 
 
-def train(steps: int, batch: int, seed: int, log=print) -> ShapeColourNet:
+def train(steps: int, batch: int, seed: int, log=print, roundtrip=None, roundtrip_share: float = 0.5) -> ShapeColourNet:
+    """The classifier on `steps` batches of fresh pictures; `roundtrip(images) -> images` (the VAE's encode then
+    decode), when given, replaces a `roundtrip_share` of each batch by its decoded copy before augmentation."""
     torch.manual_seed(seed)
     net = ShapeColourNet()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
@@ -55,7 +58,14 @@ def train(steps: int, batch: int, seed: int, log=print) -> ShapeColourNet:
     shapes, colours = dataset.labels(pictures)
     for step in range(steps):
         sl = slice(step * batch, (step + 1) * batch)
-        s_logits, c_logits = net(augment(images[sl], generator))
+        x = images[sl]
+        if roundtrip is not None:
+            pick = torch.rand(x.shape[0], generator=generator) < roundtrip_share
+            if pick.any():
+                with torch.no_grad():
+                    x = x.clone()
+                    x[pick] = roundtrip(x[pick]).float().clamp(0, 1)
+        s_logits, c_logits = net(augment(x, generator))
         loss = nn.functional.cross_entropy(s_logits, shapes[sl]) + nn.functional.cross_entropy(c_logits, colours[sl])
         opt.zero_grad()
         loss.backward()

@@ -26,9 +26,10 @@ RECIPE_KEY = "recipe"
 TEXT_ENCODER_KEY = "text_encoder"  # the seeded text encoder's fingerprint, in the shipped UNet file
 SHIPPED_UNET, SHIPPED_VAE = "unet.safetensors", "vae.safetensors"
 RECIPE_FILES = ("dataset.py", "classifier.py", "pretrain.py")
-# CPU seconds per unit, measured with one torch thread (time.process_time) on the development machine,
-# from the full preset's build on a quiet machine (builds under heavy load measured up to ~35% slower rates)
-CPU_S = {"classifier_step_64": 0.07, "vae_step_32": 0.23, "encode_picture": 0.0025, "unet_sample": 0.0083}
+# CPU seconds per unit with one torch thread (time.process_time) on the development machine: the VAE per 32x32
+# picture and the classifier per step of 64 (with its VAE round trips) from the December 2026 recipe's runs, encoding
+# and the UNet per sample from the builds before it (builds under heavy load measured up to ~35% slower rates)
+CPU_S = {"classifier_step_64": 0.15, "vae_picture_32px": 0.0079, "encode_picture": 0.0025, "unet_sample": 0.0083}
 
 
 def _code(path: pathlib.Path) -> str:
@@ -127,7 +128,8 @@ def build(folder: pathlib.Path, settings: pretrain.Settings, log=print, progress
 def estimate_minutes(settings: pretrain.Settings) -> int:
     """CPU minutes of the whole pretraining at the measured rates (CPU_S): an upper bound for 2 idle cores."""
     s = CPU_S["classifier_step_64"] * settings.classifier_steps * settings.classifier_batch / 64
-    s += CPU_S["vae_step_32"] * settings.vae_steps * settings.vae_batch / 32 + CPU_S["encode_picture"] * settings.pool
+    pictures = settings.vae_steps * settings.vae_batch * (min(settings.vae_crop, 32) / 32) ** 2
+    s += CPU_S["vae_picture_32px"] * pictures + CPU_S["encode_picture"] * settings.pool
     s += CPU_S["unet_sample"] * settings.unet_steps * settings.unet_batch
     return max(1, round(s / 60))
 

@@ -64,6 +64,26 @@ def test_classifier_shapes_and_augmentation():
     assert (aug - images).abs().mean() < 0.1  # a little noise and blur, not a different picture
 
 
+def test_classifier_trains_on_the_round_trip_share_it_is_given():
+    """The round trip sees a share of each batch (its pictures, not copies of others), and what it returns is what
+    the classifier learns from: with every picture replaced by black, the trained net differs from one trained
+    without the round trip; with share 0 it is never called."""
+    seen = []
+
+    def black(x):
+        seen.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    plain = classifier.train(4, 16, seed=0, log=lambda *a: None)
+    classifier.train(4, 16, seed=0, log=lambda *a: None, roundtrip=black, roundtrip_share=0.0)
+    assert seen == []
+    every = classifier.train(4, 16, seed=0, log=lambda *a: None, roundtrip=black, roundtrip_share=1.0)
+    assert seen == [16] * 4
+    assert not torch.equal(plain.shape_head.weight, every.shape_head.weight)
+    seen.clear()
+    classifier.train(40, 16, seed=0, log=lambda *a: None, roundtrip=black, roundtrip_share=0.5)
+    assert 0.35 < sum(seen) / (40 * 16) < 0.65  # about half of each batch, drawn per picture
+
 def test_fidelity_and_similarity_on_hand_made_features():
     e = torch.eye(3)
     assert metrics.subject_fidelity(e[:1], e[:1]) == pytest.approx(1.0)
