@@ -254,9 +254,9 @@ def test_apt_augmentation_identity_and_probability():
     g = torch.Generator().manual_seed(0)
     u = torch.full((2,), 0.35)
     # the paper's form as reported (absolute gap, T = 1000): γ ≈ 1, so p = p_max = 0.8 and the loss weight 0
-    # the default (relative gap, T = 1): the LoRA at loss 0 against the base's 1 has r = 1, γ = 1 − 1/e
+    # the default (relative gap, T = 0.3): the LoRA at loss 0 against the base's 1 has r = 1, γ = 1 − exp(−0.3)
     for settings, p, weight in ((dict(indicator_gap="absolute", temperature=1000.0), 0.8, 0.0),
-                                ({}, 1 - math.exp(-1), math.exp(-1))):
+                                ({}, 1 - math.exp(-0.3), math.exp(-0.3))):
         apt = APT(p_max=0.8, **settings)
         assert torch.equal(apt.augment(x, u, g), x)  # γ = 0 before any observation: never augmented
         apt.indicator.update(apt.indicator.bin_of(u), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]))
