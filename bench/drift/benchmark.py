@@ -24,29 +24,66 @@ CLASS_PROMPT = "a shape on a white background"  # prior preservation's class: th
 PRIOR_SEEDS, SUBJECT_SEEDS, ALIGN_SEEDS = 3, 6, 2
 CFG, WEAK_STRENGTH, SAMPLER_STEPS = 4.0, 0.3, 12
 METHODS = ("plain LoRA", "parameter anchor", "DCO", "APT", "prior preservation")
-# variants (choose them with --methods): plain LoRA against weaker settings than the nodes' defaults (does a gentler pull drift less at the
-# same fidelity?) and APT without its adaptive training adjustment (is the loss scaling what stops it learning?)
-VARIANTS = ("plain LoRA", "parameter anchor, weight 0.001", "DCO, beta 250", "APT, adaptive adjustment off")
+# variants (choose them with --methods): a method with knobs changed from its node's defaults, written
+# "METHOD, knob value[, knob value ...]" with the knob's words spaced ("parameter anchor, weight 0.1",
+# "APT, adaptive adjustment off, temperature 1"); these are the ones the committed results use
+VARIANTS = ("plain LoRA", "parameter anchor, weight 0.001", "parameter anchor, weight 0.1", "DCO, beta 250",
+            "APT, adaptive adjustment off")
+
+
+def _regularizer_classes() -> dict:
+    """Method -> (regularizer class, its config class)."""
+    from ...trainers.regularizers.apt import APT, APTConfig
+    from ...trainers.regularizers.dco import DCO, DCOConfig
+    from ...trainers.regularizers.parameter_anchor import ParameterAnchor, ParameterAnchorConfig
+
+    return {"parameter anchor": (ParameterAnchor, ParameterAnchorConfig), "DCO": (DCO, DCOConfig), "APT": (APT, APTConfig)}
+
+
+def parse_method(name: str) -> tuple[str, dict]:
+    """"APT, adaptive adjustment off, temperature 1" -> ("APT", {"adaptive_adjustment": False, "temperature": 1.0}):
+    the method and the knobs its name changes (on/off for a switch, a number, or one of a knob's options)."""
+    import dataclasses
+
+    base, *changes = [part.strip() for part in name.split(",")]
+    if base in ("plain LoRA", "prior preservation"):
+        if changes:
+            raise SystemExit(f"method {name!r}: {base} takes no knobs here")
+        return base, {}
+    classes = _regularizer_classes()
+    if base not in classes:
+        raise SystemExit(f"unknown method {name!r}: write one of {list(METHODS)}, optionally followed by "
+                         "', knob value' pairs, e.g. 'parameter anchor, weight 0.1'")
+    fields = {f.name: f for f in dataclasses.fields(classes[base][1])}
+    knobs = {}
+    for change in changes:
+        key = next((f for f in sorted(fields, key=len, reverse=True) if change.startswith(f.replace("_", " ") + " ")), None)
+        if key is None:
+            raise SystemExit(f"method {name!r}: {change!r} is not 'knob value' with a knob of {base} "
+                             f"({', '.join(f.replace('_', ' ') for f in fields)})")
+        words, value = key.replace("_", " "), change[len(key) + 1:]
+        default = fields[key].default
+        if isinstance(default, bool):
+            if value not in ("on", "off"):
+                raise SystemExit(f"method {name!r}: {words} is on or off, not {value!r}")
+            knobs[key] = value == "on"
+        elif isinstance(default, (int, float)):
+            knobs[key] = type(default)(float(value)) if isinstance(default, float) else int(value)
+        else:
+            knobs[key] = value
+    return base, knobs
 
 
 def make_regularizers(name: str, class_latents, class_cond):
-    """Each regularizer at its node's default settings."""
-    from ...trainers.regularizers.apt import APT
-    from ...trainers.regularizers.dco import DCO
-    from ...trainers.regularizers.parameter_anchor import ParameterAnchor
+    """The method's regularizers at its node's defaults, with the knobs its name changes (parse_method)."""
     from ...trainers.regularizers.prior_preservation import PriorPreservation
 
-    return {
-        "plain LoRA": lambda: [],
-        # the node defaults; the variants below override the one setting their names give
-        "parameter anchor": lambda: [ParameterAnchor()],
-        "DCO": lambda: [DCO()],
-        "APT": lambda: [APT()],
-        "prior preservation": lambda: [PriorPreservation(class_latents, class_cond, CLASS_PROMPT)],
-        "parameter anchor, weight 0.001": lambda: [ParameterAnchor(weight=0.001)],
-        "DCO, beta 250": lambda: [DCO(beta=250.0)],
-        "APT, adaptive adjustment off": lambda: [APT(adaptive_adjustment=False)],
-    }[name]()
+    base, knobs = parse_method(name)
+    if base == "plain LoRA":
+        return []
+    if base == "prior preservation":
+        return [PriorPreservation(class_latents, class_cond, CLASS_PROMPT)]
+    return [_regularizer_classes()[base][0](**knobs)]
 
 
 class Sampler:
@@ -208,6 +245,8 @@ def run_job(job, folder: pathlib.Path) -> dict:
         last, first = loras[checkpoints[-1]], loras[checkpoints[0]]
         for mode, extra in (("personalization guidance", {"mode": "personalization", "s_start": WEAK_STRENGTH,
                                                             "s_end": WEAK_STRENGTH}),
+                            # the knob the guidance claims turn on: the weak model with no LoRA at all (s = 0)
+                            ("personalization guidance, s = 0", {"mode": "personalization", "s_start": 0.0, "s_end": 0.0}),
                             ("autoguidance", {"mode": "autoguidance", "weak_lora": first})):
             guider = partial(make_guider, model, lora=last, cfg=CFG, **extra)
             final[mode] = score(net, sample_all(sampler, guider, prior, align), ctx["base"], subject_images, prior, align)
@@ -262,7 +301,8 @@ def matched_table(rows: list[dict]) -> str:
 
 MODES = {
     # the default set: every subject, 3 seeds, every method; plain LoRA also sampled with the guidance modes
-    "full": {"methods": METHODS, "seeds": (0, 1, 2), "knobs": {"steps": 300, "checkpoints": (50, 100, 150, 200, 250, 300),
+    # (and the anchor at ten times its default weight: does a stronger pull drift less at the same fidelity?)
+    "full": {"methods": (*METHODS, "parameter anchor, weight 0.1"), "seeds": (0, 1, 2), "knobs": {"steps": 300, "checkpoints": (50, 100, 150, 200, 250, 300),
                                                              "rank": 8, "learning_rate": 1e-3}},
     # the same subjects and seeds, the methods the claims table reads, shorter training
     "quick": {"methods": ("plain LoRA", "parameter anchor", "APT"), "seeds": (0, 1, 2),
@@ -306,8 +346,7 @@ def jobs_for(args) -> list:
         knobs["align"] = tuple(parse_align(p) for p in args.align)
     methods = tuple(args.methods or mode["methods"])
     for m in methods:
-        if m not in METHODS + VARIANTS:
-            raise SystemExit(f"unknown method {m!r}: choose from {list(dict.fromkeys(METHODS + VARIANTS))}")
+        parse_method(m)  # refuses an unknown method or knob, naming what there is
     if "plain LoRA" not in methods:
         methods = ("plain LoRA", *methods)  # the matched-fidelity reference
     return grid.expand(args.subjects or list(grid.SUBJECTS), methods, args.seeds or mode["seeds"], knobs)
@@ -360,7 +399,7 @@ def main(folder: pathlib.Path, args) -> None:
         f"training: LoRA rank {k['rank']} on attention, lr {k['learning_rate']}, {k['steps']} steps, batch 1, AdamW, "
         f"10% empty captions; regularizers at their node defaults; scored with CFG at steps {list(k['checkpoints'])}",
         f"sampling: euler, {SAMPLER_STEPS} steps, cfg {CFG}; plain LoRA's last checkpoint also with personalization "
-        f"guidance (s = {WEAK_STRENGTH}) and autoguidance (weak model: its first checkpoint), same cfg",
+        f"guidance (s = {WEAK_STRENGTH}, and s = 0) and autoguidance (weak model: its first checkpoint), same cfg",
         "intervals: percentile bootstrap 95% over (subject, seed) units, 4000 resamples (grid.bootstrap_mean)",
     ]
     rows = [{"method": n.split(" | ")[0], "guidance": n.split(" | ")[1], **v} for n, v in summary["final"].items()]
