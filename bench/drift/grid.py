@@ -184,68 +184,160 @@ def summarise(results: list[dict], resamples: int = 4000) -> dict:
             if diffs:
                 deltas[f"{method} − plain LoRA: {k}"] = {"delta": bootstrap_mean(diffs, resamples), "n": len(diffs)}
     for method, units in by.items():
-        guided = [r for r in units.values() if "personalization guidance" in r["final"]]
-        for other in ("CFG", "autoguidance"):
-            for k in ("subject_fidelity", "text_alignment"):
-                diffs = [r["final"]["personalization guidance"][k] - r["final"][other][k] for r in guided if other in r["final"]]
-                if diffs:
-                    deltas[f"{method}: personalization guidance − {other}: {k}"] = {
-                        "delta": bootstrap_mean(diffs, resamples), "n": len(diffs)}
-    return {"final": final, "matched": matched, "deltas": deltas}
+        modes = sorted({m for r in units.values() for m in r["final"] if m.startswith("personalization guidance")})
+        for mode in modes:
+            guided = [r for r in units.values() if mode in r["final"]]
+            for other in ("CFG", "autoguidance"):
+                for k in ("subject_fidelity", "text_alignment"):
+                    diffs = [r["final"][mode][k] - r["final"][other][k] for r in guided if other in r["final"]]
+                    if diffs:
+                        deltas[f"{method}: {mode} − {other}: {k}"] = {"delta": bootstrap_mean(diffs, resamples),
+                                                                        "n": len(diffs)}
+    return {"final": final, "matched": matched, "deltas": deltas, **explanations(by, resamples)}
+
+
+def explanations(by: dict, resamples: int = 4000) -> dict:
+    """Figures that test why a claim does not hold, from the same jobs (`by`: method -> unit -> result):
+
+    - `matched_features`: per method, the matched-fidelity drift ratio with drift read as classifier-feature distance
+      (1 − the prior samples' cosine similarity to the base model's) instead of pixel RMSE: is the verdict the metric's?
+    - `matched_text`: per guidance mode of plain LoRA, its text alignment minus the text alignment plain LoRA had under
+      CFG when its training first reached the guided samples' subject fidelity (interpolated along its checkpoints, from
+      the base model on): does guidance trade text alignment for fidelity the way longer training does, or worse?
+    """
+    plain = by.get("plain LoRA", {})
+    features, text = {}, {}
+    for method, units in by.items():
+        if method == "plain LoRA":
+            continue
+        ratios, missing = [], 0
+        for unit, r in units.items():
+            if unit not in plain or "prior_similarity_to_base" not in r["curve"][-1]:
+                continue
+            curve = [(plain[unit]["base"]["subject_fidelity"], 0.0)]
+            curve += [(c["subject_fidelity"], 1 - c["prior_similarity_to_base"]) for c in plain[unit]["curve"]]
+            last = r["curve"][-1]
+            ratio = matched_ratio((last["subject_fidelity"], 1 - last["prior_similarity_to_base"]), curve, near_base=1e-3)
+            (ratios.append(ratio) if ratio is not None else None)
+            missing += ratio is None
+        if ratios:
+            features[method] = {"ratio": bootstrap_mean(ratios, resamples), "n": len(ratios), "unmatched": missing}
+    modes = sorted({m for r in plain.values() for m in r["final"] if m.startswith("personalization guidance")})
+    for mode in modes:
+        diffs, missing = [], 0
+        for r in plain.values():
+            if mode not in r["final"] or "text_alignment" not in r["curve"][-1]:
+                continue
+            curve = [(r["base"]["subject_fidelity"], r["base"]["text_alignment"])]
+            curve += [(c["subject_fidelity"], c["text_alignment"]) for c in r["curve"]]
+            at_cfg = metrics.matched_drift(curve, r["final"][mode]["subject_fidelity"])
+            if at_cfg is None:
+                missing += 1
+                continue
+            diffs.append(r["final"][mode]["text_alignment"] - at_cfg)
+        text[mode] = {"delta": bootstrap_mean(diffs, resamples) if diffs else None, "n": len(diffs), "unmatched": missing}
+    return {"matched_features": features, "matched_text": text}
 
 
 # --- the claims table ------------------------------------------------------------------------------------------
 
 
 def claims(summary: dict) -> list[dict]:
-    """One row per claim of the four papers: the measured effect, its interval and the verdict from the interval."""
+    """One row per claim of the four papers: the measured effect, its interval and the verdict from the interval, and
+    under `explanations` the figures that test why it might not hold (a knob's scale, the metric, a trade-off)."""
     rows = []
 
-    def ratio_row(claim, method):
-        m = summary["matched"].get(method)
-        if not m or m["ratio"] is None:
-            return {"claim": claim, "measure": f"{method} drift / plain LoRA drift at matched fidelity",
-                    "effect": None, "verdict": "not measured"}
-        mean, lo, hi = m["ratio"]
-        return {"claim": claim, "measure": f"{method} drift / plain LoRA drift at matched fidelity (n = {m['n']}, "
-                f"{m['unmatched']} unmatched)", "effect": (mean, lo, hi), "verdict": verdict(lo, hi, better_below=1.0)}
+    def ratio_effect(m):
+        if not m or m.get("ratio") is None:
+            return None
+        return m["ratio"], m["n"], m["unmatched"]
 
-    def delta_row(claim, key, measure):
+    def ratio_row(claim, method, explain=()):
+        found = ratio_effect(summary["matched"].get(method))
+        if found is None:
+            return {"claim": claim, "measure": f"{method} drift / plain LoRA drift at matched fidelity",
+                    "effect": None, "verdict": "not measured", "explanations": list(explain)}
+        (mean, lo, hi), n, unmatched = found
+        return {"claim": claim, "measure": f"{method} drift / plain LoRA drift at matched fidelity (n = {n}, "
+                f"{unmatched} unmatched)", "effect": (mean, lo, hi), "verdict": verdict(lo, hi, better_below=1.0),
+                "explanations": list(explain)}
+
+    def delta_row(claim, key, measure, explain=()):
         d = summary["deltas"].get(key)
         if not d:
-            return {"claim": claim, "measure": measure, "effect": None, "verdict": "not measured"}
+            return {"claim": claim, "measure": measure, "effect": None, "verdict": "not measured",
+                    "explanations": list(explain)}
         mean, lo, hi = d["delta"]
         return {"claim": claim, "measure": f"{measure} (n = {d['n']})", "effect": (mean, lo, hi),
-                "verdict": verdict(lo, hi, better_above=0.0)}
+                "verdict": verdict(lo, hi, better_above=0.0), "explanations": list(explain)}
 
-    rows.append(ratio_row("P&P: less drift than DreamBooth-LoRA at matched fidelity", "parameter anchor"))
+    def explanation(what, effect, better_below=None, better_above=None, ratio=False):
+        if effect is None:
+            return {"explanation": what, "effect": None, "verdict": "not measured", "ratio": ratio}
+        (mean, lo, hi), n = effect
+        return {"explanation": f"{what} (n = {n})", "effect": (mean, lo, hi), "ratio": ratio,
+                "verdict": verdict(lo, hi, better_below=better_below, better_above=better_above)}
+
+    def ratio_of(table, method):
+        found = ratio_effect(summary.get(table, {}).get(method))
+        return None if found is None else (found[0], found[1])
+
+    def delta_of(table, key):
+        d = summary.get(table, {}).get(key)
+        return None if not d or d["delta"] is None else (d["delta"], d["n"])
+
+    anchor_explain = [
+        explanation("knob scale: the anchor at ten times its default weight (0.1), drift ratio", 
+                    ratio_of("matched", "parameter anchor, weight 0.1"), better_below=1.0, ratio=True),
+        explanation("metric: drift read as classifier-feature distance (1 − cosine similarity) instead of pixel RMSE, "
+                    "drift ratio", ratio_of("matched_features", "parameter anchor"), better_below=1.0, ratio=True),
+    ]
+    rows.append(ratio_row("P&P: less drift than DreamBooth-LoRA at matched fidelity", "parameter anchor", anchor_explain))
     for k, what in (("prior_accuracy", "prior accuracy"), ("text_alignment", "text alignment")):
         d = summary["deltas"].get(f"APT − plain LoRA: {k}")
         if not d:
             rows.append({"claim": f"APT: {what} kept", "measure": f"APT − plain LoRA, {what}", "effect": None,
-                         "verdict": "not measured"})
+                         "verdict": "not measured", "explanations": []})
             continue
         mean, lo, hi = d["delta"]
         # "kept": no loss against plain LoRA; holds if the interval lies above −0.05, fails if wholly below it
         rows.append({"claim": f"APT: {what} kept (not below plain LoRA's by more than 0.05)",
                      "measure": f"APT − plain LoRA, {what} (n = {d['n']})", "effect": (mean, lo, hi),
-                     "verdict": verdict(lo, hi, better_above=-0.05)})
+                     "verdict": verdict(lo, hi, better_above=-0.05), "explanations": []})
     for other in ("CFG", "autoguidance"):
         for k, what in (("text_alignment", "text alignment"), ("subject_fidelity", "subject fidelity")):
+            explain = [explanation(f"knob scale: the weak model without the LoRA (s = 0), {what} − {other}",
+                                   delta_of("deltas", f"plain LoRA: personalization guidance, s = 0 − {other}: {k}"),
+                                   better_above=0.0)]
+            if other == "CFG" and k == "text_alignment":
+                explain.append(explanation("trade-off: text alignment − CFG's at the same subject fidelity along "
+                                           "training", delta_of("matched_text", "personalization guidance"),
+                                           better_above=0.0))
             rows.append(delta_row(f"personalization guidance: better {what} than {other}",
                                   f"plain LoRA: personalization guidance − {other}: {k}",
-                                  f"personalization guidance − {other}, {what}, same LoRA and cfg"))
+                                  f"personalization guidance − {other}, {what}, same LoRA and cfg", explain))
     rows.append({"claim": "DC-score continual learning: less forgetting than sequential LoRA and LoRA-EWC",
                  "measure": "no forgetting benchmark in bench/ yet (bench/speed/continual.py times steps only)",
-                 "effect": None, "verdict": "not measured"})
+                 "effect": None, "verdict": "not measured", "explanations": []})
     return rows
 
 
 def claims_markdown(rows: list[dict], provenance: str) -> str:
-    lines = [provenance, "", "| claim | measure | effect (mean, 95% bootstrap interval) | verdict |", "|---|---|---|---|"]
+    """The table; each claim that does not hold, or is inconclusive, lists the explanations tested and their verdicts."""
+    def fmt(effect, ratio):
+        if effect is None:
+            return "–"
+        if ratio:
+            return f"{effect[0]:.2f}× ({effect[1]:.2f}–{effect[2]:.2f})"
+        return f"{effect[0]:+.3f} ({effect[1]:+.3f} to {effect[2]:+.3f})"
+
+    lines = [provenance, "", "| claim | measure | effect (mean, 95% bootstrap interval) | verdict | explanation tested |",
+             "|---|---|---|---|---|"]
     for r in rows:
-        eff = "–" if r["effect"] is None else f"{r['effect'][0]:+.3f} ({r['effect'][1]:+.3f} to {r['effect'][2]:+.3f})"
-        if r["effect"] is not None and "drift /" in r["measure"]:
-            eff = f"{r['effect'][0]:.2f}× ({r['effect'][1]:.2f}–{r['effect'][2]:.2f})"
-        lines.append(f"| {r['claim']} | {r['measure']} | {eff} | {r['verdict']} |")
+        eff = fmt(r["effect"], r["effect"] is not None and "drift /" in r["measure"])
+        tested = "–"
+        if r["verdict"] in ("does not hold", "inconclusive") and r.get("explanations"):
+            tested = "; ".join(f"{e['explanation']}: {fmt(e['effect'], e['ratio'])}, {e['verdict']}"
+                               for e in r["explanations"])
+        lines.append(f"| {r['claim']} | {r['measure']} | {eff} | {r['verdict']} | {tested} |")
     return "\n".join(lines)

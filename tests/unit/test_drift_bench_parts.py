@@ -371,3 +371,42 @@ def test_bootstrap_interval_is_seeded_and_brackets_a_binomial_share():
     low, high = metrics.bootstrap_interval(hits)
     assert (low, high) == metrics.bootstrap_interval(hits)
     assert low == pytest.approx(0.304, abs=0.03) and high == pytest.approx(0.496, abs=0.03)
+
+
+def test_claims_explanations_from_hand_made_results():
+    """Drift read from features and text alignment at matched fidelity, against values worked out by hand, and shown
+    beside a claim that does not hold."""
+    from driftless.bench.drift import grid
+
+    s = lambda f, t, sim, d: {"subject_fidelity": f, "text_alignment": t, "prior_accuracy": 1.0,  # noqa: E731
+                              "prior_similarity_to_base": sim, "prior_rmse_to_base": d}
+    results = []
+    for subject in ("orange-cross", "cyan-square"):
+        for seed in (0, 1):
+            # plain LoRA's CFG curve: (fidelity, text alignment, similarity) (0.4, 1.0, 1.0) -> (0.5, 0.9, 0.9) -> (0.6, 0.8, 0.7)
+            plain = {"job": {"subject": subject, "method": "plain LoRA", "seed": seed}, "base": s(0.4, 1.0, 1.0, 0.0),
+                     "curve": [s(0.5, 0.9, 0.9, 0.1), s(0.6, 0.8, 0.7, 0.3)],
+                     "final": {"CFG": s(0.6, 0.8, 0.7, 0.3), "personalization guidance": s(0.55, 0.6, 0.6, 0.4),
+                               "personalization guidance, s = 0": s(0.7, 0.9, 0.6, 0.4), "autoguidance": s(0.5, 0.7, 0.6, 0.4)}}
+            # the anchor at fidelity 0.55, similarity 0.95: feature drift 0.05 where plain LoRA's was 0.2 -> 0.25
+            anchor = {"job": {"subject": subject, "method": "parameter anchor", "seed": seed}, "base": s(0.4, 1.0, 1.0, 0.0),
+                      "curve": [s(0.55, 0.8, 0.95, 0.3)], "final": {"CFG": s(0.55, 0.8, 0.95, 0.3)}}
+            results += [plain, anchor]
+    summary = grid.summarise(results, resamples=200)
+    assert summary["matched_features"]["parameter anchor"]["ratio"] == pytest.approx((0.25, 0.25, 0.25))
+    # guided: fidelity 0.55, text alignment 0.6; CFG's curve had 0.85 there -> −0.25
+    assert summary["matched_text"]["personalization guidance"]["delta"] == pytest.approx((-0.25, -0.25, -0.25))
+    assert summary["matched_text"]["personalization guidance, s = 0"]["unmatched"] == 4  # 0.7: never reached by CFG
+    assert summary["matched"]["parameter anchor"]["ratio"] == pytest.approx((1.5, 1.5, 1.5))  # pixels: 0.3 / 0.2
+    rows = {r["claim"]: r for r in grid.claims(summary)}
+    anchor_row = rows["P&P: less drift than DreamBooth-LoRA at matched fidelity"]
+    assert anchor_row["verdict"] == "does not hold"
+    assert [e["verdict"] for e in anchor_row["explanations"]] == ["not measured", "holds"]
+    text_row = rows["personalization guidance: better text alignment than CFG"]
+    assert text_row["effect"] == pytest.approx((-0.2, -0.2, -0.2))
+    assert [e["effect"][0] for e in text_row["explanations"]] == pytest.approx([0.1, -0.25])  # s = 0: 0.9 − 0.8
+    table = grid.claims_markdown(grid.claims(summary), "from a test")
+    line = next(x for x in table.splitlines() if x.startswith("| P&P"))
+    assert "1.50× (1.50–1.50) | does not hold |" in line and "0.25× (0.25–0.25), holds" in line
+    holds = next(x for x in table.splitlines() if x.startswith("| personalization guidance: better subject fidelity than autoguidance"))
+    assert holds.endswith("| holds | – |")  # explanations are listed only where the claim fails or is inconclusive
