@@ -58,7 +58,7 @@ def main() -> None:
         print(f"[drift] shipped weights rebuilt from {folder} into {weights.SHIPPED} (recipe {weights.recipe_hash(settings)})")
         return
     folder = weights.ensure(args.preset)
-    print(f"[drift] model: {folder / pretrain.CHECKPOINT}")
+    print(f"[drift] model: {folder} (recipe {weights.recorded_recipe(folder)})")
     if args.pretrain_only:
         return
     from . import benchmark

@@ -371,6 +371,7 @@ def summary_table(summary: dict) -> str:
 
 
 def main(folder: pathlib.Path, args) -> None:
+    from ...shapes import weights
     from ..common import RESULTS, write_results
     from . import claims, grid, plot
 
@@ -401,6 +402,7 @@ def main(folder: pathlib.Path, args) -> None:
         f"sampling: euler, {SAMPLER_STEPS} steps, cfg {CFG}; plain LoRA's last checkpoint also with personalization "
         f"guidance (s = {WEAK_STRENGTH}, and s = 0) and autoguidance (weak model: its first checkpoint), same cfg",
         "intervals: percentile bootstrap 95% over (subject, seed) units, 4000 resamples (grid.bootstrap_mean)",
+        f"model: the shapes model in {folder} (recipe {weights.recorded_recipe(folder)})",
     ]
     rows = [{"method": n.split(" | ")[0], "guidance": n.split(" | ")[1], **v} for n, v in summary["final"].items()]
     md, js = write_results(name, rows, text, notes, extra={"mode": args.mode, "summary": summary, "jobs": results,
