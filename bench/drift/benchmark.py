@@ -360,10 +360,12 @@ def summary_table(summary: dict) -> str:
         lines.append(f"| {method} | {mode} | {row['n']} | " + " | ".join(cell(row[k]) for k, _ in COLUMNS) + " |")
     lines += ["", "At matched fidelity (last checkpoint, CFG; plain LoRA's drift interpolated along its own checkpoints "
               "for the same subject and seed):", "",
-              "| method | drift / plain LoRA's at the same fidelity (< 1: less drift) | units | unmatched |", "|---|---|---|---|"]
+              "| method | drift / plain LoRA's at the same fidelity (< 1: less drift) | units | unmatched | subject-fidelity "
+              "gain / plain LoRA's (summed over units) |", "|---|---|---|---|---|"]
+    ratio = lambda v: "–" if v is None else f"{v[0]:.2f} ({v[1]:.2f}–{v[2]:.2f})"  # noqa: E731
     for method, m in summary["matched"].items():
-        r = "–" if m["ratio"] is None else f"{m['ratio'][0]:.2f} ({m['ratio'][1]:.2f}–{m['ratio'][2]:.2f})"
-        lines.append(f"| {method} | {r} | {m['n']} | {m['unmatched']} |")
+        share = summary.get("gain_share", {}).get(method, {}).get("share")
+        lines.append(f"| {method} | {ratio(m['ratio'])} | {m['n']} | {m['unmatched']} | {ratio(share)} |")
     lines += ["", "Paired differences (same subject and seed):", "", "| comparison | mean (95% interval) | n |", "|---|---|---|"]
     for name, d in summary["deltas"].items():
         lines.append(f"| {name} | {d['delta'][0]:+.3f} ({d['delta'][1]:+.3f} to {d['delta'][2]:+.3f}) | {d['n']} |")

@@ -113,6 +113,21 @@ def bootstrap_mean(values, resamples: int = 4000, seed: int = 0) -> tuple[float,
     return float(x.mean()), float(low), float(high)
 
 
+def ratio_of_means(values, references, resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """(ratio, low, high): sum(values)/sum(references), e.g. a method's summed subject-fidelity gain over plain LoRA's
+    on the same (subject, seed) units, with the percentile-bootstrap 95% interval that resamples the units in pairs
+    (scipy.stats.bootstrap, paired). Seeded."""
+    from scipy.stats import bootstrap
+
+    x, y = np.asarray(values, dtype=np.float64), np.asarray(references, dtype=np.float64)
+    ratio = float(x.sum() / y.sum())
+    if x.size < 2:
+        return ratio, ratio, ratio
+    res = bootstrap((x, y), lambda a, b, axis=-1: a.sum(axis=axis) / b.sum(axis=axis), paired=True, vectorized=True,
+                    n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+    return ratio, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def matched_ratio(method_point: tuple[float, float], plain_curve: list[tuple[float, float]],
                   near_base: float = 0.02) -> float | None:
     """A method's drift over plain LoRA's drift at the method's subject fidelity. `plain_curve` is plain LoRA's
@@ -161,7 +176,7 @@ def summarise(results: list[dict], resamples: int = 4000) -> dict:
         final["base model | CFG"] = {k: bootstrap_mean([row[k] for row in base_rows], resamples) for k in scores}
         final["base model | CFG"]["n"] = len(base_rows)
     plain = by.get("plain LoRA", {})
-    matched, deltas = {}, {}
+    matched, deltas, gain_share = {}, {}, {}
     for method, units in by.items():
         if method == "plain LoRA":
             continue
@@ -179,10 +194,15 @@ def summarise(results: list[dict], resamples: int = 4000) -> dict:
             matched[method] = {"ratio": bootstrap_mean(ratios, resamples), "n": len(ratios), "unmatched": missing}
         else:
             matched[method] = {"ratio": None, "n": 0, "unmatched": missing}
-        for k in ("prior_accuracy", "text_alignment"):
+        for k in ("prior_accuracy", "text_alignment", "prior_rmse_to_base"):
             diffs = [r["final"]["CFG"][k] - plain[u]["final"]["CFG"][k] for u, r in units.items() if u in plain]
             if diffs:
                 deltas[f"{method} − plain LoRA: {k}"] = {"delta": bootstrap_mean(diffs, resamples), "n": len(diffs)}
+        paired = [(r["final"]["CFG"]["subject_fidelity"] - r["base"]["subject_fidelity"],
+                   plain[u]["final"]["CFG"]["subject_fidelity"] - plain[u]["base"]["subject_fidelity"])
+                  for u, r in units.items() if u in plain]
+        if paired:
+            gain_share[method] = {"share": ratio_of_means(*zip(*paired), resamples=resamples), "n": len(paired)}
     for method, units in by.items():
         modes = sorted({m for r in units.values() for m in r["final"] if m.startswith("personalization guidance")})
         for mode in modes:
@@ -193,7 +213,7 @@ def summarise(results: list[dict], resamples: int = 4000) -> dict:
                     if diffs:
                         deltas[f"{method}: {mode} − {other}: {k}"] = {"delta": bootstrap_mean(diffs, resamples),
                                                                         "n": len(diffs)}
-    return {"final": final, "matched": matched, "deltas": deltas, **explanations(by, resamples)}
+    return {"final": final, "matched": matched, "deltas": deltas, "gain_share": gain_share, **explanations(by, resamples)}
 
 
 def explanations(by: dict, resamples: int = 4000) -> dict:

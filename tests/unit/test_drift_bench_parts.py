@@ -414,3 +414,16 @@ def test_claims_explanations_from_hand_made_results():
     assert "1.50× (1.50–1.50) | does not hold |" in line and "0.25× (0.25–0.25), holds" in line
     holds = next(x for x in table.splitlines() if x.startswith("| personalization guidance: better subject fidelity than autoguidance"))
     assert holds.endswith("| holds | – |")  # explanations are listed only where the claim fails or is inconclusive
+
+
+def test_gain_share_is_a_ratio_of_sums_resampled_in_pairs():
+    from driftless.bench.drift import grid
+
+    ratio, low, high = grid.ratio_of_means([0.2, 0.2], [0.1, 0.3], resamples=500)
+    assert ratio == pytest.approx(1.0)  # 0.4 / 0.4: the sums, not the mean of the per-unit ratios (2 and 2/3: 1.33)
+    assert low == pytest.approx(2 / 3) and high == pytest.approx(2.0)  # resampled pairs: 0.4/0.6, 0.4/0.4, 0.4/0.2
+    assert grid.ratio_of_means([0.3], [0.2]) == pytest.approx((1.5, 1.5, 1.5))
+    summary = grid.summarise(_explained_results(), resamples=200)
+    # the anchor gains 0.55 − 0.4 where plain LoRA gains 0.6 − 0.4, on every unit
+    assert summary["gain_share"]["parameter anchor"]["share"] == pytest.approx((0.75, 0.75, 0.75))
+    assert summary["deltas"]["parameter anchor − plain LoRA: prior_rmse_to_base"]["delta"] == pytest.approx((0.0, 0.0, 0.0))
