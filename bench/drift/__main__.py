@@ -1,19 +1,38 @@
-"""`./driftless bench drift [--preset full|quick]`: the shapes model (shipped, or pretrained once), personalize, score."""
+"""`./driftless bench drift [--mode full|quick]`: the shapes model (shipped, or pretrained once), personalize, score.
+
+Every (subject, method, seed) job runs as a sweep job on Ray (docs/sweeps.md): one at a time on this machine by
+default, --workers 2 for two at once, --address for a cluster. Finished jobs are kept in the results folder by a
+key of the job, the model's recipe and the sampling settings: a rerun (after Ctrl+C, a failure or a crash) runs only
+what is missing, then writes the tables from every job.
+"""
 
 import argparse
 import os
+import pathlib
+import sys
 
 from ...headless import host
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="driftless bench drift", description=__doc__)
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="driftless bench drift", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=("full", "quick"), default="full",
                         help="pretraining size: full (<= 20 min on 2 idle cores, cached) or quick (a quarter of it)")
     parser.add_argument("--pretrain-only", action="store_true", help="find (or build) the model's weights and stop")
     parser.add_argument("--rebuild-weights", action="store_true",
                         help="pretrain the full preset from its recipe and write the weights shipped in shapes/weights/, then stop")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (and Ray CPU slots) per job (default 1, as every recorded run used)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="jobs at once on this machine, each in its own Ray worker (default 1, so wall and CPU "
+                        "times stay comparable with the recorded runs; 2 on two idle cores halves the wall time)")
+    parser.add_argument("--address", help="run the jobs on a running Ray cluster instead ('auto': the one "
+                        "`./driftless ray start` started here, or HEAD:6379); --workers is then ignored: the cluster "
+                        "runs one job per GPU, else per --threads CPUs")
+    parser.add_argument("--results", type=pathlib.Path,
+                        help="the jobs' results folder (default .driftless/drift/NAME in the pack, git-ignored); a "
+                        "rerun skips the jobs already there; on a cluster, a folder every node sees")
     parser.add_argument("--mode", choices=("full", "quick"), default="full",
                         help="full: every subject x 3 seeds x every method, 300 steps scored every 50 (bench/results/drift.*); quick: the "
                         "same subjects and seeds, plain LoRA, parameter anchor and APT, 100 steps scored at 50 and 100 (drift_quick.*)")
@@ -34,10 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     args.load = os.getloadavg()[0]
     host.configure_args(host.find_comfyui(), None, cpu=None)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1 or args.workers < 1:
+        raise SystemExit("--threads and --workers must be at least 1")
     from ...shapes import pretrain, weights
 
     if args.list:
@@ -48,7 +65,7 @@ def main() -> None:
         print("methods:", ", ".join(dict.fromkeys(benchmark.METHODS + benchmark.VARIANTS)))
         print("prior prompts:", "; ".join(f"{c} {sh} on {b}" for sh, c, b in benchmark.PRIOR))
         print("align prompts:", "; ".join(f"{c} on {b}" for c, b in benchmark.ALIGN))
-        return
+        return 0
     if args.rebuild_weights:
         settings = pretrain.PRESETS[weights.SHIPPED_PRESET]
         folder = weights.cache_dir(settings)
@@ -56,15 +73,15 @@ def main() -> None:
             weights.build(folder, settings)
         weights.ship(folder)
         print(f"[drift] shipped weights rebuilt from {folder} into {weights.SHIPPED} (recipe {weights.recipe_hash(settings)})")
-        return
+        return 0
     folder = weights.ensure(args.preset)
     print(f"[drift] model: {folder} (recipe {weights.recorded_recipe(folder)})")
     if args.pretrain_only:
-        return
+        return 0
     from . import benchmark
 
-    benchmark.main(folder, args)
+    return benchmark.main(folder, args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
