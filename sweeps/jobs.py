@@ -168,6 +168,23 @@ def _boot(extra_model_paths: list[str]):
     return _BOOTED["host"], _BOOTED["object_info"]
 
 
+def torch_threads_from_ray() -> None:
+    """Torch threads = the CPU slots Ray gave this task (a job function calls it first); outside a Ray worker,
+    nothing changes."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except (ImportError, AssertionError, RuntimeError):  # not in a Ray worker (a driver, or no Ray)
+        return
+    if cpus:
+        import torch
+
+        torch.set_num_threads(max(1, int(cpus)))
+
+
 def _run_workflow(record: dict, tmp: pathlib.Path, workflow_path: str, folders: dict, extra_model_paths: list[str],
                   log) -> dict:
     from ..headless import runner, workflow

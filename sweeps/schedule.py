@@ -5,7 +5,8 @@ Local by default (`ray.init(address="local")` starts a Ray instance on this mach
 already committed in the results folder are skipped. A job whose worker dies or that raises is retried
 (`max_retries` and `retry_exceptions`); one that fails every attempt is recorded in failed/ with its error, and
 the others go on. Progress: a line per job started, finished and failed, and an overall line (done, running,
-failed, queued, ETA) whenever it changes.
+failed, queued, ETA) whenever it changes. `in_process=True` runs the same jobs one after another in the calling
+process instead (no Ray), with the same store, retries and failure records.
 """
 
 import contextlib
@@ -49,8 +50,11 @@ def _fmt_s(seconds: float) -> str:
 
 
 def run_sweep(sweep: Sweep, address: str | None = None, num_cpus: int | None = None, stream=None,
-              poll_s: float = 0.5, verbose: bool = False) -> dict:
-    """Run every job of `sweep` not yet in its results folder; returns {done, skipped, failed, seconds}."""
+              poll_s: float = 0.5, verbose: bool = False, in_process: bool = False) -> dict:
+    """Run every job of `sweep` not yet in its results folder; returns {done, skipped, failed, seconds}.
+
+    `in_process`: no Ray; the jobs run one after another in this process (the same job runner, store, retries and
+    failure records), for one machine with one device where a job's state (a loaded model) is best kept."""
     stream = stream or sys.stdout
     store = Store(sweep.results)
 
@@ -67,11 +71,42 @@ def run_sweep(sweep: Sweep, address: str | None = None, num_cpus: int | None = N
         skipped = len(sweep.jobs) - len(todo)
         say(f"{len(sweep.jobs)} jobs in {sweep.path.name}: {skipped} already done in {store.root}, {len(todo)} to run")
         report = {"done": 0, "skipped": skipped, "failed": {}, "seconds": 0.0}
-        if todo:
+        if todo and in_process:
+            report = _run_here(sweep, todo, store, report, say)
+        elif todo:
             report = _run_on_ray(sweep, todo, store, report, address, num_cpus, poll_s, verbose, say)
         store.clean()
         write_summary(store, sweep.replicate, [j.key for j in sweep.jobs])
         say(f"summary: {store.root / 'summary.md'}")
+    return report
+
+
+def _run_here(sweep, todo, store, report, say) -> dict:
+    t0, durations = time.perf_counter(), []
+    for n, j in enumerate(todo, 1):
+        say(f"started {j.key} {j.label} in this process ({n}/{len(todo)})")
+        for attempt in range(1, sweep.retries + 2):
+            try:
+                result = jobs.run_job(j.key, j.record, j.label, str(store.root))
+                break
+            except Exception as e:  # noqa: BLE001  (the job's own error, whatever it is: recorded, the others go on)
+                error = f"{type(e).__name__}: {e}"
+                if attempt <= sweep.retries:
+                    say(f"attempt {attempt} of {j.key} failed, retrying: {' '.join(error.split())[:400]}")
+                    continue
+                store.record_failure(j.key, {"key": j.key, "label": j.label, "record": j.record, "error": error,
+                                             "attempts": attempt, "failed": time.time()})
+                report["failed"][j.key] = error
+                say(f"FAILED {j.key} {j.label} after {attempt} attempt(s): {' '.join(error.split())[:400]}")
+                result = None
+        if result is not None:
+            report["done"] += 1
+            durations.append(result["seconds"])
+            say(f"done {j.key} {j.label} in {result['seconds']:.1f} s")
+        remaining = len(todo) - n
+        eta = sum(durations) / len(durations) * remaining if durations and remaining else 0.0
+        say(f"{report['done']}/{len(todo)} done, {len(report['failed'])} failed, {remaining} queued, eta {_fmt_s(eta)}")
+    report["seconds"] = time.perf_counter() - t0
     return report
 
 

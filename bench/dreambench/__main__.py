@@ -1,7 +1,12 @@
 """`./driftless bench dreambench --dataset DIR --checkpoint FILE.safetensors --clip DIR --dino DIR [...]`:
 DreamBench (subjects x 25 prompts x 4 images; DINO, CLIP-I, CLIP-T) from local files, resumable per subject.
 
-Exit codes: 0 done, 2 bad input (the message says what to fix), 130 interrupted (rerun the same command to resume).
+Each (regularizer, subject) is one sweep job (docs/sweeps.md): one after another in this process by default (the
+checkpoint loaded once); --workers N runs N at once on a local Ray instance (one GPU each where there are GPUs),
+--address runs them on a Ray cluster (OUT must then be a folder every node sees).
+
+Exit codes: 0 done, 1 some subject failed (the others are in the table; errors in OUT/sweep/failed/), 2 bad input
+(the message says what to fix), 130 interrupted (rerun the same command to resume).
 """
 
 import argparse
@@ -68,6 +73,11 @@ def parse_args(argv):
     size.add_argument("--prompts-limit", type=int, help=f"only the first N of the {protocol.PROMPTS_PER_SUBJECT} prompts")
     size.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt, help="default %(default)s")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
+    where = p.add_argument_group("where the jobs run (default: one after another in this process)")
+    where.add_argument("--workers", type=int, help="N subjects at once, each in its own worker of a local Ray "
+                       "instance with N CPU slots; with GPUs, one GPU per job (so at most as many as there are GPUs)")
+    where.add_argument("--address", help="a running Ray cluster ('auto', or HEAD:6379): one job per GPU; --out must be "
+                       "a folder every node sees, and the dataset, checkpoint and backbones at the same paths on each")
     return p.parse_args(argv)
 
 
@@ -96,14 +106,21 @@ def main(argv=None, log=print) -> int:
     from .dataset import DreamBenchError
     from .runner import run
 
+    if args.workers is not None and args.workers < 1:
+        print("[dreambench] error: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
-        run(options_from(args), argv=argv, log=log)
+        outcome = run(options_from(args), argv=argv, log=log, workers=args.workers, address=args.address, cpu=args.cpu)
     except (DreamBenchError, MissingWeights) as e:
         print(f"[dreambench] error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("[dreambench] interrupted; rerun the same command to resume (completed subjects are kept)", file=sys.stderr)
         return 130
+    if outcome["failed"]:
+        print(f"[dreambench] {len(outcome['failed'])} job(s) failed: " + "; ".join(
+            f"{k}: {' '.join(v.split())[:300]}" for k, v in outcome["failed"].items()), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,8 +1,17 @@
-"""The whole run: inputs checked, the checkpoint and metric backbones loaded once, every (regularizer, subject)
-run (subject.py), then the aggregate table written to OUT/dreambench.{md,json}."""
+"""The whole run: inputs checked, every (regularizer, subject) run as one sweep job (subject.py, through the sweep
+engine: in this process by default, on Ray with --workers or --address), then the aggregate table written to
+OUT/dreambench.{md,json} from the subjects' result files.
+
+What a rerun redoes is decided by the subjects' own files (subject.py: a complete subject is skipped, a half-done
+one redoes what is missing); the sweep's folder OUT/sweep records each run's jobs, progress and failures and is
+started afresh by every run.
+"""
 
 import dataclasses
+import json
 import pathlib
+import shutil
+import sys
 import time
 
 from . import protocol
@@ -102,24 +111,46 @@ def check_backbone(folder: pathlib.Path, role: str) -> pathlib.Path:
     return folder
 
 
+@dataclasses.dataclass
+class Inputs:
+    """The run's inputs, checked (nothing loaded): what the driver needs to make the jobs."""
+
+    folder: pathlib.Path
+    prompts: object
+    subjects: list
+    checkpoint: pathlib.Path
+    clip: pathlib.Path
+    dino: pathlib.Path
+    method_parts: dict
+
+
+def check_inputs(options: Options) -> Inputs:
+    """Every input checked, nothing loaded or written: a DreamBenchError says what to fix."""
+    from . import dataset, methods, model
+
+    problems = options.problems()
+    if problems:
+        raise DreamBenchError("invalid options: " + "; ".join(problems))
+    method_parts = {spec: methods.parse_method(spec) for spec in options.regularizers}
+    folder = dataset.dataset_folder(options.dataset)
+    prompts = dataset.load_prompts(folder)
+    subjects = dataset.subjects(folder, prompts, options.subjects)
+    checkpoint = model.check_checkpoint(options.checkpoint)
+    return Inputs(folder, prompts, subjects, checkpoint, check_backbone(options.clip, "clip"),
+                  check_backbone(options.dino, "dino"), method_parts)
+
+
 class Bench:
     """What every subject run shares: the options, the loaded model and backbones, the sampler."""
 
     def __init__(self, options: Options, log=print):
-        from . import dataset, methods, model
+        from . import model
 
-        problems = options.problems()
-        if problems:
-            raise DreamBenchError("invalid options: " + "; ".join(problems))
+        inputs = check_inputs(options)
         self.options, self.log = options, log
-        self.method_parts = {spec: methods.parse_method(spec) for spec in options.regularizers}
-        folder = dataset.dataset_folder(options.dataset)
-        self.prompts = dataset.load_prompts(folder)
-        if self.prompts.source.startswith("the copy"):
-            log(f"[dreambench] {folder} has no {protocol.PROMPTS_FILE}: using {self.prompts.source}")
-        self.subjects = dataset.subjects(folder, self.prompts, options.subjects)
-        self.checkpoint = model.check_checkpoint(options.checkpoint)
-        clip_folder, dino_folder = check_backbone(options.clip, "clip"), check_backbone(options.dino, "dino")
+        self.method_parts = inputs.method_parts
+        folder, self.prompts, self.subjects = inputs.folder, inputs.prompts, inputs.subjects
+        self.checkpoint, clip_folder, dino_folder = inputs.checkpoint, inputs.clip, inputs.dino
         self.out = pathlib.Path(options.out).expanduser().resolve()
         self.train_config = options.train_config()
 
@@ -160,47 +191,163 @@ class Bench:
         return on_step
 
 
-def run(options: Options, argv: list[str] | None = None, log=print) -> dict:
-    """Every (regularizer, subject); returns {"results": per-subject results, "rows": aggregate, "files": ...}."""
-    from ..common import write_results
-    from . import report
+# ------------------------------------------------------------------ the jobs
+RUNNER = "driftless.bench.dreambench.runner:run_job"
+SWEEP_FOLDER = "sweep"
+_BENCHES: dict[str, Bench] = {}
+_LOG = [print]  # where a job run in this process logs (run() sets it); a Ray worker prints
+
+
+def options_record(options: Options) -> dict:
+    """The options as JSON (paths as absolute strings): what a worker rebuilds them from."""
+    out = {}
+    for f in dataclasses.fields(options):
+        v = getattr(options, f.name)
+        out[f.name] = str(pathlib.Path(v).expanduser().resolve()) if isinstance(v, pathlib.Path) else v
+    return json.loads(json.dumps(out))
+
+
+def options_from_record(data: dict) -> Options:
+    paths = {"dataset", "checkpoint", "clip", "dino", "out"}
+    return Options(**{k: pathlib.Path(v) if k in paths and v is not None else v for k, v in data.items()})
+
+
+def job_record(options: Options, subject, method: str, cpu: bool = False) -> dict:
+    """One (subject, regularizer) job: the subject's photos by content, the method, and every option of the run
+    (training, sampling with its guidance modes, protocol size, inputs)."""
+    return {"runner": {"function": RUNNER},
+            "axes": {"subject": subject.name, "regularizer": method, "seed": options.seed},
+            "photos": subject.photo_digest(), "options": options_record(options), "cpu": cpu}
+
+
+def run_job(record: dict, out_dir: pathlib.Path) -> dict:
+    """The sweep runner: one subject under one regularizer (subject.SubjectRun, its files under OUT), the model and
+    backbones loaded once per process; returns its scores per guidance ('cfg.dino', ...)."""
+    from ...headless import host
+    from ...sweeps.jobs import torch_threads_from_ray
+    from ...sweeps.spec import canonical
     from .subject import SubjectRun
 
+    options = options_from_record(record["options"])
+    if "comfy.samplers" not in sys.modules:  # a fresh Ray worker: ComfyUI set up as the command sets it up
+        host.configure_args(host.find_comfyui(), None, cpu=True if record.get("cpu") else None)
+    torch_threads_from_ray()
+    key = canonical(record["options"])
+    if key not in _BENCHES:
+        _BENCHES.clear()  # one loaded checkpoint per process
+        _BENCHES[key] = Bench(options, log=lambda *a: _LOG[0](*a))
+    bench = _BENCHES[key]
+    subject = next((s for s in bench.subjects if s.name == record["axes"]["subject"]), None)
+    if subject is None or subject.photo_digest() != record["photos"]:
+        raise DreamBenchError(f"subject {record['axes']['subject']}: its photos in {options.dataset} are not the ones "
+                              "the run was started with (changed, or another dataset on this node)")
+    results = SubjectRun(bench, subject, record["axes"]["regularizer"]).run()
+    return {f"{r['guidance']}.{k}": v for r in results for k, v in r["scores"].items()}
+
+
+def run(options: Options, argv: list[str] | None = None, log=print, workers: int | None = None,
+        address: str | None = None, cpu: bool = False) -> dict:
+    """Every (regularizer, subject) as a sweep job: in this process when neither `workers` nor `address` is given
+    (the model loaded once), else on a local Ray instance of `workers` CPU slots (one GPU per job where there are
+    GPUs) or the cluster at `address`. Returns {"results": per-subject results, "rows": aggregate, "files": ...,
+    "failed": {job label: error}}."""
+    from ...sweeps.schedule import SweepBusy, run_sweep
+    from ...sweeps.spec import Job, Sweep, content_key
+    from ..common import write_results
+    from . import report
+    from .subject import RESULT_FILE
+
     started = time.perf_counter()
-    bench = Bench(options, log)
+    inputs = check_inputs(options)
+    if inputs.prompts.source.startswith("the copy"):
+        log(f"[dreambench] {inputs.folder} has no {protocol.PROMPTS_FILE}: using {inputs.prompts.source}")
+    out = pathlib.Path(options.out).expanduser().resolve()
+    jobs = []
+    for method in options.regularizers:
+        for subject in inputs.subjects:
+            record = job_record(options, subject, method, cpu)
+            if options_record(options) != record["options"]:
+                raise DreamBenchError("internal: the options do not survive JSON")
+            jobs.append(Job(key=content_key(record), record=record, label=f"{subject.name} / {method}"))
+    ledger = out / SWEEP_FOLDER
+    shutil.rmtree(ledger / "jobs", ignore_errors=True)  # the subjects' files decide what is redone, not the ledger
+    shutil.rmtree(ledger / "failed", ignore_errors=True)
+    sweep = Sweep(path=pathlib.Path("driftless bench dreambench"), results=ledger, retries=0 if address is None and
+                  workers is None else 1, cpus_per_job=1, replicate="seed", axes=["subject", "regularizer", "seed"],
+                  jobs=jobs, extra_model_paths=[], workflow=None)
+    in_process = address is None and workers is None
+    _LOG[0] = log
+    stream = _LogStream(log)
+    try:
+        outcome = run_sweep(sweep, address=address, num_cpus=workers, stream=stream, in_process=in_process)
+    except SweepBusy as e:
+        raise DreamBenchError(str(e)) from None
+    finally:
+        _LOG[0] = print
+        _BENCHES.clear()
+    failed = {j.label: outcome["failed"][j.key] for j in jobs if j.key in outcome["failed"]}
+    if not failed:
+        shutil.rmtree(ledger, ignore_errors=True)  # nothing in it the subjects' files do not hold
+    for error in failed.values():  # files made with other settings, weights missing: said as a run in one process says it
+        for kind in ("DreamBenchError: ", "MissingWeights: "):
+            if error.startswith(kind):
+                raise DreamBenchError(error[len(kind):])
     results = []
-    total = len(options.regularizers) * len(bench.subjects)
-    for i, method in enumerate(options.regularizers):
-        for j, subject in enumerate(bench.subjects):
-            n = i * len(bench.subjects) + j + 1
-            log(f"[dreambench] --- {n}/{total}: {subject.name} / {method} ---")
-            results += SubjectRun(bench, subject, method).run()
+    for method in options.regularizers:
+        for subject in inputs.subjects:
+            for guidance in options.guidance:
+                path = out / method / subject.name / guidance / RESULT_FILE
+                if f"{subject.name} / {method}" not in failed and path.is_file():
+                    results.append(json.loads(path.read_text()))
+    if not results:
+        raise DreamBenchError(f"no subject finished; the errors are in {ledger / 'failed'}")
     rows = report.aggregate(results)
     text = report.table(rows)
     log(text)
     o = options
+    where = "in one process" if in_process else f"on Ray, {address or f'{workers} local worker(s)'}"
     prompts_per_subject = min(o.prompts_limit or protocol.PROMPTS_PER_SUBJECT, protocol.PROMPTS_PER_SUBJECT)
-    c = bench.train_config
+    c = o.train_config()
+    training = results[0]["settings"]["training"]
     notes = [
-        (f"checkpoint: {bench.checkpoint} (UNet fingerprint {bench.checkpoint_identity['unet_fingerprint']}); "
-         f"resolution {bench.resolution}"),
-        (f"protocol: {len(bench.subjects)} subjects ({sum(s.live for s in bench.subjects)} live), {prompts_per_subject} "
-         f"prompts each (prompts from {bench.prompts.source}), {o.images_per_prompt} images per prompt; "
+        (f"checkpoint: {inputs.checkpoint} (UNet fingerprint {training['checkpoint']['unet_fingerprint']}); "
+         f"resolution {training['resolution']}"),
+        (f"protocol: {len(inputs.subjects)} subjects ({sum(s.live for s in inputs.subjects)} live), {prompts_per_subject} "
+         f"prompts each (prompts from {inputs.prompts.source}), {o.images_per_prompt} images per prompt; "
          f"identifier '{o.identifier}', caption '{o.caption}'"),
         (f"training: LoRA rank {c.rank}, alpha {c.alpha}, {c.targets} layers, lr {c.learning_rate}, {c.steps} steps, "
          f"batch {c.batch_size}, {c.optimizer}, {c.dtype}, seed {c.seed}; regularizers at their nodes' defaults"),
         (f"sampling: {o.sampler} / {o.scheduler}, {o.sample_steps} steps, cfg {o.cfg}"
          + (f"; personalization guidance weak strength s = {o.weak_strength}" if "personalization" in o.guidance else "")),
-        (f"metrics: CLIP {bench.clip.folder}, DINO {bench.dino.folder}; raw cosines; DINO and CLIP-I are the mean over "
+        (f"metrics: CLIP {inputs.clip}, DINO {inputs.dino}; raw cosines; DINO and CLIP-I are the mean over "
          "generated x reference pairs, CLIP-T uses each prompt with the identifier removed (class noun kept); "
          "references are the subject photos centre-cropped to a square at the training resolution; each subject's "
          "mean, then the mean over subjects"),
-        (f"per-subject files: {bench.out}/<regularizer>/<subject>/<guidance>/result.json; run took "
-         f"{time.perf_counter() - started:.0f} s (completed subjects are skipped on a rerun)"),
+        (f"per-subject files: {out}/<regularizer>/<subject>/<guidance>/result.json; run took "
+         f"{time.perf_counter() - started:.0f} s ({where}; "
+         "completed subjects are skipped on a rerun)"),
     ]
+    if failed:
+        notes.append(f"MISSING: {len(failed)} job(s) failed and are not in these figures: "
+                     + "; ".join(f"{k} ({' '.join(v.split())[:200]})" for k, v in failed.items()))
     markdown = text + "\n\nPer subject:\n\n" + report.subject_table(results)
-    md, js = write_results("dreambench", rows, markdown, notes, folder=bench.out, argv=argv,
+    md, js = write_results("dreambench", rows, markdown, notes, folder=out, argv=argv,
                            extra={"subjects": [{k: r[k] for k in ("subject", "class", "kind", "regularizer", "guidance",
-                                                                   "scores", "counts")} for r in results]})
+                                                                   "scores", "counts")} for r in results],
+                                  "failed": failed})
     log(f"[dreambench] wrote {md} and {js}")
-    return {"results": results, "rows": rows, "files": (md, js)}
+    return {"results": results, "rows": rows, "files": (md, js), "failed": failed}
+
+
+class _LogStream:
+    """The sweep's progress lines, into the run's log."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self.log(text.rstrip("\n"))
+
+    def flush(self) -> None:
+        pass

@@ -383,6 +383,11 @@ def main(folder: pathlib.Path, args, tables: pathlib.Path | None = None) -> int:
 
     tables = tables or RESULTS
     jobs = jobs_for(args)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SystemExit("[drift] the benchmark runs its jobs on Ray: install it (pip install 'ray>=2.40', the "
+                         "pack's `sweep` extra; ./driftless setup has it)") from None
     name = args.name or ("drift" if args.mode == "full" else f"drift_{args.mode}")
     recipe = weights.recorded_recipe(folder)
     if recipe is None:

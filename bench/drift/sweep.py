@@ -101,27 +101,11 @@ def weights_folder(recipe: str) -> pathlib.Path:
                         "or give every node the same checkout and cache")
 
 
-def _threads() -> None:
-    """Torch threads = the CPU slots Ray gave this task (one per job by default); outside Ray, left as they are."""
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    except (ImportError, AssertionError, RuntimeError):  # not in a Ray worker (the driver, or no Ray)
-        return
-    if cpus:
-        import torch
-
-        torch.set_num_threads(max(1, int(cpus)))
-
-
 def run_job(rec: dict, out_dir: pathlib.Path) -> dict:
     """The sweep runner: benchmark.run_job for the record's job, its result written to OUT/drift.json; returns the
     last checkpoint's scores per guidance mode ('CFG.subject_fidelity', ...) for the sweep's summary."""
     from ...metrics.report import write_json_atomic
-    from ...sweeps.jobs import _boot
+    from ...sweeps.jobs import _boot, torch_threads_from_ray
     from . import benchmark
 
     here = {"sampling": sampler_settings(), "method_settings": method_settings(rec["axes"]["method"])}
@@ -130,7 +114,7 @@ def run_job(rec: dict, out_dir: pathlib.Path) -> dict:
             raise DriftJobError(f"the job was made with {what} {rec.get(what)}, this worker's checkout has {value}: "
                                 "run the benchmark from one checkout (on a cluster, the same on every node)")
     _boot([])  # ComfyUI, once per worker process
-    _threads()
+    torch_threads_from_ray()
     folder = weights_folder(rec["model"]["recipe"])
     result = benchmark.run_job(grid_job(rec), folder)
     write_json_atomic(result, pathlib.Path(out_dir) / RESULT_FILE)

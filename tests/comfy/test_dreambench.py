@@ -278,3 +278,41 @@ def test_tiny_checkpoint_round_trip(comfy_host, tmp_path, architecture):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     tokens = clip.tokenize("a photo of sks dog")
     assert torch.equal(clip.encode_from_tokens(tokens), loaded_clip.encode_from_tokens(tokens))
+
+
+def test_on_ray_a_worker_gives_the_same_scores_and_a_rerun_skips(first_run, inputs, tmp_path):
+    """--workers 1: the subjects run as sweep jobs in a Ray worker of 1 CPU slot (its own ComfyUI, the model loaded
+    there): the same files and scores as the run in this process (same seeds, one thread both), the sweep's folder
+    gone once every job is done; a rerun finds every subject complete and rewrites nothing."""
+    out = tmp_path / "out"
+    assert bench(argv(inputs, out, "--guidance", "cfg", "personalization", "--workers", "1")) == 0
+    for subject in SUBJECTS:
+        for guidance in ("cfg", "personalization"):
+            here = json.loads((first_run / "plain" / subject / guidance / "result.json").read_text())
+            there = json.loads((out / "plain" / subject / guidance / "result.json").read_text())
+            assert there["settings"] == here["settings"] and there["images"] == here["images"]
+            assert there["scores"] == pytest.approx(here["scores"], abs=1e-6)
+    assert not (out / "sweep").exists()
+    before = snapshot(out)
+    assert bench(argv(inputs, out, "--guidance", "cfg", "personalization", "--workers", "1")) == 0
+    assert snapshot(out) == before
+
+
+def test_a_failing_subject_is_reported_and_the_others_are_scored(inputs, tmp_path, monkeypatch, capsys):
+    from driftless.bench.dreambench.subject import SubjectRun
+
+    original = SubjectRun.run
+
+    def fail_on_the_cup(self):
+        if self.subject.name == "coffee":
+            raise RuntimeError("out of memory, say")
+        return original(self)
+
+    monkeypatch.setattr(SubjectRun, "run", fail_on_the_cup)
+    out = tmp_path / "out"
+    assert bench(argv(inputs, out, "--prompts-limit", "1", "--images-per-prompt", "1")) == 1
+    assert "1 job(s) failed: coffee / plain: RuntimeError: out of memory, say" in capsys.readouterr().err
+    table = json.loads((out / "dreambench.json").read_text())
+    assert {r["subject"] for r in table["subjects"]} == {"cat"} and list(table["failed"]) == ["coffee / plain"]
+    [failure] = [json.loads(p.read_text()) for p in (out / "sweep" / "failed").glob("*.json")]
+    assert failure["label"] == "coffee / plain" and "out of memory" in failure["error"]

@@ -222,3 +222,28 @@ def test_folders_of_exited_workers_are_removed(tmp_path, monkeypatch):
         (folder / "models").mkdir(parents=True)
     jobs._remove_dead_workers_folders()
     assert not gone.exists() and alive.exists()
+
+
+def test_a_sweep_in_process_runs_retries_records_failures_and_resumes(tmp_path):
+    """run_sweep(in_process=True): the same store and job runner without Ray, one job after another here."""
+    import io
+
+    from driftless.sweeps import schedule
+
+    path = tmp_path / "toy.toml"
+    path.write_text('runner = "driftless.sweeps.examples.toy:run_job"\nretries = 1\n[grid]\nseed = [0, 1]\nsteps = [40]\n'
+                    '[[grid.method]]\nname = "gd"\nlearning_rate = 0.5\n[[grid.method]]\nname = "bad"\nfail = true\n')
+    sweep = spec.load_sweep(path, tmp_path / "results")
+    log = io.StringIO()
+    report = schedule.run_sweep(sweep, stream=log, in_process=True)
+    good = {j.key for j in sweep.jobs if "gd" in j.label}
+    bad = {j.key for j in sweep.jobs if "bad" in j.label}
+    assert report["done"] == 2 and set(report["failed"]) == bad and report["skipped"] == 0
+    s = store.Store(sweep.results)
+    assert set(s.finished()) == good and all(r["pid"] == __import__("os").getpid() for r in s.finished().values())
+    failures = s.failures()
+    assert set(failures) == bad and all(f["attempts"] == 2 and "fails on purpose" in f["error"] for f in failures.values())
+    assert "retrying" in log.getvalue() and "FAILED" in log.getvalue()
+    assert "Failed jobs (2)" in (sweep.results / "summary.md").read_text()
+    again = schedule.run_sweep(spec.load_sweep(path, tmp_path / "results"), stream=io.StringIO(), in_process=True)
+    assert again["done"] == 0 and again["skipped"] == 2 and set(again["failed"]) == bad
