@@ -434,7 +434,7 @@ def main(folder: pathlib.Path, args, tables: pathlib.Path | None = None) -> int:
                      + "; ".join(j.label for j in missing) + f" (errors in {plan.results / 'failed'})")
     rows = [{"method": n.split(" | ")[0], "guidance": n.split(" | ")[1], **v} for n, v in summary["final"].items()]
     md, js = write_results(name, rows, text, notes, extra={"mode": args.mode, "summary": summary, "jobs": results,
-                                                          "missing": [j.label for j in missing], "wall_s": wall,
+                                                          "missing": [j.label for j in missing], "reused": report["skipped"], "wall_s": wall,
                                                           "cpu_s": cpu}, folder=tables)
     png = plot.fidelity_vs_drift(mean_curves(results), tables / f"{name}.png")
     default_run = tables == RESULTS and (args.mode == "quick" and name == "drift_quick" or args.mode == "full" and name == "drift")

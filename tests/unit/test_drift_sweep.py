@@ -149,3 +149,13 @@ def test_the_benchmark_reports_failed_jobs_and_builds_its_tables_from_the_rest(t
     assert sorted(r["job"]["seed"] for r in report["jobs"]) == [0, 1] and report["cpu_s"] == 4.0
     assert report["summary"]["final"]["plain LoRA | CFG"]["subject_fidelity"][0] == pytest.approx(0.55)  # (0.5 + 0.6) / 2
     assert "MISSING: 2 of 4 jobs" in (tmp_path / "tables" / "drift_fake.md").read_text()
+
+
+def test_the_claims_provenance_says_when_jobs_were_reused():
+    from driftless.bench.drift import claims
+
+    report = {"summary": {"final": {}, "matched": {}, "deltas": {}}, "command": "./driftless bench drift", "mode": "full",
+              "date": "2026-12-05 17:00 UTC", "jobs": [{}] * 90, "wall_s": 120.0, "cpu_s": 4000.0}
+    assert "90 jobs, 120 s wall, 4000 s CPU.\n" in claims.render(report, "bench/results/drift.json")
+    text = claims.render({**report, "reused": 80}, "bench/results/drift.json")
+    assert "90 jobs, 120 s wall, 4000 s CPU (80 jobs reused from an earlier run, not in the wall time).\n" in text
