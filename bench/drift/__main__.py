@@ -22,11 +22,13 @@ def main() -> int:
     parser.add_argument("--pretrain-only", action="store_true", help="find (or build) the model's weights and stop")
     parser.add_argument("--rebuild-weights", action="store_true",
                         help="pretrain the full preset from its recipe and write the weights shipped in shapes/weights/, then stop")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (and Ray CPU slots) per job (default 1, as every recorded run used)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (and Ray CPU slots) per job (default 1, as every recorded run used); also "
+                        "the threads of a pretraining this command runs (default: torch's choice)")
     parser.add_argument("--workers", type=int, default=1,
                         help="jobs at once on this machine, each in its own Ray worker (default 1, so wall and CPU "
-                        "times stay comparable with the recorded runs; 2 on two idle cores halves the wall time)")
+                        "times stay comparable with the recorded runs; 2 runs two at once, about half the wall time on two idle "
+                        "cores: docs/sweeps.md, measured scaling)")
     parser.add_argument("--address", help="run the jobs on a running Ray cluster instead ('auto': the one "
                         "`./driftless ray start` started here, or HEAD:6379); --workers is then ignored: the cluster "
                         "runs one job per GPU, else per --threads CPUs")
@@ -53,8 +55,12 @@ def main() -> int:
     args = parser.parse_args()
     args.load = os.getloadavg()[0]
     host.configure_args(host.find_comfyui(), None, cpu=None)
-    if args.threads < 1 or args.workers < 1:
+    if (args.threads is not None and args.threads < 1) or args.workers < 1:
         raise SystemExit("--threads and --workers must be at least 1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from ...shapes import pretrain, weights
 
     if args.list:
