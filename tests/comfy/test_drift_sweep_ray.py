@@ -11,6 +11,19 @@ import pytest
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 
+@pytest.fixture(autouse=True)
+def _drop_loaded_model():
+    """The shapes model this process loads for the in-process job goes with the test, while ComfyUI's modules are
+    still there to detach it (left to the interpreter's exit, its patcher's clean-up finds them gone)."""
+    yield
+    import gc
+
+    from driftless.bench.drift import benchmark
+
+    benchmark._LOADED.clear()
+    gc.collect()
+
+
 def _numbers(result: dict) -> dict:
     """Every score of a drift result (curve, final per guidance mode, base), flat."""
     out = {f"base.{k}": v for k, v in result["base"].items()}

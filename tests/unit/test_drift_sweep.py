@@ -151,9 +151,11 @@ def test_the_benchmark_reports_failed_jobs_and_builds_its_tables_from_the_rest(t
     assert "MISSING: 2 of 4 jobs" in (tmp_path / "tables" / "drift_fake.md").read_text()
 
 
-def test_the_claims_provenance_says_when_jobs_were_reused():
+def test_the_claims_provenance_says_when_jobs_were_reused(monkeypatch):
     from driftless.bench.drift import claims
 
+    monkeypatch.setattr(grid, "summarise", lambda jobs: {})  # the table itself is tested in test_drift_bench_parts
+    monkeypatch.setattr(grid, "claims", lambda summary: [])
     report = {"summary": {"final": {}, "matched": {}, "deltas": {}}, "command": "./driftless bench drift", "mode": "full",
               "date": "2026-12-05 17:00 UTC", "jobs": [{}] * 90, "wall_s": 120.0, "cpu_s": 4000.0}
     assert "90 jobs, 120 s wall, 4000 s CPU.\n" in claims.render(report, "bench/results/drift.json")
