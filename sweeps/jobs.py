@@ -152,7 +152,7 @@ def _remove_dead_workers_folders() -> None:
             continue
 
 
-def _boot(extra_model_paths: list[str]):
+def boot_worker(extra_model_paths: list[str]):
     """ComfyUI for this worker process, booted once in a base folder of its own (a GPU, where the task has one)."""
     from ..headless import host
 
@@ -189,7 +189,7 @@ def _run_workflow(record: dict, tmp: pathlib.Path, workflow_path: str, folders: 
                   log) -> dict:
     from ..headless import runner, workflow
 
-    _, object_info = _boot(extra_model_paths)
+    _, object_info = boot_worker(extra_model_paths)
     import folder_paths
 
     path = pathlib.Path(workflow_path)

@@ -105,7 +105,7 @@ def run_job(rec: dict, out_dir: pathlib.Path) -> dict:
     """The sweep runner: benchmark.run_job for the record's job, its result written to OUT/drift.json; returns the
     last checkpoint's scores per guidance mode ('CFG.subject_fidelity', ...) for the sweep's summary."""
     from ...metrics.report import write_json_atomic
-    from ...sweeps.jobs import _boot, torch_threads_from_ray
+    from ...sweeps.jobs import boot_worker, torch_threads_from_ray
     from . import benchmark
 
     here = {"sampling": sampler_settings(), "method_settings": method_settings(rec["axes"]["method"])}
@@ -113,7 +113,7 @@ def run_job(rec: dict, out_dir: pathlib.Path) -> dict:
         if rec.get(what) != value:
             raise DriftJobError(f"the job was made with {what} {rec.get(what)}, this worker's checkout has {value}: "
                                 "run the benchmark from one checkout (on a cluster, the same on every node)")
-    _boot([])  # ComfyUI, once per worker process
+    boot_worker([])  # ComfyUI, once per worker process
     torch_threads_from_ray()
     folder = weights_folder(rec["model"]["recipe"])
     result = benchmark.run_job(grid_job(rec), folder)
