@@ -2,7 +2,7 @@
 
 Every (subject, method, seed) job runs as a sweep job on Ray (docs/sweeps.md): one at a time on this machine by
 default, --workers 2 for two at once, --address for a cluster. Finished jobs are kept in the results folder by a
-key of the job, the model's recipe and the sampling settings: a rerun (after Ctrl+C, a failure or a crash) runs only
+key of the job, the model's recipe, the sampling settings and the code: a rerun (after Ctrl+C, a failure or a crash) runs only
 what is missing, then writes the tables from every job.
 """
 

@@ -7,6 +7,8 @@ already in the results folder. `run_job` is the sweep's function runner: it runs
 and writes its whole result to OUT/drift.json; benchmark.main reads those back and builds the tables.
 """
 
+import functools
+import hashlib
 import json
 import pathlib
 
@@ -56,12 +58,38 @@ def method_settings(method: str) -> dict:
     return _plain(config(**knobs).as_dict())
 
 
-def record(job, recipe: str, settings: dict | None = None) -> dict:
-    """The sweep record of a grid.Job made with the shapes model of recipe hash `recipe`."""
+# the pack's code a drift job's numbers come from: the trainer, regularizers, guider, LoRA, shapes model and its
+# scores, the tiny model builder, and the benchmark's own job and subjects (paths relative to the pack)
+CODE = ("trainers", "guidance", "lora", "shapes", "tinymodels", "bench/drift/benchmark.py", "bench/drift/grid.py")
+
+
+@functools.lru_cache(maxsize=4)
+def code_fingerprint(root: pathlib.Path | None = None) -> str:
+    """Hash of the Python code under CODE in the pack at `root` (default this one), each module as its syntax tree
+    without docstrings (shapes.weights' rule for the recipe: comments and docstrings do not count), and of the
+    ComfyUI release it runs on."""
+    from ...headless import host
+    from ...shapes.weights import _code
+
+    root = pathlib.Path(root) if root is not None else host.PACK_DIR
+    h = hashlib.sha256()
+    for entry in CODE:
+        path = root / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + _code(f).encode() + b"\0")
+    try:
+        h.update(host.comfyui_version(host.find_comfyui()).encode())
+    except (OSError, RuntimeError, ValueError):  # no ComfyUI here: the jobs could not run either
+        h.update(b"no ComfyUI")
+    return h.hexdigest()[:16]
+
+
+def record(job, recipe: str, settings: dict | None = None, code: str | None = None) -> dict:
+    """The sweep record of a grid.Job made with the shapes model of recipe hash `recipe` by this checkout's code."""
     return {"runner": {"function": RUNNER},
             "axes": {"subject": job.subject, "method": job.method, "knobs": _plain(job.knob), "seed": job.seed},
             "method_settings": method_settings(job.method), "model": {"recipe": recipe},
-            "sampling": settings or sampler_settings()}
+            "sampling": settings or sampler_settings(), "code": code or code_fingerprint()}
 
 
 def grid_job(rec: dict):
@@ -108,7 +136,8 @@ def run_job(rec: dict, out_dir: pathlib.Path) -> dict:
     from ...sweeps.jobs import boot_worker, torch_threads_from_ray
     from . import benchmark
 
-    here = {"sampling": sampler_settings(), "method_settings": method_settings(rec["axes"]["method"])}
+    here = {"sampling": sampler_settings(), "method_settings": method_settings(rec["axes"]["method"]),
+            "code": code_fingerprint()}
     for what, value in here.items():
         if rec.get(what) != value:
             raise DriftJobError(f"the job was made with {what} {rec.get(what)}, this worker's checkout has {value}: "

@@ -43,6 +43,25 @@ def test_the_key_follows_the_job_the_model_and_the_sampling_and_nothing_else(mon
     monkeypatch.setattr(benchmark, "_regularizer_classes", lambda: {**classes, "parameter anchor": (regularizer, NewDefault)})
     assert sweep.method_settings("parameter anchor")["weight"] == 0.5
     assert _key(_job(method="parameter anchor")) != anchor
+    # and the code the numbers come from
+    assert spec.content_key(sweep.record(_job(), "aaaa", code="0" * 16)) != spec.content_key(
+        sweep.record(_job(), "aaaa", code="1" * 16))
+
+
+def test_the_code_fingerprint_follows_the_code_not_its_comments(tmp_path):
+    def tree(body: str):
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        (root / "trainers").mkdir(parents=True)
+        (root / "trainers" / "loop.py").write_text(body)
+        (root / "bench" / "drift").mkdir(parents=True)
+        (root / "bench" / "drift" / "benchmark.py").write_text("STEPS = 12\n")
+        return root
+
+    base = sweep.code_fingerprint(tree('def step(x):\n    """Once."""\n    return x + 1\n'))
+    assert sweep.code_fingerprint(tree('def step(x):\n    """Once, said otherwise."""\n    # a comment\n'
+                                       '    return x + 1\n')) == base
+    assert sweep.code_fingerprint(tree('def step(x):\n    """Once."""\n    return x + 2\n')) != base
+    assert sweep.code_fingerprint() == sweep.record(_job(), "aaaa")["code"]  # this checkout's, by default
 
 def test_a_record_is_json_and_gives_back_the_benchmarks_job():
     job = _job(method="parameter anchor, weight 0.1")
@@ -61,6 +80,8 @@ def test_a_worker_refuses_a_job_made_with_other_settings(tmp_path):
     rec["sampling"] = {**rec["sampling"], "cfg": 99.0}
     with pytest.raises(sweep.DriftJobError, match="sampling"):
         sweep.run_job(rec, tmp_path)
+    with pytest.raises(sweep.DriftJobError, match="code"):
+        sweep.run_job({**sweep.record(_job(), "aaaa"), "code": "0" * 16}, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
