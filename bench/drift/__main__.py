@@ -35,6 +35,8 @@ def main() -> int:
     parser.add_argument("--results", type=pathlib.Path,
                         help="the jobs' results folder (default .driftless/drift/NAME in the pack, git-ignored); a "
                         "rerun skips the jobs already there; on a cluster, a folder every node sees")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the jobs, their keys and which are already done in the results folder; run none")
     parser.add_argument("--mode", choices=("full", "quick"), default="full",
                         help="full: every subject x 3 seeds x every method, 300 steps scored every 50 (bench/results/drift.*); quick: the "
                         "same subjects and seeds, plain LoRA, parameter anchor and APT, 100 steps scored at 50 and 100 (drift_quick.*)")

@@ -399,6 +399,15 @@ def main(folder: pathlib.Path, args, tables: pathlib.Path | None = None) -> int:
     print(f"[drift] {len(jobs)} jobs ({args.mode} mode): {len({j.subject for j in jobs})} subjects x "
           f"{len({j.method for j in jobs})} methods x {len({j.seed for j in jobs})} seeds, knobs {jobs[0].knob}; "
           f"model recipe {recipe}; results in {plan.results}", flush=True)
+    if getattr(args, "dry_run", False):
+        from ...sweeps.store import Store
+
+        store = Store(plan.results)
+        for j in plan.jobs:
+            print(f"{j.key}  {'done   ' if store.is_done(j.key) else 'to run '}  {j.label}")
+        done = sum(store.is_done(j.key) for j in plan.jobs)
+        print(f"[drift] {len(plan.jobs)} jobs, {done} done, {len(plan.jobs) - done} to run; nothing run (--dry-run)")
+        return 0
     t0 = time.perf_counter()
     try:
         report = run_sweep(plan, address=args.address, num_cpus=None if args.address else args.workers * threads)

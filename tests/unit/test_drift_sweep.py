@@ -182,3 +182,22 @@ def test_the_claims_provenance_says_when_jobs_were_reused(monkeypatch):
     assert "90 jobs, 120 s wall, 4000 s CPU.\n" in claims.render(report, "bench/results/drift.json")
     text = claims.render({**report, "reused": 80}, "bench/results/drift.json")
     assert "90 jobs, 120 s wall, 4000 s CPU (80 jobs reused from an earlier run, not in the wall time).\n" in text
+
+
+def test_a_dry_run_lists_the_jobs_and_what_is_done(tmp_path, capsys):
+    import argparse
+
+    folder = _weights(tmp_path / "model", "abcd")
+    args = argparse.Namespace(mode="quick", steps=None, score_every=None, subjects=["orange-cross"], methods=None,
+                              seeds=[0], prior=None, align=None, name="drift_dry", results=tmp_path / "jobs",
+                              threads=None, workers=1, address=None, load=0.0, dry_run=True)
+    plan = sweep.make_sweep(benchmark.jobs_for(args), "abcd", tmp_path / "jobs")
+    s = store.Store(tmp_path / "jobs")
+    tmp = s.begin(plan.jobs[1].key, {})
+    (tmp / "result.json").write_text("{}")
+    s.commit(plan.jobs[1].key, tmp)
+    assert benchmark.main(folder, args, tables=tmp_path / "tables") == 0
+    out = capsys.readouterr().out
+    assert f"{plan.jobs[1].key}  done     orange-cross / parameter anchor / seed 0" in out
+    assert f"{plan.jobs[0].key}  to run   orange-cross / plain LoRA / seed 0" in out
+    assert "3 jobs, 1 done, 2 to run; nothing run (--dry-run)" in out and not (tmp_path / "tables").exists()
