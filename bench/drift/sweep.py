@@ -1,10 +1,11 @@
 """The drift benchmark's jobs as a sweep (docs/sweeps.md): one Ray task per (subject, method, knobs, seed).
 
-Each grid.Job becomes a sweep job whose record holds everything its result depends on besides the pack's code: the
-job (axes subject, method, knobs, seed), the shapes model's recipe hash (the one its weight files record) and the
-benchmark's sampling settings. A new model or new settings therefore make new keys, and a rerun skips every job
-already in the results folder. `run_job` is the sweep's function runner: it runs benchmark.run_job in the worker
-and writes its whole result to OUT/drift.json; benchmark.main reads those back and builds the tables.
+Each grid.Job becomes a sweep job whose record holds what its result depends on: the job (axes subject, method,
+knobs, seed), every setting of the method's regularizer (its defaults included), the recipe hash the shapes
+model's weight files record, the benchmark's sampling settings and a fingerprint of the code the numbers come from.
+A new model, new settings or changed code therefore make new keys, and a rerun skips every job already in the
+results folder. `run_job` is the sweep's function runner: it runs benchmark.run_job in the worker and writes its
+whole result to OUT/drift.json; benchmark.main reads those back and builds the tables.
 """
 
 import functools
