@@ -142,3 +142,30 @@ def test_aggregate_is_the_mean_over_subjects():
     assert rows["cfg", "live"]["clip_i"] == pytest.approx(0.4)
     assert ("personalization", "live") not in rows and rows["personalization", "all"]["subjects"] == 1
     assert "| plain | cfg | objects | 2 | 0.6000 | 0.8000 | 0.2500 |" in report.table(report.aggregate(results))
+
+
+def test_a_job_record_carries_the_run_and_keys_the_subject_and_method(tmp_path):
+    """What a worker receives: the options back as they were (paths absolute), the subject's photos by content; the
+    key changes with the subject, the method, a setting or a photo, and not otherwise."""
+    import dataclasses
+    import json
+
+    from driftless.bench.dreambench import runner
+    from driftless.bench.dreambench.dataset import Subject
+    from driftless.sweeps.spec import content_key
+
+    photo = tmp_path / "00.jpg"
+    photo.write_bytes(b"a photo")
+    subject = Subject("dog", "dog", True, (photo,), ("a {0} {1}",))
+    options = runner.Options(dataset=tmp_path / "ds", checkpoint=tmp_path / "m.safetensors", clip=tmp_path / "clip",
+                             dino=tmp_path / "dino", out=tmp_path / "out", subjects=["dog"], guidance=["cfg", "personalization"])
+    record = json.loads(json.dumps(runner.job_record(options, subject, "anchor")))
+    assert runner.options_from_record(record["options"]) == options
+    assert record["axes"] == {"subject": "dog", "regularizer": "anchor", "seed": 0}
+    key = content_key(record)
+    assert content_key(runner.job_record(options, subject, "anchor")) == key
+    others = [runner.job_record(options, subject, "plain"), runner.job_record(dataclasses.replace(options, steps=7), subject, "anchor"),
+              runner.job_record(options, dataclasses.replace(subject, name="dog2"), "anchor")]
+    photo.write_bytes(b"another photo")
+    others.append(runner.job_record(options, subject, "anchor"))
+    assert len({content_key(r) for r in others} | {key}) == 5
