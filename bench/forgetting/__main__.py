@@ -3,7 +3,8 @@
 Learns sequences of the drift benchmark's subjects one after another with sequential LoRA, LoRA-EWC, EWC-DC and
 EWC-DC + DSC (Jha et al., ICLR 2025) at the nodes' defaults, scores every stage, and writes
 bench/results/forgetting.{md,json} (--quick: forgetting_quick) with bootstrap 95% intervals over
-(sequence, seed) units; a default run also rewrites the DC-score rows of docs/claims.md.
+(sequence, seed) units; the default run (no --quick, no subset chosen) also rewrites the DC-score rows of
+docs/claims.md.
 """
 
 import argparse

@@ -304,8 +304,8 @@ def main(folder, args) -> None:
     rows = [{"method": m, **v} for m, v in summary["methods"].items()]
     md, js = write_results(name, rows, text, notes, extra={"mode": "quick" if args.quick else "full", "recipe": recipe,
                                                           "summary": summary, "jobs": results, "wall_s": wall, "cpu_s": cpu})
-    if name in ("forgetting", "forgetting_quick") and not (args.sequences or args.seeds or args.methods or args.steps):
+    if name == "forgetting" and not (args.quick or args.sequences or args.seeds or args.methods or args.steps):
         from ..drift import claims
 
-        claims.update_forgetting(js)  # docs/claims.md follows a default run; a chosen subset leaves it alone
+        claims.update_forgetting(js)  # docs/claims.md follows the default run; quick or chosen subsets leave it alone
     print(f"[bench] wrote {md} and {js}")

@@ -98,18 +98,36 @@ def summarise(results: list[dict], resamples: int = 4000) -> dict:
 
 def claims(summary: dict) -> list[dict]:
     """The DC-score claim's rows for docs/claims.md: the paper's method (EWC-DC + DSC) minus each baseline, on the
-    forgetting of subject fidelity and of DC accuracy; < 0 is the claimed direction (less forgetting)."""
+    forgetting of subject fidelity and of DC accuracy; < 0 is the claimed direction (less forgetting). Each row
+    carries the explanations tested from the same jobs: the consolidation's share (EWC-DC without DSC against the
+    same baseline) and plasticity (the score when learned: a method that learns less has less to forget)."""
+    def effect(key, figure):
+        d = summary["deltas"].get(key)
+        return None if not d else (tuple(d[figure]), d["n"])
+
+    def explanation(what, found, better_below=None, better_above=None):
+        if found is None:
+            return {"explanation": what, "effect": None, "verdict": "not measured", "ratio": False}
+        (mean, lo, hi), n = found
+        return {"explanation": f"{what} (n = {n})", "effect": (mean, lo, hi), "ratio": False,
+                "verdict": verdict(lo, hi, better_below=better_below, better_above=better_above)}
+
     rows = []
     for baseline in ("sequential LoRA", "LoRA-EWC"):
         for key, what in SCORES.items():
             claim = f"DC-score continual learning (EWC-DC + DSC): less forgetting of {what} than {baseline}"
-            d = summary["deltas"].get(f"EWC-DC + DSC − {baseline}")
-            if not d:
+            found = effect(f"EWC-DC + DSC − {baseline}", f"{key}_forgetting")
+            if found is None:
                 rows.append({"claim": claim, "measure": "not in this run", "effect": None, "verdict": "not measured",
-                         "explanations": []})
+                             "explanations": []})
                 continue
-            mean, lo, hi = d[f"{key}_forgetting"]
+            (mean, lo, hi), n = found
+            explain = [
+                explanation(f"without DSC: EWC-DC − {baseline}, forgetting", effect(f"EWC-DC − {baseline}",
+                                                                                    f"{key}_forgetting"), better_below=0.0),
+                explanation(f"plasticity: {what} when learned, EWC-DC + DSC − {baseline}",
+                            effect(f"EWC-DC + DSC − {baseline}", f"{key}_learned"), better_above=0.0)]
             rows.append({"claim": claim, "measure": f"EWC-DC + DSC − {baseline}, forgetting of {what} (when learned − at "
-                         f"the end), same sequence and seed (n = {d['n']})", "effect": (mean, lo, hi),
-                         "verdict": verdict(lo, hi, better_below=0.0), "explanations": []})
+                         f"the end), same sequence and seed (n = {n})", "effect": (mean, lo, hi),
+                         "verdict": verdict(lo, hi, better_below=0.0), "explanations": explain})
     return rows

@@ -61,6 +61,10 @@ def test_summary_pairs_methods_on_the_same_sequence_and_seed():
     # DC accuracy: EWC-DC + DSC forgets 1 − 0.5 = 0.5, LoRA-EWC 1 − 1 = 0: +0.5, more forgetting than LoRA-EWC
     assert rows[("LoRA-EWC", True)]["effect"] == pytest.approx((0.5, 0.5, 0.5))
     assert rows[("LoRA-EWC", True)]["verdict"] == "does not hold"
+    # plasticity: EWC-DC + DSC learned the second concept to 0.6 against LoRA-EWC's 0.5; the first alike
+    plasticity = rows[("LoRA-EWC", False)]["explanations"][1]
+    assert plasticity["effect"] == pytest.approx((0.05, 0.05, 0.05)) and plasticity["verdict"] == "holds"
+    assert rows[("LoRA-EWC", False)]["explanations"][0]["verdict"] == "not measured"  # no EWC-DC jobs
 
 
 def test_unpaired_units_are_left_out_of_the_differences():
