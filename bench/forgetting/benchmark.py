@@ -166,7 +166,7 @@ def run_job(job: Job, folder) -> dict:
     train_s = time.perf_counter() - t0
 
     # every stage's snapshot: each learned concept's prompt sampled (its fidelity), the prior prompts at the last
-    feats = lambda x: net.features(x).detach()  # noqa: E731
+    feats = lambda x: net.features(x).detach()
     prior_prompts = [(dataset.caption(*p), list(range(100, 100 + drift.PRIOR_SEEDS))) for p in drift.PRIOR]
     seeds = list(range(200, 200 + drift.SUBJECT_SEEDS))
     fidelity, prior_rmse = [], None
@@ -233,17 +233,28 @@ FIGURE_NAMES = {"fidelity_forgetting": "forgetting, fidelity ↓", "dc_accuracy_
 
 
 def summary_table(summary: dict) -> str:
-    cell = lambda v, sign="": f"{v[0]:{sign}.3f} ({v[1]:{sign}.3f} to {v[2]:{sign}.3f})"  # noqa: E731
+    cell = lambda v, sign="": f"{v[0]:{sign}.3f} ({v[1]:{sign}.3f} to {v[2]:{sign}.3f})"
     keys = list(FIGURE_NAMES)
     lines = ["| method | n | " + " | ".join(FIGURE_NAMES[k] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
     for method, row in summary["methods"].items():
         lines.append(f"| {method} | {row['n']} | " + " | ".join(cell(row[k]) for k in keys) + " |")
-    lines += ["", "Paired differences (same sequence and seed; < 0 on forgetting and RMSE, > 0 on fidelity and accuracy: "
-              "better than the baseline):", "",
+    lines += ["", ("Paired differences (same sequence and seed; < 0 on forgetting and RMSE, > 0 on fidelity and accuracy: "
+              "better than the baseline):"), "",
               "| comparison | n | " + " | ".join(FIGURE_NAMES[k] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, row in summary["deltas"].items():
         lines.append(f"| {name} | {row['n']} | " + " | ".join(cell(row[k], "+") for k in keys) + " |")
     return "\n".join(lines)
+
+
+def _shown(folder) -> str:
+    """The weights folder relative to the repository when it is in it (shapes/weights/), else as it is."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    try:
+        return f"{pathlib.Path(folder).resolve().relative_to(root)}/"
+    except ValueError:
+        return str(folder)
 
 
 def jobs_for(args) -> list[Job]:
@@ -279,26 +290,26 @@ def main(folder, args) -> None:
     print(text)
     k = jobs[0].knob
     notes = [
-        f"run: {len(jobs)} jobs in {wall:.0f} s wall, {cpu:.0f} s CPU (process time, all threads), {os.cpu_count()} cores, "
-        f"load average at the start {args.load:.2f}",
-        f"model: the shapes model in {folder.name}/ (recipe {recipe}); classifier features score fidelity",
+        (f"run: {len(jobs)} jobs in {wall:.0f} s wall, {cpu:.0f} s CPU (process time, all threads), {os.cpu_count()} cores, "
+        f"load average at the start {args.load:.2f}"),
+        f"model: the shapes model in {_shown(folder)} (recipe {recipe}); its classifier's features score fidelity",
         "sequences (learned left to right, triggers " + ", ".join(TRIGGERS) + " in that order, captioned "
         f"'{concept_caption('<trigger>')}'): " + "; ".join(" > ".join(s) for s in dict.fromkeys(j.sequence for j in jobs))
         + f"; seeds {sorted({j.seed for j in jobs})}",
-        f"training per concept: LoRA rank {k['rank']} on attention, lr {k['learning_rate']}, {k['steps']} steps, batch 1, "
+        (f"training per concept: LoRA rank {k['rank']} on attention, lr {k['learning_rate']}, {k['steps']} steps, batch 1, "
         f"AdamW, 10% empty captions, {TRAIN_PICTURES} pictures; EWC-DC + DSC runs a second {k['steps']}-step training "
-        "(the consolidation) from the second concept on",
-        f"continual knobs at the node defaults: ewc_weight {_config_default('ewc_weight'):g}, score_weight "
+        "(the consolidation) from the second concept on"),
+        (f"continual knobs at the node defaults: ewc_weight {_config_default('ewc_weight'):g}, score_weight "
         f"{_config_default('score_weight'):g}, noise_weight {_config_default('noise_weight'):g}, concepts_per_score "
         f"{_config_default('concepts_per_score')}, score temperature {DEFAULTS['score_temperature']:g}; Fisher "
         f"{DEFAULTS['fisher_draws']} draws, decay {DEFAULTS['fisher_decay']}; retention report {DEFAULTS['report_draws']} "
-        f"draws per held-out picture ({HELD_OUT_PICTURES} per concept); c_0 = '{PRETRAINED_PROMPT}'",
-        "forgetting = score when learned − score at the end (> 0: forgotten), averaged over every concept but the last; "
+        f"draws per held-out picture ({HELD_OUT_PICTURES} per concept); c_0 = '{PRETRAINED_PROMPT}'"),
+        ("forgetting = score when learned − score at the end (> 0: forgotten), averaged over every concept but the last; "
         "DC accuracy at stage s is over the candidates c_0 and the concepts learned by then (the retention report's), "
-        "so later stages choose among more concepts",
-        f"fidelity: {drift.SUBJECT_SEEDS} samples of the concept's own prompt (euler, {drift.SAMPLER_STEPS} steps, cfg "
+        "so later stages choose among more concepts"),
+        (f"fidelity: {drift.SUBJECT_SEEDS} samples of the concept's own prompt (euler, {drift.SAMPLER_STEPS} steps, cfg "
         f"{drift.CFG}) against its training pictures; prior drift: the drift benchmark's {len(drift.PRIOR)} prior prompts x "
-        f"{drift.PRIOR_SEEDS} seeds against the base model's",
+        f"{drift.PRIOR_SEEDS} seeds against the base model's"),
         "intervals: percentile bootstrap 95% over (sequence, seed) units, 4000 resamples (bench/drift/grid.bootstrap_mean)",
     ]
     rows = [{"method": m, **v} for m, v in summary["methods"].items()]
