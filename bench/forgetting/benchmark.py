@@ -174,13 +174,13 @@ def run_job(job: Job, folder) -> dict:
         sets = [(captions[j], seeds) for j in range(s + 1)]
         if s == len(pool) - 1:
             sets += prior_prompts
-        images = _sample(sampler, partial(make_guider, model, lora=dict(concept.lora), cfg=drift.CFG, mode="cfg"), sets)
+        images = drift.sample_sets(sampler, partial(make_guider, model, lora=dict(concept.lora), cfg=drift.CFG, mode="cfg"), sets)
         with torch.no_grad():
             fidelity.append([metrics.subject_fidelity(feats(images[captions[j]]), feats(pictures[j])) for j in range(s + 1)])
         if s == len(pool) - 1:
             got = torch.cat([images[p] for p, _ in prior_prompts])
             prior_rmse = metrics.paired_rmse(got, torch.cat([ctx["base"][p] for p, _ in prior_prompts]))
-    base_images = _sample(sampler, partial(_base_guider, model), [(c, seeds) for c in captions])
+    base_images = drift.sample_sets(sampler, partial(_base_guider, model), [(c, seeds) for c in captions])
     with torch.no_grad():
         base_fidelity = [metrics.subject_fidelity(feats(base_images[c]), feats(p)) for c, p in zip(captions, pictures)]
 
@@ -210,18 +210,6 @@ def _base_guider(model, positive, negative):
     g.set_conds(positive, negative)
     g.set_cfg(drift.CFG)
     return g
-
-
-def _sample(sampler, make_guider, sets: list) -> dict:
-    """Every (prompt, seeds) of `sets` in one sampling call (drift.sample_all's batching), decoded."""
-    cond = drift.batched_cond([sampler.cond(p) for p, seeds in sets for _ in seeds])
-    all_seeds = [s for _, ss in sets for s in ss]
-    with torch.inference_mode():
-        images = sampler.vae.decode(sampler.latents(make_guider(cond, sampler.null), all_seeds)).float().cpu()
-    out, i = {}, 0
-    for prompt, ss in sets:
-        out[prompt], i = images[i:i + len(ss)], i + len(ss)
-    return out
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
