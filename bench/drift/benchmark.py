@@ -134,7 +134,11 @@ def batched_cond(conds: list) -> list:
 
 def sample_all(sampler: Sampler, make_guider, prior=PRIOR, align=ALIGN) -> dict:
     """Every prompt of prompt_sets() at its seeds, in one sampling call (one guider: the LoRA is merged once)."""
-    sets = [(prompt, list(seeds)) for _, prompt, seeds, _ in prompt_sets(prior, align)]
+    return sample_sets(sampler, make_guider, [(prompt, list(seeds)) for _, prompt, seeds, _ in prompt_sets(prior, align)])
+
+
+def sample_sets(sampler: Sampler, make_guider, sets: list) -> dict:
+    """prompt -> its decoded samples, for every (prompt, seeds) of `sets`, in one sampling call."""
     cond = batched_cond([sampler.cond(p) for p, seeds in sets for _ in seeds])
     seeds = [s for _, ss in sets for s in ss]
     with torch.inference_mode():

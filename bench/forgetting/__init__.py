@@ -1,0 +1,1 @@
+"""The forgetting benchmark: continual personalization on the shapes model (see benchmark.py)."""

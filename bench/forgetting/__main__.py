@@ -1,0 +1,55 @@
+"""`./driftless bench forgetting [--quick]`: continual personalization on the shapes model, forgetting per method.
+
+Learns sequences of the drift benchmark's subjects one after another with sequential LoRA, LoRA-EWC, EWC-DC and
+EWC-DC + DSC (Jha et al., ICLR 2025) at the nodes' defaults, scores every stage, and writes
+bench/results/forgetting.{md,json} (--quick: forgetting_quick) with bootstrap 95% intervals over
+(sequence, seed) units; the default run (no --quick, no subset chosen) also rewrites the DC-score rows of
+docs/claims.md.
+"""
+
+import argparse
+import os
+
+from ...headless import host
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="driftless bench forgetting", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="pairs instead of triples, 50 steps per concept (forgetting_quick.*); default: three "
+                        "sequences of three subjects x 3 seeds x 4 methods, 100 steps per concept")
+    parser.add_argument("--sequences", nargs="+", metavar="A,B[,C]",
+                        help="subject sequences, comma-separated, learned left to right (--list shows the subjects)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="training seeds (default 0 1 2)")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="of 'sequential LoRA', 'LoRA-EWC', 'EWC-DC', 'EWC-DC + DSC' (default: all four)")
+    parser.add_argument("--steps", type=int, help="training steps per concept (default: the mode's)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--name", help="results file name under bench/results (default: forgetting or forgetting_quick)")
+    parser.add_argument("--list", action="store_true", help="list the subjects, methods and default sequences, and stop")
+    args = parser.parse_args()
+    args.load = os.getloadavg()[0]
+    host.configure_args(host.find_comfyui(), None, cpu=None)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from . import benchmark, stats
+
+    if args.list:
+        from ..drift import grid
+
+        for s in grid.SUBJECTS.values():
+            print(f"subject {s.name}: {s.shape}, rgb {s.colour}, {s.pattern}")
+        print("methods:", ", ".join(stats.METHODS))
+        print("sequences:", "; ".join(",".join(s) for s in benchmark.SEQUENCES))
+        return
+    from ...shapes import pretrain, weights
+
+    folder = weights.ensure(weights.SHIPPED_PRESET)
+    print(f"[forgetting] model: {folder / pretrain.CHECKPOINT}")
+    benchmark.main(folder, args)
+
+
+if __name__ == "__main__":
+    main()
