@@ -133,11 +133,11 @@ CASES = {
         "dco", lambda w: _dco(w), lambda w: _dco(w, weight=0.0, mode="add"),
         "mode add with weight 0 (in the default mode replace, L_DCO is the whole loss: weight 0 trains nothing)"),
     "apt": Case(
-        "apt", lambda w: _apt(w, bins=2),  # two bins, so the adaptive adjustment acts within a few steps
+        "apt", lambda w: _apt(w, bins=2, adaptive_adjustment=True),  # two bins: the adjustment acts within a few steps
         lambda w: _apt(w, adaptive_adjustment=False, representation_weight=0.0, attention_weight=0.0),
         "all three parts off: adaptive adjustment off, representation and attention weights 0"),
     "apt (per head)": Case(
-        "apt", lambda w: _apt(w, bins=2, attention_maps="per head"), None,
+        "apt", lambda w: _apt(w, bins=2, adaptive_adjustment=True, attention_maps="per head"), None,
         "none of its own: the apt row's zero turns attention alignment off, per head or not"),
     "prior_preservation": Case(
         "prior_preservation", lambda w: _prior(w, weight=1.0), lambda w: _prior(w, weight=0.0), "weight 0"),

@@ -97,7 +97,7 @@ def test_a_mask_moves_with_the_latent_through_apt_augmentation(built):
     from driftless.trainers.loop import _augment
     from driftless.trainers.regularizers.apt import APT
 
-    apt = APT(p_max=1.0)
+    apt = APT(p_max=1.0, adaptive_adjustment=True)
     apt.indicator.gamma = lambda bins: torch.ones(bins.shape[0])  # always augment
     x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     mask = (torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5).float()

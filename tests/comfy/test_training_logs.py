@@ -33,7 +33,7 @@ def _regularizers():
     from driftless.trainers.regularizers.apt import APT
     from driftless.trainers.regularizers.parameter_anchor import ParameterAnchor
 
-    return [APT(bins=4), ParameterAnchor(weight=0.5)]
+    return [APT(bins=4, adaptive_adjustment=True), ParameterAnchor(weight=0.5)]
 
 
 def test_logged_scalars_are_the_trainers_numbers_step_by_step(tiny_data, tmp_path):

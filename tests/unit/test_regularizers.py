@@ -257,7 +257,7 @@ def test_apt_augmentation_identity_and_probability():
     # the default (relative gap, T = 0.3): the LoRA at loss 0 against the base's 1 has r = 1, γ = 1 − exp(−0.3)
     for settings, p, weight in ((dict(indicator_gap="absolute", temperature=1000.0), 0.8, 0.0),
                                 ({}, 1 - math.exp(-0.3), math.exp(-0.3))):
-        apt = APT(p_max=0.8, **settings)
+        apt = APT(p_max=0.8, adaptive_adjustment=True, **settings)
         assert torch.equal(apt.augment(x, u, g), x)  # γ = 0 before any observation: never augmented
         apt.indicator.update(apt.indicator.bin_of(u), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]))
         out = torch.stack([apt.augment(x[:1], u[:1], g)[0] for _ in range(400)])
