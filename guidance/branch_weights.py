@@ -126,7 +126,7 @@ class BranchLayers:
             if plan is None or not plan.corrected:
                 return original(x, *args, **kwargs)
             if split and plan.plain_math and not args and not kwargs and x.dtype == weight.dtype:
-                if plan.halves and x.is_contiguous():
+                if plan.halves:
                     return self._stacked(name, module, x, plan, layers)
                 return self._split(name, weight, bias, x, plan, layers)
             return _correct(original(x, *args, **kwargs), x, plan, layers)
@@ -134,14 +134,16 @@ class BranchLayers:
         return forward
 
     def _stacked(self, name, module, x, plan: BatchPlan, layers) -> torch.Tensor:
-        """Both halves of the batch in one baddbmm against [W₁, W_c] stacked in the halves' order."""
+        """Both halves of the batch in one baddbmm against [W₁, W_c] stacked in the halves' order. A strided input (the
+        text or image slice of a joint attention's output, which SD3's and Flux's projections get) is read in place
+        where its halves are a batch stride apart, else copied once: either way one GEMM, as stock CFG's forward."""
         stack = self._stacks.get(name)
         if stack is None or not stack.fits(plan.halves):
             if stack is not None:
                 stack.release(module)
             stack = self._stacks[name] = _Stack(module, plan.halves)
         weights = stack.weights(plan.halves, layers)  # [2, in, out], a transposed view
-        rows = x.view(2, -1, x.shape[-1])
+        rows = x.reshape(2, -1, x.shape[-1])
         out = torch.bmm(rows, weights) if module.bias is None else torch.baddbmm(module.bias, rows, weights)
         return out.view(*x.shape[:-1], weights.shape[-1])
 

@@ -256,6 +256,35 @@ def test_bad_settings_fail_validation(run_prompt, overrides, message):
     assert "guider" in problems and message in str(problems["guider"])
 
 
+
+def test_branch_layers_stack_a_strided_input(comfy_host, monkeypatch):
+    """A joint attention's projection gets a slice of the attention output (not contiguous): it still goes through the
+    stack, and each row equals its branch's weight applied by hand."""
+    import driftless.guidance.branch_weights as bw
+    from driftless.lora.adapter import LoraAdapter
+
+    monkeypatch.setattr(bw, "_free_memory", lambda device: 1 << 40)
+    g = torch.Generator().manual_seed(1)
+    net = torch.nn.Linear(6, 5).requires_grad_(False)
+    adapter = LoraAdapter({"proj": net}, 2, 4.0)
+    for layer in adapter.layers:
+        layer.down.data.normal_(generator=g)
+        layer.up.data.normal_(generator=g)
+    merged, layer = net.weight.clone(), adapter.layers[0]
+    weak = merged - 0.7 * 2.0 * (layer.up @ layer.down)
+    x = torch.randn(2, 7, 6, generator=g)[:, 2:5]  # the image slice of [text; image] tokens
+    assert not x.is_contiguous()
+    layers = bw.BranchLayers([adapter], split=True)
+    layers.install(torch.nn.ModuleDict({"proj": net}), "cpu")
+    layers.plan = bw.BatchPlan.for_batch([1, 0], x, {1: {0: -0.7}, 0: {}})
+    with torch.no_grad():
+        out = net(x)
+    assert "proj" in layers._stacks
+    torch.testing.assert_close(out[0], torch.nn.functional.linear(x[0], weak, net.bias), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1], torch.nn.functional.linear(x[1], merged, net.bias), rtol=1e-5, atol=1e-6)
+    layers.remove()
+
+
 @pytest.mark.parametrize("layout", ["uncond first", "cond first", "three runs"])
 def test_branch_layers_stack_shares_the_weight_and_gives_it_back(comfy_host, monkeypatch, layout):
     """CFG's two-halves batch goes through one stacked [W₁, W_c] per Linear whose W₁ slot is the module's own weight
