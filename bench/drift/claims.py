@@ -1,6 +1,6 @@
 """The claims table of docs/claims.md, generated from a drift benchmark's JSON.
 
-    ./driftless python -m driftless.bench.drift.claims bench/results/drift_quick.json
+    ./driftless python -m driftless.bench.drift.claims bench/results/drift.json
 
 rewrites the generated block of docs/claims.md (between its two markers) with one row per claim of the four
 papers, the measured effect with its bootstrap 95% interval, the verdict read from the interval and, where a
@@ -66,11 +66,11 @@ def update_forgetting(forgetting_path: pathlib.Path, docs: pathlib.Path = DOCS) 
     cited = re.search(r"Figures from `([^`]+)`", docs.read_text())
     if not cited:
         raise SystemExit(f"{docs}: the generated block names no drift result file; run "
-                         "`./driftless python -m driftless.bench.drift.claims bench/results/drift_quick.json` first")
+                         "`./driftless python -m driftless.bench.drift.claims bench/results/drift.json` first")
     return update(docs.resolve().parents[1] / cited.group(1), docs, forgetting_path)
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: ./driftless python -m driftless.bench.drift.claims bench/results/drift_quick.json")
+        raise SystemExit("usage: ./driftless python -m driftless.bench.drift.claims bench/results/drift.json")
     print(f"[claims] wrote {update(pathlib.Path(sys.argv[1]))}")
