@@ -17,6 +17,18 @@ import sys
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
+def start(threads: int | None = None) -> None:
+    """What a benchmark's command line does before its work: ComfyUI importable with its arguments set (this
+    process's own argv left alone), and torch on `threads` threads when given (else torch's choice)."""
+    from ..headless import host
+
+    host.configure_args(host.find_comfyui(), None, cpu=None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def synchronize() -> None:
     """Wait for queued GPU work, so a host clock read after it times what ran (a no-op on CPU)."""
     import torch

@@ -36,10 +36,9 @@ def main(argv=None) -> int:
         print(f"[sweep] error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        store = Store(sweep.results)
-        for job in sweep.jobs:
-            print(f"{job.key}  {'done   ' if store.is_done(job.key) else 'to run '}  {job.label}")
-        print(f"[sweep] {len(sweep.jobs)} jobs; results in {sweep.results}; nothing run (--dry-run)")
+        lines, done = Store(sweep.results).listing(sweep.jobs)
+        print("\n".join(lines))
+        print(f"[sweep] {len(sweep.jobs)} jobs, {done} done; results in {sweep.results}; nothing run (--dry-run)")
         return 0
     from .schedule import SweepBusy, run_sweep
 

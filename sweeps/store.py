@@ -44,6 +44,11 @@ class Store:
     def is_done(self, key: str) -> bool:
         return (self.job_dir(key) / "result.json").is_file()
 
+    def listing(self, jobs) -> tuple[list[str], int]:
+        """(one line per job: key, done or to run, label; how many are done): what a dry run shows."""
+        done = [self.is_done(j.key) for j in jobs]
+        return [f"{j.key}  {'done   ' if d else 'to run '}  {j.label}" for j, d in zip(jobs, done)], sum(done)
+
     def result(self, key: str) -> dict | None:
         path = self.job_dir(key) / "result.json"
         return json.loads(path.read_text()) if path.is_file() else None

@@ -11,7 +11,7 @@ import os
 import pathlib
 import sys
 
-from ...headless import host
+from ..common import start
 
 
 def main() -> int:
@@ -56,21 +56,16 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the subjects, methods and default prompts, and stop")
     args = parser.parse_args()
     args.load = os.getloadavg()[0]
-    host.configure_args(host.find_comfyui(), None, cpu=None)
     if (args.threads is not None and args.threads < 1) or args.workers < 1:
         raise SystemExit("--threads and --workers must be at least 1")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    start(args.threads)
     from ...shapes import pretrain, weights
 
     if args.list:
         from . import benchmark, grid
 
-        for s in grid.SUBJECTS.values():
-            print(f"subject {s.name}: {s.shape}, rgb {s.colour}, {s.pattern}")
-        print("methods:", ", ".join(dict.fromkeys(benchmark.METHODS + benchmark.VARIANTS)))
+        print("\n".join(s.describe() for s in grid.SUBJECTS.values()))
+        print("methods:", "; ".join(dict.fromkeys(benchmark.METHODS + benchmark.VARIANTS)))
         print("prior prompts:", "; ".join(f"{c} {sh} on {b}" for sh, c, b in benchmark.PRIOR))
         print("align prompts:", "; ".join(f"{c} on {b}" for c, b in benchmark.ALIGN))
         return 0

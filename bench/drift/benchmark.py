@@ -12,6 +12,7 @@ fidelity against drift along training.
 import os
 import pathlib
 import time
+from functools import partial
 
 import torch
 
@@ -68,9 +69,16 @@ def parse_method(name: str) -> tuple[str, dict]:
                 raise SystemExit(f"method {name!r}: {words} is on or off, not {value!r}")
             knobs[key] = value == "on"
         elif isinstance(default, (int, float)):
-            knobs[key] = type(default)(float(value)) if isinstance(default, float) else int(value)
+            try:
+                knobs[key] = float(value) if isinstance(default, float) else int(value)
+            except ValueError:
+                raise SystemExit(f"method {name!r}: {words} takes a number, not {value!r}") from None
         else:
             knobs[key] = value
+    try:
+        classes[base][1](**knobs)  # the config checks ranges and options, as the node's inputs do
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"method {name!r}: {e}") from None
     return base, knobs
 
 
@@ -182,26 +190,28 @@ def score(net, samples: dict, base: dict, subject_images: torch.Tensor, prior=PR
 _LOADED = {}
 
 
+def base_guider(model, positive, negative, cfg: float = CFG):
+    """The base model sampled with stock CFG (the reference every score compares against)."""
+    import comfy.samplers
+
+    g = comfy.samplers.CFGGuider(model)
+    g.set_conds(positive, negative)
+    g.set_cfg(cfg)
+    return g
+
+
 def _context(folder: pathlib.Path, prior=PRIOR, align=ALIGN):
     """Model, classifier, sampler and the base model's samples, loaded once per process (jobs share them read-only)."""
     key = (str(folder), tuple(map(tuple, prior)), tuple(map(tuple, align)))
     if key not in _LOADED:
-        import comfy.samplers
-
         from ...shapes import weights
 
         model, clip, vae = weights.load_model(folder)
         sampler = Sampler(model, clip, vae)
-
-        def base_guider(pos, neg):
-            g = comfy.samplers.CFGGuider(model)
-            g.set_conds(pos, neg)
-            g.set_cfg(CFG)
-            return g
-
-        base = sample_all(sampler, base_guider, prior, align)
+        base_model = partial(base_guider, model)
+        base = sample_all(sampler, base_model, prior, align)
         with torch.inference_mode():
-            class_latents = sampler.latents(base_guider(sampler.cond(CLASS_PROMPT), sampler.null), list(range(400, 408)))
+            class_latents = sampler.latents(base_model(sampler.cond(CLASS_PROMPT), sampler.null), list(range(400, 408)))
         _LOADED[key] = {"model": model, "vae": vae, "net": weights.load_classifier(folder), "sampler": sampler,
                                 "base": base, "class_latents": class_latents}
     return _LOADED[key]
@@ -211,8 +221,6 @@ def run_job(job, folder: pathlib.Path) -> dict:
     """One (subject, method, knobs, seed) job: train a LoRA on the subject's 4 pictures, score it with CFG at each
     checkpoint and, when knobs["guidance"], also with personalization guidance (weak strength s) and autoguidance
     (weak model = the first checkpoint's LoRA) at the last, all at the same cfg. Returns a JSON-able dict."""
-    from functools import partial
-
     from ...guidance.guider import make_guider
     from ...trainers.config import TrainConfig
     from ...trainers.data import TrainingData
@@ -406,10 +414,8 @@ def main(folder: pathlib.Path, args, tables: pathlib.Path | None = None) -> int:
     if getattr(args, "dry_run", False):
         from ...sweeps.store import Store
 
-        store = Store(plan.results)
-        for j in plan.jobs:
-            print(f"{j.key}  {'done   ' if store.is_done(j.key) else 'to run '}  {j.label}")
-        done = sum(store.is_done(j.key) for j in plan.jobs)
+        lines, done = Store(plan.results).listing(plan.jobs)
+        print("\n".join(lines))
         print(f"[drift] {len(plan.jobs)} jobs, {done} done, {len(plan.jobs) - done} to run; nothing run (--dry-run)")
         return 0
     t0 = time.perf_counter()

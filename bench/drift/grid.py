@@ -26,6 +26,9 @@ class Subject:
     colour: tuple[float, float, float]
     pattern: str = "solid"  # solid, stripes (horizontal, every other 2 pixels darker), dots (a 4-pixel grid of dark dots)
 
+    def describe(self) -> str:
+        return f"subject {self.name}: {self.shape}, rgb {self.colour}, {self.pattern}"
+
     def render(self, n: int, seed: int) -> torch.Tensor:
         """n pictures [n, 32, 32, 3] of the subject on white at seeded random sizes and positions."""
         if self.pattern not in PATTERNS:
@@ -128,6 +131,39 @@ def ratio_of_means(values, references, resamples: int = 4000, seed: int = 0) -> 
     return ratio, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def pixel_drift(scores: dict) -> float:
+    """A checkpoint's drift as the benchmark reads it: prior samples' pixel RMSE to the base model's."""
+    return scores["prior_rmse_to_base"]
+
+
+def feature_drift(scores: dict) -> float:
+    """The same drift read from the classifier's features: 1 − the prior samples' cosine similarity to the base's."""
+    return 1 - scores["prior_similarity_to_base"]
+
+
+NEAR_BASE_PIXELS, NEAR_BASE_FEATURES = 0.02, 1e-3  # below these plain LoRA's point is the base model's: no ratio
+
+
+def matched_drift_ratio(units: dict, plain: dict, drift, resamples: int = 4000,
+                        near_base: float = NEAR_BASE_PIXELS) -> dict:
+    """Per (subject, seed) unit of a method (`units`: unit -> result), its drift at the last checkpoint over plain
+    LoRA's at the same subject fidelity (matched_ratio along plain LoRA's curve for that unit, from the base model on),
+    `drift(scores)` reading a checkpoint's drift: {"ratio": bootstrap_mean of the ratios or None, "n", "unmatched"}."""
+    ratios, missing = [], 0
+    for unit, r in units.items():
+        if unit not in plain:
+            continue
+        curve = [(plain[unit]["base"]["subject_fidelity"], 0.0)]
+        curve += [(c["subject_fidelity"], drift(c)) for c in plain[unit]["curve"]]
+        last = r["curve"][-1]
+        ratio = matched_ratio((last["subject_fidelity"], drift(last)), curve, near_base)
+        if ratio is None:
+            missing += 1
+        else:
+            ratios.append(ratio)
+    return {"ratio": bootstrap_mean(ratios, resamples) if ratios else None, "n": len(ratios), "unmatched": missing}
+
+
 def matched_ratio(method_point: tuple[float, float], plain_curve: list[tuple[float, float]],
                   near_base: float = 0.02) -> float | None:
     """A method's drift over plain LoRA's drift at the method's subject fidelity. `plain_curve` is plain LoRA's
@@ -180,20 +216,7 @@ def summarise(results: list[dict], resamples: int = 4000) -> dict:
     for method, units in by.items():
         if method == "plain LoRA":
             continue
-        ratios, missing = [], 0
-        for unit, r in units.items():
-            if unit not in plain:
-                continue
-            curve = [(plain[unit]["base"]["subject_fidelity"], 0.0)]
-            curve += [(c["subject_fidelity"], c["prior_rmse_to_base"]) for c in plain[unit]["curve"]]
-            last = r["curve"][-1]
-            ratio = matched_ratio((last["subject_fidelity"], last["prior_rmse_to_base"]), curve)
-            (ratios.append(ratio) if ratio is not None else None)
-            missing += ratio is None
-        if ratios:
-            matched[method] = {"ratio": bootstrap_mean(ratios, resamples), "n": len(ratios), "unmatched": missing}
-        else:
-            matched[method] = {"ratio": None, "n": 0, "unmatched": missing}
+        matched[method] = matched_drift_ratio(units, plain, pixel_drift, resamples)
         for k in ("prior_accuracy", "text_alignment", "prior_rmse_to_base"):
             diffs = [r["final"]["CFG"][k] - plain[u]["final"]["CFG"][k] for u, r in units.items() if u in plain]
             if diffs:
@@ -228,20 +251,9 @@ def explanations(by: dict, resamples: int = 4000) -> dict:
     plain = by.get("plain LoRA", {})
     features, text = {}, {}
     for method, units in by.items():
-        if method == "plain LoRA":
-            continue
-        ratios, missing = [], 0
-        for unit, r in units.items():
-            if unit not in plain or "prior_similarity_to_base" not in r["curve"][-1]:
-                continue
-            curve = [(plain[unit]["base"]["subject_fidelity"], 0.0)]
-            curve += [(c["subject_fidelity"], 1 - c["prior_similarity_to_base"]) for c in plain[unit]["curve"]]
-            last = r["curve"][-1]
-            ratio = matched_ratio((last["subject_fidelity"], 1 - last["prior_similarity_to_base"]), curve, near_base=1e-3)
-            (ratios.append(ratio) if ratio is not None else None)
-            missing += ratio is None
-        if ratios:
-            features[method] = {"ratio": bootstrap_mean(ratios, resamples), "n": len(ratios), "unmatched": missing}
+        readable = all("prior_similarity_to_base" in c for r in [*units.values(), *plain.values()] for c in r["curve"])
+        if method != "plain LoRA" and readable:
+            features[method] = matched_drift_ratio(units, plain, feature_drift, resamples, near_base=NEAR_BASE_FEATURES)
     modes = sorted({m for r in plain.values() for m in r["final"] if m.startswith("personalization guidance")})
     for mode in modes:
         diffs, missing = [], 0
@@ -260,6 +272,16 @@ def explanations(by: dict, resamples: int = 4000) -> dict:
 
 
 # --- the claims table ------------------------------------------------------------------------------------------
+
+
+def explanation(what: str, effect, better_below=None, better_above=None, ratio: bool = False) -> dict:
+    """One tested explanation of a claim's row: `effect` is ((mean, low, high), n) or None (not measured); its verdict
+    is read from the interval as the claims' are; `ratio` formats it as a ratio (×) instead of a difference."""
+    if effect is None:
+        return {"explanation": what, "effect": None, "verdict": "not measured", "ratio": ratio}
+    (mean, lo, hi), n = effect
+    return {"explanation": f"{what} (n = {n})", "effect": (mean, lo, hi), "ratio": ratio,
+            "verdict": verdict(lo, hi, better_below=better_below, better_above=better_above)}
 
 
 def claims(summary: dict) -> list[dict]:
@@ -290,13 +312,6 @@ def claims(summary: dict) -> list[dict]:
         mean, lo, hi = d["delta"]
         return {"claim": claim, "measure": f"{measure} (n = {d['n']})", "effect": (mean, lo, hi),
                 "verdict": verdict(lo, hi, better_above=0.0), "explanations": list(explain)}
-
-    def explanation(what, effect, better_below=None, better_above=None, ratio=False):
-        if effect is None:
-            return {"explanation": what, "effect": None, "verdict": "not measured", "ratio": ratio}
-        (mean, lo, hi), n = effect
-        return {"explanation": f"{what} (n = {n})", "effect": (mean, lo, hi), "ratio": ratio,
-                "verdict": verdict(lo, hi, better_below=better_below, better_above=better_above)}
 
     def ratio_of(table, method):
         found = ratio_effect(summary.get(table, {}).get(method))

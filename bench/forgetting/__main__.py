@@ -10,7 +10,7 @@ docs/claims.md.
 import argparse
 import os
 
-from ...headless import host
+from ..common import start
 
 
 def main() -> None:
@@ -29,25 +29,20 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the subjects, methods and default sequences, and stop")
     args = parser.parse_args()
     args.load = os.getloadavg()[0]
-    host.configure_args(host.find_comfyui(), None, cpu=None)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start(args.threads)
     from . import benchmark, stats
 
     if args.list:
         from ..drift import grid
 
-        for s in grid.SUBJECTS.values():
-            print(f"subject {s.name}: {s.shape}, rgb {s.colour}, {s.pattern}")
+        print("\n".join(s.describe() for s in grid.SUBJECTS.values()))
         print("methods:", ", ".join(stats.METHODS))
         print("sequences:", "; ".join(",".join(s) for s in benchmark.SEQUENCES))
         return
-    from ...shapes import pretrain, weights
+    from ...shapes import weights
 
     folder = weights.ensure(weights.SHIPPED_PRESET)
-    print(f"[forgetting] model: {folder / pretrain.CHECKPOINT}")
+    print(f"[forgetting] model: {folder} (recipe {weights.recorded_recipe(folder)})")
     benchmark.main(folder, args)
 
 

@@ -180,7 +180,7 @@ def run_job(job: Job, folder) -> dict:
         if s == len(pool) - 1:
             got = torch.cat([images[p] for p, _ in prior_prompts])
             prior_rmse = metrics.paired_rmse(got, torch.cat([ctx["base"][p] for p, _ in prior_prompts]))
-    base_images = drift.sample_sets(sampler, partial(_base_guider, model), [(c, seeds) for c in captions])
+    base_images = drift.sample_sets(sampler, partial(drift.base_guider, model), [(c, seeds) for c in captions])
     with torch.no_grad():
         base_fidelity = [metrics.subject_fidelity(feats(base_images[c]), feats(p)) for c, p in zip(captions, pictures)]
 
@@ -201,15 +201,6 @@ def run_job(job: Job, folder) -> dict:
 
 def _tensors(lora: dict) -> list:
     return [lora[k] for k in sorted(lora)]
-
-
-def _base_guider(model, positive, negative):
-    import comfy.samplers
-
-    g = comfy.samplers.CFGGuider(model)
-    g.set_conds(positive, negative)
-    g.set_cfg(drift.CFG)
-    return g
 
 
 # --- the run ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ maximum over earlier stages; here the stage it was learned at, the retention rep
 (bench/drift/grid.bootstrap_mean) and paired differences between methods on the same unit.
 """
 
-from ..drift.grid import bootstrap_mean, verdict
+from ..drift.grid import bootstrap_mean, explanation, verdict
 
 METHODS = ("sequential LoRA", "LoRA-EWC", "EWC-DC", "EWC-DC + DSC")
 SCORES = {"fidelity": "subject fidelity", "dc_accuracy": "DC accuracy"}
@@ -104,13 +104,6 @@ def claims(summary: dict) -> list[dict]:
     def effect(key, figure):
         d = summary["deltas"].get(key)
         return None if not d else (tuple(d[figure]), d["n"])
-
-    def explanation(what, found, better_below=None, better_above=None):
-        if found is None:
-            return {"explanation": what, "effect": None, "verdict": "not measured", "ratio": False}
-        (mean, lo, hi), n = found
-        return {"explanation": f"{what} (n = {n})", "effect": (mean, lo, hi), "ratio": False,
-                "verdict": verdict(lo, hi, better_below=better_below, better_above=better_above)}
 
     rows = []
     for baseline in ("sequential LoRA", "LoRA-EWC"):

@@ -13,8 +13,9 @@ import argparse
 import json
 import pathlib
 import time
+from functools import partial
 
-from ...headless import host
+from ..common import start
 
 
 def parse_args(argv=None):
@@ -40,18 +41,14 @@ def measure(folder: pathlib.Path, prompts: list[tuple[str, str, str]], seeds: li
     import torch
 
     from ...shapes import classifier, dataset, metrics, weights
-    from ..drift.benchmark import Sampler
+    from ..drift.benchmark import Sampler, base_guider
 
     model, clip, vae = weights.load_model(folder)
     net = weights.load_classifier(folder)
     sampler = Sampler(model, clip, vae)
     sampler.sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
 
-    def guider(pos, neg):
-        g = comfy.samplers.CFGGuider(model)
-        g.set_conds(pos, neg)
-        g.set_cfg(cfg)
-        return g
+    guider = partial(base_guider, model, cfg=cfg)
 
     samples, names, shape_pred, colour_pred, shape_true, colour_true = {}, [], [], [], [], []
     for shape, colour, background in prompts:
@@ -89,11 +86,9 @@ def save_grid(samples: dict, path: pathlib.Path, columns: int = 16) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    host.configure_args(host.find_comfyui(), None, cpu=None)
+    start(args.threads)
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from ...shapes import dataset, pretrain, weights
     from ..common import write_results
     from ..drift import benchmark

@@ -427,3 +427,20 @@ def test_gain_share_is_a_ratio_of_sums_resampled_in_pairs():
     # the anchor gains 0.55 − 0.4 where plain LoRA gains 0.6 − 0.4, on every unit
     assert summary["gain_share"]["parameter anchor"]["share"] == pytest.approx((0.75, 0.75, 0.75))
     assert summary["deltas"]["parameter anchor − plain LoRA: prior_rmse_to_base"]["delta"] == pytest.approx((0.0, 0.0, 0.0))
+
+
+def test_method_names_change_knobs_checked_against_the_config():
+    from driftless.bench.drift import benchmark
+    from driftless.trainers.regularizers.apt import APT
+
+    assert benchmark.parse_method("plain LoRA") == ("plain LoRA", {})
+    assert benchmark.parse_method("APT, adaptive adjustment on, temperature 1, attention maps per head") == (
+        "APT", {"adaptive_adjustment": True, "temperature": 1.0, "attention_maps": "per head"})
+    assert benchmark.parse_method("parameter anchor, weight 0.1") == ("parameter anchor", {"weight": 0.1})
+    (apt,) = benchmark.make_regularizers("APT, bins 4, representation weight 0", None, None)
+    assert isinstance(apt, APT) and apt.config.bins == 4 and apt.lambda_dist == 0.0
+    for bad, says in (("APT, wat 3", "not 'knob value' with a knob of APT"), ("APT, temperature abc", "takes a number"),
+                      ("APT, adaptive adjustment maybe", "on or off"), ("APT, p max 1.5", "p_max must be in"),
+                      ("plain LoRA, weight 1", "takes no knobs"), ("LoHa", "unknown method")):
+        with pytest.raises(SystemExit, match=says):
+            benchmark.parse_method(bad)
