@@ -17,6 +17,19 @@ import sys
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (steps, threads, workers, seeds per prompt): a whole number of at least 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1: give at least 1")
+    return value
+
+
 def start(threads: int | None = None) -> None:
     """What a benchmark's command line does before its work: ComfyUI importable with its arguments set (this
     process's own argv left alone), and torch on `threads` threads when given (else torch's choice)."""

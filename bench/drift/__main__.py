@@ -11,7 +11,7 @@ import os
 import pathlib
 import sys
 
-from ..common import start
+from ..common import positive_int, start
 
 
 def main() -> int:
@@ -22,10 +22,10 @@ def main() -> int:
     parser.add_argument("--pretrain-only", action="store_true", help="find (or build) the model's weights and stop")
     parser.add_argument("--rebuild-weights", action="store_true",
                         help="pretrain the full preset from its recipe and write the weights shipped in shapes/weights/, then stop")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--threads", type=positive_int,
                         help="torch threads (and Ray CPU slots) per job (default 1, as every recorded run used); also "
                         "the threads of a pretraining this command runs (default: torch's choice)")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=positive_int, default=1,
                         help="jobs at once on this machine, each in its own Ray worker (default 1, so wall and CPU "
                         "times stay comparable with the recorded runs; 2 runs two at once, about half the wall time on two idle "
                         "cores: docs/sweeps.md, measured scaling)")
@@ -50,14 +50,12 @@ def main() -> int:
     parser.add_argument("--align", nargs="+", metavar="PROMPT",
                         help="text-alignment prompts 'a <colour> sks on a <background> background', given as "
                         "'blue on black' (default: the four of benchmark.ALIGN)")
-    parser.add_argument("--steps", type=int, help="personalization steps per job (default: the mode's)")
-    parser.add_argument("--score-every", type=int, help="with --steps: score every N steps (default: halfway and at the end)")
+    parser.add_argument("--steps", type=positive_int, help="personalization steps per job (default: the mode's)")
+    parser.add_argument("--score-every", type=positive_int, help="with --steps: score every N steps (default: halfway and at the end)")
     parser.add_argument("--name", help="results file name under bench/results (default: drift or drift_quick)")
     parser.add_argument("--list", action="store_true", help="list the subjects, methods and default prompts, and stop")
     args = parser.parse_args()
     args.load = os.getloadavg()[0]
-    if (args.threads is not None and args.threads < 1) or args.workers < 1:
-        raise SystemExit("--threads and --workers must be at least 1")
     start(args.threads)
     from ...shapes import pretrain, weights
 

@@ -10,7 +10,7 @@ docs/claims.md.
 import argparse
 import os
 
-from ..common import start
+from ..common import positive_int, start
 
 
 def main() -> None:
@@ -23,8 +23,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="training seeds (default 0 1 2)")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
                         help="of 'sequential LoRA', 'LoRA-EWC', 'EWC-DC', 'EWC-DC + DSC' (default: all four)")
-    parser.add_argument("--steps", type=int, help="training steps per concept (default: the mode's)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--steps", type=positive_int, help="training steps per concept (default: the mode's)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     parser.add_argument("--name", help="results file name under bench/results (default: forgetting or forgetting_quick)")
     parser.add_argument("--list", action="store_true", help="list the subjects, methods and default sequences, and stop")
     args = parser.parse_args()

@@ -15,22 +15,22 @@ import pathlib
 import time
 from functools import partial
 
-from ..common import start
+from ..common import positive_int, start
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="driftless bench prior", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=32, help="samples per prompt (fixed seeds 100, 101, …; default 32)")
+    p.add_argument("--seeds", type=positive_int, default=32, help="samples per prompt (fixed seeds 100, 101, …; default 32)")
     p.add_argument("--weights", type=pathlib.Path,
                    help="a weights folder (shipped layout, or a pretraining build's folder); default: the shipped model")
     p.add_argument("--all-captions", action="store_true",
                    help="every caption of the pretraining set (36) instead of the drift benchmark's prior prompts")
     p.add_argument("--cfg", type=float, help="CFG scale (default: the drift benchmark's)")
-    p.add_argument("--sampler-steps", type=int, help="sampler steps (default: the drift benchmark's)")
+    p.add_argument("--sampler-steps", type=positive_int, help="sampler steps (default: the drift benchmark's)")
     p.add_argument("--suffix", help="write bench/results/prior_<suffix>.{md,json} instead of prior.{md,json}")
     p.add_argument("--grid", type=pathlib.Path, help="also save the samples as a PNG grid (one row per prompt)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     return p.parse_args(argv)
 
 

@@ -444,3 +444,14 @@ def test_method_names_change_knobs_checked_against_the_config():
                       ("plain LoRA, weight 1", "takes no knobs"), ("LoHa", "unknown method")):
         with pytest.raises(SystemExit, match=says):
             benchmark.parse_method(bad)
+
+
+def test_benchmark_counts_are_whole_numbers_of_at_least_one():
+    import argparse
+
+    from driftless.bench.common import positive_int
+
+    assert positive_int("3") == 3
+    for bad, says in (("0", "below 1"), ("-2", "below 1"), ("1.5", "not a whole number"), ("x", "not a whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            positive_int(bad)
