@@ -9,6 +9,9 @@ MEMORY_NOTE = (" in a fresh subprocess; CPU figures are the peak of live tensor 
                "allocation records, in time order), the CPU analogue of torch.cuda.max_memory_allocated")
 
 
+ONLY_WHEN_NAMED = ("apt-parts", "guidance-forward", "guidance-layers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="driftless bench speed", description=__doc__)
     parser.add_argument("--quick", action="store_true",
@@ -18,10 +21,11 @@ def main() -> None:
                         help="model configs to measure on, comma-separated (tinymodels/configs.py: the SD1.5- and SDXL-shaped "
                         "bench sizes; sd15-full is SD1.5's real size, for a GPU)")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--only", choices=("training", "regularizers", "apt-parts", "guidance", "guidance-forward", "metrics",
-                                                "continual"),
-                        help="run one part of the benchmark (apt-parts, APT's cost with one part on at a time, and "
-                        "guidance-forward, the guided forward against the stock one call by call, run only when named)")
+    parser.add_argument("--only", choices=("training", "regularizers", "apt-parts", "guidance", "guidance-forward", "guidance-layers",
+                                                "metrics", "continual"),
+                        help="run one part of the benchmark (apt-parts, APT's cost with one part on at a time; "
+                        "guidance-forward, the guided forward against the stock one call by call; and guidance-layers, "
+                        "each LoRA layer's stacked GEMM against the stock layer from a cold cache: run only when named)")
     parser.add_argument("--repeats", type=int, help="paired repeats (default 5; 2 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; 5 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -70,12 +74,13 @@ def main() -> None:
         "apt-parts": lambda: bench_regularizers(args, architectures[:1], repeats, steps, write_results, "apt_parts"),
         "guidance": lambda: bench_guidance(args, architectures, repeats, steps + 4, write_results),
         "guidance-forward": lambda: bench_guidance_forward(args, architectures, 4 * repeats, write_results),
+        "guidance-layers": lambda: bench_guidance_layers(args, architectures, 4 * repeats, write_results),
         "metrics": lambda: bench_metrics(args, repeats, write_results),
         "continual": lambda: bench_continual(args, architectures[0], repeats, 3 if args.quick else steps, write_results),
     }
     started = time.perf_counter()
     for name, part in parts.items():
-        if args.only == name or (args.only is None and name not in ("apt-parts", "guidance-forward")):
+        if args.only == name or (args.only is None and name not in ONLY_WHEN_NAMED):
             t0 = time.perf_counter()
             part()
             print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s")
@@ -249,6 +254,36 @@ def bench_guidance_forward(args, architectures, pairs, write_results) -> None:
         f"alternating order, each after a warm-up call; {'CPU' if args.clock == 'cpu' else 'wall'} seconds",
     ]
     md, js = write_results("speed_guidance_forward", rows, table, notes)
+    print(f"[bench] wrote {md} and {js}")
+
+
+def bench_guidance_layers(args, architectures, pairs, write_results) -> None:
+    from . import guidance
+
+    scales = (1, 4)
+    rows = []
+    lines = ["| model | split LoRA layers | second weights MB | " + " | ".join(
+        f"rows ×{k}: stock layers ms, stacked extra ms (ratio)" for k in scales) + " | extra µs per MB of second weight (×1, ×4) |",
+        "|---|---|---|" + "---|" * (len(scales) + 1)]
+    for architecture in architectures:
+        print(f"[bench] {architecture} guided LoRA layers: {pairs} pairs per layer and row scale, cold cache")
+        r = guidance.layer_costs(architecture, args.rank, pairs, scales, args.resolution)
+        megabytes = r["scales"][1]["second_weight_bytes"] / 1e6
+        cells = [f"{s['stock_s'] * 1e3:.2f}, {s['extra_s'] * 1e3:+.2f} ({s['ratio']:.3f}×)" for s in r["scales"].values()]
+        per_mb = ", ".join(f"{s['extra_s'] * 1e6 / megabytes:.0f}" for s in r["scales"].values())
+        lines.append(f"| {architecture} | {r['split_layers']} | {megabytes:.1f} | " + " | ".join(cells) + f" | {per_mb} |")
+        rows.append({"architecture": architecture, **r})
+    table = "\n".join(lines)
+    print(table)
+    notes = [
+        f"models: {', '.join(architectures)}; LoRA rank {args.rank} on attention, s = 0.3, fp32, "
+        f"{args.resolution or 'the model default'} px; each layer on its input in one captured guided forward "
+        "(cond + uncond rows), and on that input with each token repeated 4 times (rows ×4)",
+        "per layer: the stock layer (the merged weight on every row, F.linear) and the guider's layer (one baddbmm "
+        f"against [W₁, W + s·Δ]), alternating, {pairs} pairs after one warm-up pair, a 64 MB buffer written before each "
+        "call so that weights come from memory; medians per layer, summed over the layers; CPU seconds",
+    ]
+    md, js = write_results("speed_guidance_layers", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")
 
 

@@ -135,3 +135,76 @@ def paired_forward_ratios(architecture: str, pairs: int, rank: int, clock: str =
     return {"stock_s_per_forward": spread(stock), "ratio": {**spread(ratios), "ci95": bootstrap_ci(ratios)},
             "split_layers": len(layers.split_names), "lora_layers": len(layers.names)}
 
+
+
+def _layer_inputs(architecture: str, rank: int, resolution: int | None):
+    """The guider's loaded clone with its branch layers installed, the batch plan of one captured cond + uncond
+    forward, and each LoRA module's input in that forward: {name: (module, x)}."""
+    import comfy.model_management
+
+    from ...tinymodels.configs import CONFIGS
+
+    model, guiders = _guiders(architecture, rank)
+    ours = guiders["Personalization Guider"]
+    size = (resolution or CONFIGS[architecture].default_resolution) // 8
+    args, kwargs = _captured_call(ours, model, size)
+    clone, layers = ours.model_patcher, ours.branch_layers
+    comfy.model_management.load_models_gpu([clone])
+    diffusion_model = clone.model.diffusion_model
+    layers.install(diffusion_model, clone.load_device)
+    modules = dict(diffusion_model.named_modules())
+    inputs, plans = {}, []
+
+    def keep(name):
+        def hook(module, positional):
+            inputs.setdefault(name, (module, positional[0].detach().clone()))
+            plans.append(layers.plan)
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(keep(n)) for n in layers.split_names]
+    with torch.no_grad():
+        clone.model.apply_model(*args, **kwargs)
+    for handle in handles:
+        handle.remove()
+    return layers, plans[0], inputs
+
+
+def layer_costs(architecture: str, rank: int, pairs: int, row_scales=(1, 4), resolution: int | None = None,
+                flush_bytes: int = 64 * 2**20) -> dict:
+    """Where the guided forward's residual cost sits: each split LoRA layer of one captured guided forward, called on
+    its real input (and on that input repeated `row_scales` times along the tokens) through the guider's stacked
+    GEMM and through the stock layer (the merged weight on every row), alternating, `pairs` times. Before each call a
+    buffer larger than the CPU's last-level cache is written (`flush_bytes`), so the layer reads its weights from
+    memory, as in a forward through a model larger than the cache. Reports per row scale the summed median seconds
+    of the stock layers, the extra seconds of the stacked ones, and the second weights' bytes."""
+    import torch.nn.functional as F
+
+    layers, plan, inputs = _layer_inputs(architecture, rank, resolution)
+    flush = torch.empty(flush_bytes // 4)
+    tick = time.process_time
+    scales = {}
+    for scale in row_scales:
+        stock_s, extra_s, per_layer = 0.0, 0.0, []
+        for name, (module, x) in sorted(inputs.items()):
+            x = x.repeat_interleave(scale, dim=1) if x.dim() == 3 else x.repeat(scale, 1)
+            calls = {False: lambda: F.linear(x, module.weight, module.bias), True: lambda: module(x)}
+            times = {False: [], True: []}
+            layers.plan = plan
+            with torch.no_grad():
+                for i in range(pairs + 1):
+                    for stacked in ((False, True) if i % 2 == 0 else (True, False)):
+                        flush.add_(1.0)
+                        start = tick()
+                        calls[stacked]()
+                        if i:  # the first pair warms up (and builds the stack)
+                            times[stacked].append(tick() - start)
+            layers.plan = None
+            stock, stacked = statistics.median(times[False]), statistics.median(times[True])
+            weight_bytes = module.weight.numel() * module.weight.element_size()
+            per_layer.append({"layer": name, "rows": x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0],
+                              "weight": list(module.weight.shape), "stock_s": stock, "extra_s": stacked - stock,
+                              "second_weight_bytes": weight_bytes})
+            stock_s, extra_s = stock_s + stock, extra_s + stacked - stock
+        scales[scale] = {"stock_s": stock_s, "extra_s": extra_s, "ratio": (stock_s + extra_s) / stock_s,
+                         "second_weight_bytes": sum(r["second_weight_bytes"] for r in per_layer), "layers": per_layer}
+    return {"split_layers": len(inputs), "scales": scales}
