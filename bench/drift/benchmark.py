@@ -272,45 +272,6 @@ COLUMNS = [("subject_fidelity", "subject fidelity ↑"), ("text_alignment", "tex
            ("prior_rmse_to_base", "prior pixel RMSE to base ↓")]
 
 
-def table(out: dict) -> str:
-    lines = ["| method | guidance | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
-    for name, by_mode in out["results"].items():
-        for mode, s in by_mode.items():
-            lines.append(f"| {name} | {mode} | " + " | ".join(f"{s[k]:.3f}" for k, _ in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-NEAR_BASE = 0.02  # plain LoRA's pixel RMSE below which its point is the base model's, too close for a ratio
-
-
-def matched_fidelity(out: dict) -> list[dict]:
-    """Each regularizer's CFG points along training against plain LoRA's curve (from the base model on): plain LoRA's
-    drift when it first reached the same fidelity (metrics.matched_drift), and the ratio of the two."""
-    base = out["results"]["base model"]["CFG"]
-    reference = [(base["subject_fidelity"], base["prior_rmse_to_base"])]
-    reference += [(s["subject_fidelity"], s["prior_rmse_to_base"]) for s in out["curves"]["plain LoRA"]]
-    rows = []
-    for name, curve in out["curves"].items():
-        if name == "plain LoRA":
-            continue
-        for s in curve:
-            plain = metrics.matched_drift(reference, s["subject_fidelity"])
-            rows.append({"method": name, "step": s["step"], "subject_fidelity": s["subject_fidelity"],
-                         "prior_rmse_to_base": s["prior_rmse_to_base"], "plain_lora_rmse_at_same_fidelity": plain,
-                         "ratio": None if plain is None or plain < NEAR_BASE else s["prior_rmse_to_base"] / plain})
-    return rows
-
-
-def matched_table(rows: list[dict]) -> str:
-    lines = ["| method | step | subject fidelity | prior pixel RMSE to base | plain LoRA's RMSE at that fidelity | ratio (< 1: less drift) |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        plain = "not reached" if r["plain_lora_rmse_at_same_fidelity"] is None else f"{r['plain_lora_rmse_at_same_fidelity']:.3f}"
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "–" if r["plain_lora_rmse_at_same_fidelity"] is None else "– (at the base model)"
-        lines.append(f"| {r['method']} | {r['step']} | {r['subject_fidelity']:.3f} | {r['prior_rmse_to_base']:.3f} | {plain} | {ratio} |")
-    return "\n".join(lines)
-
-
 MODES = {
     # the default set: every subject, 3 seeds, every method; plain LoRA also sampled with the guidance modes
     # (and the anchor at ten times its default weight: does a stronger pull drift less at the same fidelity?)

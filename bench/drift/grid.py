@@ -351,9 +351,6 @@ def claims(summary: dict) -> list[dict]:
             rows.append(delta_row(f"personalization guidance: better {what} than {other}",
                                   f"plain LoRA: personalization guidance − {other}: {k}",
                                   f"personalization guidance − {other}, {what}, same LoRA and cfg", explain))
-    rows.append({"claim": "DC-score continual learning: less forgetting than sequential LoRA and LoRA-EWC",
-                 "measure": "no forgetting benchmark in bench/ yet (bench/speed/continual.py times steps only)",
-                 "effect": None, "verdict": "not measured", "explanations": []})
     return rows
 
 

@@ -98,11 +98,12 @@ def test_claims_page_takes_the_dc_score_rows_from_the_forgetting_json(tmp_path):
     page = tmp_path / "docs" / "claims.md"
     page.write_text(f"intro\n{claims.BEGIN}\nold\n{claims.END}\n")
     claims.update(dj, page, forgetting_path=tmp_path / "missing.json")
-    assert "| no forgetting benchmark in bench/ yet" in page.read_text()
+    first = page.read_text()
+    assert "| no forgetting result (forgetting.json): run `./driftless bench forgetting` | – | not measured |" in first
     claims.update_forgetting(fj, page)  # keeps the drift file the block cites
     text = page.read_text()
     assert "Figures from `results/drift_quick.json`" in text and "DC-score rows from `results/forgetting.json`" in text
-    assert "recipe abc123" in text and "no forgetting benchmark" not in text
+    assert "recipe abc123" in text and "no forgetting result" not in text
     # EWC-DC + DSC − sequential LoRA forgets 0.1 and 0.2 against 0.4: −0.3 and −0.2, mean −0.25
     row = next(line for line in text.splitlines() if "fidelity than sequential LoRA" in line)
     assert "| -0.250 (-0.300 to -0.200) | holds |" in row
