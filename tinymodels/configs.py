@@ -174,6 +174,12 @@ class TinyDiTConfig:
     def width(self) -> int:
         return 64 * self.depth if self.family == "sd3" else self.hidden_size
 
+    @property
+    def largest_resolution(self) -> int | None:
+        """The largest image side in pixels the model can place (SD3: its position-embedding grid of 2×2 latent
+        patches); None where there is no such limit (Flux's RoPE)."""
+        return self.pos_embed_max_size * 2 * self.vae_downscale if self.family == "sd3" else None
+
     def unet_config(self) -> dict:
         """The diffusion-model config ComfyUI's model detection reads from a checkpoint of this shape."""
         if self.family == "sd3":

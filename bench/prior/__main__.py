@@ -6,6 +6,9 @@ benchmark's prior prompts with the drift benchmark's sampler (bench/drift/benchm
 its steps and CFG), N fixed seeds per prompt (100, 101, …: the benchmark's seeds first), reads every sample
 with the shapes classifier, and reports per prompt and overall the share of samples with the prompted shape,
 colour, and both (the prior accuracy), each with a 95% percentile-bootstrap interval (shapes/metrics.py).
+With --vae N it also checks the VAE the samples come through: N fresh renders of the pretraining set (seed
+999), their pixel RMSE after the VAE's round trip, and the classifier's readings of the renders and of their
+reconstructions per shape, the same bootstrap intervals.
 Writes bench/results/prior.{md,json} (or prior_<suffix>).
 """
 
@@ -30,6 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--sampler-steps", type=positive_int, help="sampler steps (default: the drift benchmark's)")
     p.add_argument("--suffix", help="write bench/results/prior_<suffix>.{md,json} instead of prior.{md,json}")
     p.add_argument("--grid", type=pathlib.Path, help="also save the samples as a PNG grid (one row per prompt)")
+    p.add_argument("--vae", type=positive_int, metavar="N",
+                   help="also check the VAE on N fresh renders (768 gives the docs' figures): round-trip pixel RMSE, and the "
+                   "classifier's readings of renders and of their reconstructions, per shape")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     return p.parse_args(argv)
 
@@ -65,13 +71,46 @@ def measure(folder: pathlib.Path, prompts: list[tuple[str, str, str]], seeds: li
     return metrics.prior_breakdown(names, t(shape_pred), t(colour_pred), t(shape_true), t(colour_true)), samples
 
 
-def table(breakdown: dict) -> str:
+VAE_SEED, VAE_BATCH = 999, 128  # the renders' seed (not one the pretraining drew from) and the round trip's batch
+
+
+def vae_check(folder: pathlib.Path, n: int) -> dict:
+    """The VAE of `folder` on n fresh renders: pixel RMSE of the round trip (encode, decode), and the shapes
+    classifier's breakdown (metrics.prior_breakdown, one row per shape) on the renders and on the reconstructions."""
+    import torch
+
+    from ...shapes import classifier, dataset, metrics, weights
+
+    _, _, vae = weights.load_model(folder)
+    net = weights.load_classifier(folder)
+    renders, pictures = dataset.draw(n, VAE_SEED)
+    shapes, colours = dataset.labels(pictures)
+    with torch.no_grad():
+        rebuilt = torch.cat([vae.decode(vae.encode(renders[i:i + VAE_BATCH])).float().clamp(0, 1)
+                             for i in range(0, n, VAE_BATCH)])
+    names = [dataset.SHAPES[int(i)] for i in shapes]
+    readings = {}
+    for label, images in (("renders", renders), ("reconstructions", rebuilt)):
+        s, c = classifier.predict(net, images)
+        readings[label] = metrics.prior_breakdown(names, torch.as_tensor(s), torch.as_tensor(c), shapes, colours)
+    return {"n": n, "seed": VAE_SEED, "rmse": float(((rebuilt - renders) ** 2).mean().sqrt()), "readings": readings}
+
+
+def table(breakdown: dict, key: str = "prompt", total: str = "**all prompts**") -> str:
     pct = f"{round(100 * breakdown['confidence'])}%"
     cell = lambda v: f"{v['share']:.3f} ({v['low']:.2f}–{v['high']:.2f})"  # noqa: E731
-    lines = [f"| prompt | n | shape and colour ({pct} interval) | shape | colour |", "|---|---|---|---|---|"]
-    for prompt, r in [*breakdown["per_prompt"].items(), ("**all prompts**", breakdown["overall"])]:
+    lines = [f"| {key} | n | shape and colour ({pct} interval) | shape | colour |", "|---|---|---|---|---|"]
+    for prompt, r in [*breakdown["per_prompt"].items(), (total, breakdown["overall"])]:
         lines.append(f"| {prompt} | {r['n']} | {cell(r['both'])} | {cell(r['shape'])} | {cell(r['colour'])} |")
     return "\n".join(lines)
+
+
+def vae_table(check: dict) -> str:
+    """The VAE check as text: its RMSE, then one table per kind of image the classifier read."""
+    parts = [f"VAE round trip on {check['n']} fresh renders (seed {check['seed']}): pixel RMSE {check['rmse']:.3f}"]
+    for label, breakdown in check["readings"].items():
+        parts += ["", f"The classifier on the {label}:", "", table(breakdown, "shape", f"**all {label}**")]
+    return "\n".join(parts)
 
 
 def save_grid(samples: dict, path: pathlib.Path, columns: int = 16) -> None:
@@ -101,8 +140,9 @@ def main(argv=None) -> None:
     seeds = list(range(100, 100 + args.seeds))
     started, cpu = time.perf_counter(), time.process_time()
     breakdown, samples = measure(folder, prompts, seeds, cfg, steps)
+    check = vae_check(folder, args.vae) if args.vae else None
     elapsed = {"wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu, 1)}
-    text = table(breakdown)
+    text = table(breakdown) + (f"\n\n{vae_table(check)}" if check else "")
     print(text)
     report_path = folder / pretrain.REPORT
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -117,7 +157,8 @@ def main(argv=None) -> None:
     ]
     name = f"prior_{args.suffix}" if args.suffix else "prior"
     rows = [{"prompt": p, **r} for p, r in breakdown["per_prompt"].items()] + [{"prompt": "all", **breakdown["overall"]}]
-    md, js = write_results(name, rows, text, notes, extra={"settings": {"cfg": cfg, "sampler_steps": steps, "seeds": seeds}})
+    md, js = write_results(name, rows, text, notes, extra={"settings": {"cfg": cfg, "sampler_steps": steps, "seeds": seeds},
+                                                                      **({"vae": check} if check else {})})
     if args.grid:
         save_grid(samples, args.grid)
     print(f"[bench] wrote {md} and {js}" + (f" and {args.grid}" if args.grid else ""))

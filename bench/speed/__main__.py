@@ -66,6 +66,7 @@ def main() -> None:
     repeats, steps = args.repeats or repeats, args.steps or steps
     args.memory_steps = args.memory_steps or (2 if args.quick else steps)
     architectures = args.architectures.split(",")
+    _check_resolution(parser, architectures, args.resolution)
     parts = {
         "training": lambda: bench_training(args, architectures, repeats, steps, training, write_results),
         # --quick: the regularizers on the first (SD1.5-shaped) model, as the README reports them; continual over 6 rounds
@@ -85,6 +86,17 @@ def main() -> None:
             part()
             print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s")
     print(f"[bench] done in {time.perf_counter() - started:.0f} s")
+
+
+def _check_resolution(parser, architectures: list[str], resolution: int | None) -> None:
+    """Refuse, before any work, a --resolution that one of the models cannot sample at."""
+    from ...tinymodels.configs import CONFIGS
+
+    for architecture in architectures if resolution else []:
+        largest = getattr(CONFIGS[architecture], "largest_resolution", None) if architecture in CONFIGS else None
+        if largest is not None and resolution > largest:
+            parser.error(f"--resolution {resolution}: {architecture} places images up to {largest} px (its "
+                         "position-embedding grid); leave it out of --architectures or choose a smaller size")
 
 
 def _measure_peaks(jobs: list[tuple]) -> list[int]:
