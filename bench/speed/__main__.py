@@ -270,6 +270,8 @@ def bench_guidance_forward(args, architectures, pairs, write_results) -> None:
 
 
 def bench_guidance_layers(args, architectures, pairs, write_results) -> None:
+    import torch
+
     from . import guidance
 
     scales = (1, 4)
@@ -279,7 +281,7 @@ def bench_guidance_layers(args, architectures, pairs, write_results) -> None:
         "|---|---|---|" + "---|" * (len(scales) + 1)]
     for architecture in architectures:
         print(f"[bench] {architecture} guided LoRA layers: {pairs} pairs per layer and row scale, cold cache")
-        r = guidance.layer_costs(architecture, args.rank, pairs, scales, args.resolution)
+        r = guidance.layer_costs(architecture, args.rank, pairs, scales, args.resolution, args.clock)
         megabytes = r["scales"][1]["second_weight_bytes"] / 1e6
         cells = [f"{s['stock_s'] * 1e3:.2f}, {s['extra_s'] * 1e3:+.2f} ({s['ratio']:.3f}×)" for s in r["scales"].values()]
         per_mb = ", ".join(f"{s['extra_s'] * 1e6 / megabytes:.0f}" for s in r["scales"].values())
@@ -293,7 +295,8 @@ def bench_guidance_layers(args, architectures, pairs, write_results) -> None:
         "(cond + uncond rows), and on that input with each token repeated 4 times (rows ×4)",
         "per layer: the stock layer (the merged weight on every row, F.linear) and the guider's layer (one baddbmm "
         f"against [W₁, W + s·Δ]), alternating, {pairs} pairs after one warm-up pair, a 64 MB buffer written before each "
-        "call so that weights come from memory; medians per layer, summed over the layers; CPU seconds",
+        "call so that weights come from memory; medians per layer, summed over the layers; "
+        + ("CPU seconds" if args.clock == "cpu" and not torch.cuda.is_available() else "wall seconds, synchronized"),
     ]
     md, js = write_results("speed_guidance_layers", rows, table, notes)
     print(f"[bench] wrote {md} and {js}")

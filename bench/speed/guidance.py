@@ -170,18 +170,21 @@ def _layer_inputs(architecture: str, rank: int, resolution: int | None):
 
 
 def layer_costs(architecture: str, rank: int, pairs: int, row_scales=(1, 4), resolution: int | None = None,
-                flush_bytes: int = 64 * 2**20) -> dict:
+                clock: str = "cpu", flush_bytes: int = 64 * 2**20) -> dict:
     """Where the guided forward's residual cost sits: each split LoRA layer of one captured guided forward, called on
     its real input (and on that input repeated `row_scales` times along the tokens) through the guider's stacked
     GEMM and through the stock layer (the merged weight on every row), alternating, `pairs` times. Before each call a
     buffer larger than the CPU's last-level cache is written (`flush_bytes`), so the layer reads its weights from
-    memory, as in a forward through a model larger than the cache. Reports per row scale the summed median seconds
-    of the stock layers, the extra seconds of the stacked ones, and the second weights' bytes."""
+    memory, as in a forward through a model larger than the cache (on a GPU the buffer is on the GPU, larger than an
+    H100's 50 MB L2). Reports per row scale the summed median seconds of the stock layers, the extra seconds of the
+    stacked ones, and the second weights' bytes. `clock`: "cpu" (process CPU seconds) or "wall" (synchronized: on a
+    GPU always)."""
     import torch.nn.functional as F
 
     layers, plan, inputs = _layer_inputs(architecture, rank, resolution)
-    flush = torch.empty(flush_bytes // 4)
-    tick = time.process_time
+    device = next(iter(inputs.values()))[1].device
+    flush = torch.empty(flush_bytes // 4, device=device)
+    tick = time.process_time if clock == "cpu" and device.type == "cpu" else wall_clock
     scales = {}
     for scale in row_scales:
         stock_s, extra_s, per_layer = 0.0, 0.0, []
