@@ -185,8 +185,9 @@ def inplace_input_modules(diffusion_model: torch.nn.Module) -> list[torch.nn.Mod
 
 
 def checkpoint_blocks(diffusion_model: torch.nn.Module) -> tuple[list[torch.nn.Module], bool]:
-    """The blocks to recompute in backward (UNet: each layer of every stage; DiTs: each transformer block), and
-    whether those blocks update their input tensors in place. An unknown family has none."""
+    """The blocks to recompute in backward (UNet: each layer of every stage; DiTs: each transformer block), in the
+    order the forward runs them, and whether those blocks update their input tensors in place. An unknown family has
+    none."""
     family = family_of(diffusion_model)
     if family is None:
         return [], False

@@ -76,6 +76,10 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool):
     with Sublinear Memory Cost"): the UNet's layers (res block, transformer, up/downsampler), the DiTs' transformer
     blocks (SD3 joint blocks, Flux double- and single-stream blocks); lora/targets.py lists them per family.
 
+    Every block but the last to run: backward starts with it, so recomputing it would hold its activations at the
+    same moment as storing them does (a checkpointed backward's peak is the blocks' inputs plus one block's
+    activations), for the cost of one more block forward.
+
     Flux's blocks add into the tensors they are given (`img += …`): each checkpointed call hands its block copies
     of its tensor inputs, made inside the recomputed region, so the recomputation reads the inputs as they were.
     Installed on the loaded model only for the duration of training and removed in `finally`.
@@ -83,6 +87,7 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool):
     from ..lora.targets import checkpoint_blocks
 
     blocks, updates_inputs = checkpoint_blocks(diffusion_model) if enabled else ([], False)
+    blocks = blocks[:-1]  # in the order they run (checkpoint_blocks)
     for block in blocks:
         original = block.forward
         recomputed = _fresh_inputs(original) if updates_inputs else original
