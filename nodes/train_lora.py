@@ -59,7 +59,8 @@ class TrainLora(CheckedNode):
                                "the usual choice on recent GPUs; fp16 uses loss scaling on CUDA. LoRA weights stay fp32."),
                 io.Boolean.Input("gradient_checkpointing", default=d.gradient_checkpointing,
                                  tooltip="Recompute each block in the backward pass (UNet layers; SD3 joint blocks; Flux "
-                                 "double and single blocks): much less memory, ~30% slower."),
+                                 "double and single blocks; all but the last to run, which backward needs at once): "
+                                 "much less memory, ~30% slower."),
                 io.Int.Input("seed", default=d.seed, min=0, max=2**63 - 1,
                              tooltip="Seeds the LoRA init, data order, noise, timesteps and dropout: same seed, same run."),
                 io.Float.Input("null_prompt_dropout", default=d.null_prompt_dropout, min=0.0, max=1.0, step=0.01,
