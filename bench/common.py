@@ -30,6 +30,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_sweep_options(parser, bench: str, workers_help: str, workers_default: int | None = None) -> None:
+    """The options of a benchmark whose jobs run as a sweep (docs/sweeps.md): --workers (its help and default are the
+    benchmark's), --address, --results (default .driftless/BENCH/NAME) and --dry-run."""
+    parser.add_argument("--workers", type=positive_int, default=workers_default, help=workers_help)
+    parser.add_argument("--address", help="run the jobs on a running Ray cluster instead ('auto': the one "
+                        "`./driftless ray start` started here, or HEAD:6379); --workers is then ignored: the cluster "
+                        "runs one job per GPU, else per --threads CPUs")
+    parser.add_argument("--results", type=pathlib.Path,
+                        help=f"the jobs' results folder (default .driftless/{bench}/NAME in the pack, git-ignored); a "
+                        "rerun skips the jobs already there; on a cluster, a folder every node sees")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the jobs, their keys and which are already done in the results folder; run none")
+
+
 def start(threads: int | None = None) -> None:
     """What a benchmark's command line does before its work: ComfyUI importable with its arguments set (this
     process's own argv left alone), and torch on `threads` threads when given (else torch's choice)."""

@@ -8,10 +8,9 @@ what is missing, then writes the tables from every job.
 
 import argparse
 import os
-import pathlib
 import sys
 
-from ..common import positive_int, start
+from ..common import add_sweep_options, positive_int, start
 
 
 def main() -> int:
@@ -25,18 +24,9 @@ def main() -> int:
     parser.add_argument("--threads", type=positive_int,
                         help="torch threads (and Ray CPU slots) per job (default 1, as every recorded run used); also "
                         "the threads of a pretraining this command runs (default: torch's choice)")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="jobs at once on this machine, each in its own Ray worker (default 1, so wall and CPU "
-                        "times stay comparable with the recorded runs; 2 runs two at once, about half the wall time on two idle "
-                        "cores: docs/sweeps.md, measured scaling)")
-    parser.add_argument("--address", help="run the jobs on a running Ray cluster instead ('auto': the one "
-                        "`./driftless ray start` started here, or HEAD:6379); --workers is then ignored: the cluster "
-                        "runs one job per GPU, else per --threads CPUs")
-    parser.add_argument("--results", type=pathlib.Path,
-                        help="the jobs' results folder (default .driftless/drift/NAME in the pack, git-ignored); a "
-                        "rerun skips the jobs already there; on a cluster, a folder every node sees")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list the jobs, their keys and which are already done in the results folder; run none")
+    add_sweep_options(parser, "drift", "jobs at once on this machine, each in its own Ray worker (default 1, so wall "
+                      "and CPU times stay comparable with the recorded runs; 2 runs two at once, about half the wall "
+                      "time on two idle cores: docs/sweeps.md, measured scaling)", workers_default=1)
     parser.add_argument("--mode", choices=("full", "quick"), default="full",
                         help="full: every subject x 3 seeds x every method, 300 steps scored every 50 (bench/results/drift.*); quick: the "
                         "same subjects and seeds, plain LoRA, parameter anchor and APT, 100 steps scored at 50 and 100 (drift_quick.*)")

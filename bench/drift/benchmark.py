@@ -349,47 +349,24 @@ def main(folder: pathlib.Path, args, tables: pathlib.Path | None = None) -> int:
     """Run the jobs not yet in the results folder as a sweep on Ray (sweep.py), then build the tables from every job's
     drift.json into `tables` (default bench/results). Returns the exit code: 0 every job done, 1 some failed (the
     tables cover the others and name the missing ones)."""
-    from ...shapes import weights
-    from ...sweeps.schedule import SweepBusy, run_sweep
     from ..common import RESULTS, write_results
     from . import claims, grid, plot, sweep
 
     tables = tables or RESULTS
     jobs = jobs_for(args)
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise SystemExit("[drift] the benchmark runs its jobs on Ray: install it (pip install 'ray>=2.40', the "
-                         "pack's `sweep` extra; ./driftless setup has it)") from None
     name = args.name or ("drift" if args.mode == "full" else f"drift_{args.mode}")
-    recipe = weights.recorded_recipe(folder)
-    if recipe is None:
-        raise SystemExit(f"{folder}: its weight files do not record one recipe hash: rebuild them "
-                         "(./driftless bench drift --rebuild-weights, or remove the cache folder)")
+    recipe = sweep.recipe_of(folder)
     results_dir = args.results or sweep.default_results(name)
     threads = args.threads or 1
     plan = sweep.make_sweep(jobs, recipe, results_dir, cpus_per_job=threads)
     print(f"[drift] {len(jobs)} jobs ({args.mode} mode): {len({j.subject for j in jobs})} subjects x "
           f"{len({j.method for j in jobs})} methods x {len({j.seed for j in jobs})} seeds, knobs {jobs[0].knob}; "
           f"model recipe {recipe}; results in {plan.results}", flush=True)
-    if getattr(args, "dry_run", False):
-        from ...sweeps.store import Store
-
-        lines, done = Store(plan.results).listing(plan.jobs)
-        print("\n".join(lines))
-        print(f"[drift] {len(plan.jobs)} jobs, {done} done, {len(plan.jobs) - done} to run; nothing run (--dry-run)")
+    ran = sweep.run(plan, "drift", sweep.RESULT_FILE, address=args.address, workers=args.workers, threads=threads,
+                    dry_run=getattr(args, "dry_run", False))
+    if ran is None:
         return 0
-    t0 = time.perf_counter()
-    try:
-        report = run_sweep(plan, address=args.address, num_cpus=None if args.address else args.workers * threads)
-    except SweepBusy as e:
-        raise SystemExit(f"[drift] error: {e}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(f"[drift] interrupted: finished jobs stay in {plan.results}; run the same command to go on") from None
-    wall = time.perf_counter() - t0
-    results, missing = sweep.read_results(plan.results, plan)
-    if not results:
-        raise SystemExit(f"[drift] no job finished (see {plan.results / 'failed'}); nothing to summarise")
+    report, wall, results, missing = ran
     cpu = sum(r["cpu_s"] for r in results)
     summary = grid.summarise(results)
     text = summary_table(summary)

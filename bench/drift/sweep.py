@@ -6,12 +6,16 @@ model's weight files record, the benchmark's sampling settings and a fingerprint
 A new model, new settings or changed code therefore make new keys, and a rerun skips every job already in the
 results folder. `run_job` is the sweep's function runner: it runs benchmark.run_job in the worker and writes its
 whole result to OUT/drift.json; benchmark.main reads those back and builds the tables.
+
+The parts that are not the drift job's own (the code fingerprint, the worker's checks and set-up, making the
+sweep, running it and reading it back) serve the forgetting benchmark's sweep too (bench/forgetting/sweep.py).
 """
 
 import functools
 import hashlib
 import json
 import pathlib
+import sys
 
 from ...sweeps.spec import Job as SweepJob
 from ...sweeps.spec import Sweep, content_key
@@ -21,7 +25,7 @@ RESULT_FILE = "drift.json"
 
 
 class DriftJobError(RuntimeError):
-    """A drift job that cannot run in this worker (its model or settings are not the ones here)."""
+    """A benchmark job that cannot run in this worker (its model, settings or code are not the ones here)."""
 
 
 def sampler_settings() -> dict:
@@ -64,17 +68,17 @@ def method_settings(method: str) -> dict:
 CODE = ("trainers", "guidance", "lora", "shapes", "tinymodels", "bench/drift/benchmark.py", "bench/drift/grid.py")
 
 
-@functools.lru_cache(maxsize=4)
-def code_fingerprint(root: pathlib.Path | None = None) -> str:
-    """Hash of the Python code under CODE in the pack at `root` (default this one), each module as its syntax tree
-    without docstrings (shapes.weights' rule for the recipe: comments and docstrings do not count), and of the
-    ComfyUI release it runs on."""
+@functools.lru_cache(maxsize=8)
+def code_fingerprint(root: pathlib.Path | None = None, files: tuple = CODE) -> str:
+    """Hash of the Python code under `files` (default CODE, the drift job's) in the pack at `root` (default this one),
+    each module as its syntax tree without docstrings (shapes.weights' rule for the recipe: comments and docstrings
+    do not count), and of the ComfyUI release it runs on."""
     from ...headless import host
     from ...shapes.weights import _code
 
     root = pathlib.Path(root) if root is not None else host.PACK_DIR
     h = hashlib.sha256()
-    for entry in CODE:
+    for entry in files:
         path = root / entry
         for f in sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []:
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + _code(f).encode() + b"\0")
@@ -106,15 +110,20 @@ def label(job) -> str:
     return f"{job.subject} / {job.method} / seed {job.seed}"
 
 
+def sweep_of(command: str, axes: list[str], jobs: list[tuple[dict, str]], results: pathlib.Path, cpus_per_job: int = 1,
+             retries: int = 1) -> Sweep:
+    """A sweep (sweeps.spec.Sweep, as a spec file would give) of a benchmark's jobs, given as (record, label) pairs;
+    each job's key is its record's content key."""
+    return Sweep(path=pathlib.Path(command), results=pathlib.Path(results).resolve(), retries=retries,
+                 cpus_per_job=cpus_per_job, replicate="seed", axes=axes,
+                 jobs=[SweepJob(key=content_key(rec), record=rec, label=text) for rec, text in jobs],
+                 extra_model_paths=[], workflow=None)
+
+
 def make_sweep(jobs: list, recipe: str, results: pathlib.Path, cpus_per_job: int = 1, retries: int = 1) -> Sweep:
-    """A sweep (sweeps.spec.Sweep, as a spec file would give) of the drift jobs."""
-    sweep_jobs = []
-    for job in jobs:
-        rec = record(job, recipe)
-        sweep_jobs.append(SweepJob(key=content_key(rec), record=rec, label=label(job)))
-    return Sweep(path=pathlib.Path("driftless bench drift"), results=pathlib.Path(results).resolve(), retries=retries,
-                 cpus_per_job=cpus_per_job, replicate="seed", axes=["subject", "method", "knobs", "seed"],
-                 jobs=sweep_jobs, extra_model_paths=[], workflow=None)
+    """A sweep of the drift jobs."""
+    return sweep_of("driftless bench drift", ["subject", "method", "knobs", "seed"],
+                    [(record(job, recipe), label(job)) for job in jobs], results, cpus_per_job, retries)
 
 
 def weights_folder(recipe: str) -> pathlib.Path:
@@ -130,35 +139,44 @@ def weights_folder(recipe: str) -> pathlib.Path:
                         "or give every node the same checkout and cache")
 
 
-def run_job(rec: dict, out_dir: pathlib.Path) -> dict:
-    """The sweep runner: benchmark.run_job for the record's job, its result written to OUT/drift.json; returns the
-    last checkpoint's scores per guidance mode ('CFG.subject_fidelity', ...) for the sweep's summary."""
-    from ...metrics.report import write_json_atomic
+def prepare_worker(rec: dict, here: dict) -> pathlib.Path:
+    """What a benchmark's sweep runner does before its job: refuse a record whose entries differ from `here` (what
+    this worker's checkout gives for them: settings, code fingerprint), set ComfyUI up where this process has not
+    (a fresh Ray worker; the command's own process and a test's have), torch on the Ray CPU slots, and return the
+    folder of the shapes weights the record names."""
     from ...sweeps.jobs import boot_worker, torch_threads_from_ray
-    from . import benchmark
 
-    here = {"sampling": sampler_settings(), "method_settings": method_settings(rec["axes"]["method"]),
-            "code": code_fingerprint()}
     for what, value in here.items():
         if rec.get(what) != value:
             raise DriftJobError(f"the job was made with {what} {rec.get(what)}, this worker's checkout has {value}: "
                                 "run the benchmark from one checkout (on a cluster, the same on every node)")
-    boot_worker([])  # ComfyUI, once per worker process
+    if "comfy.cli_args" not in sys.modules:
+        boot_worker([])  # ComfyUI, once per worker process
     torch_threads_from_ray()
-    folder = weights_folder(rec["model"]["recipe"])
+    return weights_folder(rec["model"]["recipe"])
+
+
+def run_job(rec: dict, out_dir: pathlib.Path) -> dict:
+    """The sweep runner: benchmark.run_job for the record's job, its result written to OUT/drift.json; returns the
+    last checkpoint's scores per guidance mode ('CFG.subject_fidelity', ...) for the sweep's summary."""
+    from ...metrics.report import write_json_atomic
+    from . import benchmark
+
+    folder = prepare_worker(rec, {"sampling": sampler_settings(), "method_settings": method_settings(rec["axes"]["method"]),
+                                  "code": code_fingerprint()})
     result = benchmark.run_job(grid_job(rec), folder)
     write_json_atomic(result, pathlib.Path(out_dir) / RESULT_FILE)
     return {f"{mode}.{k}": v for mode, scores in result["final"].items() for k, v in scores.items()}
 
 
-def read_results(results: pathlib.Path, sweep: Sweep) -> tuple[list[dict], list]:
-    """(every finished job's drift.json in the sweep's order, the sweep jobs that have none)."""
+def read_results(results: pathlib.Path, sweep: Sweep, result_file: str = RESULT_FILE) -> tuple[list[dict], list]:
+    """(every finished job's `result_file` in the sweep's order, the sweep jobs that have none)."""
     from ...sweeps.store import Store
 
     store = Store(results)
     found, missing = [], []
     for job in sweep.jobs:
-        path = store.job_dir(job.key) / RESULT_FILE
+        path = store.job_dir(job.key) / result_file
         if store.is_done(job.key) and path.is_file():
             found.append(json.loads(path.read_text()))
         else:
@@ -166,9 +184,62 @@ def read_results(results: pathlib.Path, sweep: Sweep) -> tuple[list[dict], list]
     return found, missing
 
 
-def default_results(name: str) -> pathlib.Path:
-    """Where a run's jobs are kept by default: .driftless/drift/NAME in the pack (git-ignored)."""
+def default_results(name: str, bench: str = "drift") -> pathlib.Path:
+    """Where a run's jobs are kept by default: .driftless/BENCH/NAME in the pack (git-ignored)."""
     from ...headless.host import PACK_DIR
 
-    return PACK_DIR / ".driftless" / "drift" / name
+    return PACK_DIR / ".driftless" / bench / name
 
+
+def recipe_of(folder: pathlib.Path) -> str:
+    """The recipe hash the shapes model's weight files in `folder` record: what a job's record names its model by."""
+    from ...shapes import weights
+
+    recipe = weights.recorded_recipe(folder)
+    if recipe is None:
+        raise SystemExit(f"{folder}: its weight files do not record one recipe hash: rebuild them "
+                         "(./driftless bench drift --rebuild-weights, or remove the cache folder)")
+    return recipe
+
+
+def run(plan: Sweep, tag: str, result_file: str, address: str | None = None, workers: int | None = None,
+        threads: int = 1, dry_run: bool = False) -> tuple[dict, float, list[dict], list] | None:
+    """Run a benchmark's sweep and read it back. `dry_run`: list the jobs, their keys and which are done, and return
+    None. Else the jobs not yet in the results folder run (sweeps.schedule.run_sweep): in this process on `threads`
+    torch threads when neither `workers` nor `address` is given, else on a local Ray instance of `workers` jobs of
+    `threads` CPU slots each, or on the cluster at `address`. Returns (run_sweep's report, the run's wall seconds,
+    every finished job's `result_file` in the sweep's order, the jobs that have none)."""
+    import time
+
+    from ...sweeps.schedule import SweepBusy, run_sweep
+    from ...sweeps.store import Store
+
+    if dry_run:
+        lines, done = Store(plan.results).listing(plan.jobs)
+        print("\n".join(lines))
+        print(f"[{tag}] {len(plan.jobs)} jobs, {done} done, {len(plan.jobs) - done} to run; nothing run (--dry-run)")
+        return None
+    in_process = address is None and workers is None
+    if in_process:
+        import torch
+
+        torch.set_num_threads(threads)  # as a Ray worker of `threads` CPU slots sets it: the same numbers either way
+    else:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise SystemExit(f"[{tag}] the jobs run on Ray here: install it (pip install 'ray>=2.40', the pack's `sweep` "
+                             "extra; ./driftless setup has it)") from None
+    t0 = time.perf_counter()
+    try:
+        report = run_sweep(plan, address=address, num_cpus=None if address or in_process else workers * threads,
+                           in_process=in_process)
+    except SweepBusy as e:
+        raise SystemExit(f"[{tag}] error: {e}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(f"[{tag}] interrupted: finished jobs stay in {plan.results}; run the same command to go on") from None
+    wall = time.perf_counter() - t0
+    results, missing = read_results(plan.results, plan, result_file)
+    if not results:
+        raise SystemExit(f"[{tag}] no job finished (see {plan.results / 'failed'}); nothing to summarise")
+    return report, wall, results, missing
