@@ -219,18 +219,18 @@ def run(plan: Sweep, tag: str, result_file: str, address: str | None = None, wor
         print("\n".join(lines))
         print(f"[{tag}] {len(plan.jobs)} jobs, {done} done, {len(plan.jobs) - done} to run; nothing run (--dry-run)")
         return None
-    in_process = address is None and workers is None
-    if in_process:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)  # as a Ray worker of `threads` CPU slots sets it: the same numbers either way
-    else:
+    in_process = address is None and workers is None
+    if not in_process:
         try:
             import ray  # noqa: F401
         except ImportError:
             raise SystemExit(f"[{tag}] the jobs run on Ray here: install it (pip install 'ray>=2.40', the pack's `sweep` "
                              "extra; ./driftless setup has it)") from None
-    t0 = time.perf_counter()
+    t0, threads_before = time.perf_counter(), torch.get_num_threads()
+    if in_process:
+        torch.set_num_threads(threads)  # as a Ray worker of `threads` CPU slots sets it: the same numbers either way
     try:
         report = run_sweep(plan, address=address, num_cpus=None if address or in_process else workers * threads,
                            in_process=in_process)
@@ -238,6 +238,8 @@ def run(plan: Sweep, tag: str, result_file: str, address: str | None = None, wor
         raise SystemExit(f"[{tag}] error: {e}") from None
     except KeyboardInterrupt:
         raise SystemExit(f"[{tag}] interrupted: finished jobs stay in {plan.results}; run the same command to go on") from None
+    finally:
+        torch.set_num_threads(threads_before)
     wall = time.perf_counter() - t0
     results, missing = read_results(plan.results, plan, result_file)
     if not results:
