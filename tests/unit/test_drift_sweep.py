@@ -125,44 +125,28 @@ def _weights(folder, recipe):
     return folder
 
 
-def test_the_benchmark_reports_failed_jobs_and_builds_its_tables_from_the_rest(tmp_path, monkeypatch, capsys):
+def test_the_benchmark_reports_failed_jobs_and_builds_its_tables_from_the_rest(tmp_path, fake_sweep_engine, capsys):
     """benchmark.main with the sweep engine replaced by one that commits the plain LoRA jobs (hand-made scores) and
     fails the APT ones: the tables cover the plain LoRA jobs, name the missing ones, and the exit code is 1."""
     import argparse
 
-    from driftless.sweeps import schedule
-
-    calls = []
     scores = lambda f, d: {"subject_fidelity": f, "text_alignment": 0.5, "prior_accuracy": 0.8,
                            "prior_similarity_to_base": 1 - d, "prior_rmse_to_base": d}
 
-    def fake_run_sweep(plan, address=None, num_cpus=None, **_):
-        calls.append({"address": address, "num_cpus": num_cpus, "cpus_per_job": plan.cpus_per_job})
-        s = store.Store(plan.results)
-        failed = {}
-        for job in plan.jobs:
-            axes = job.record["axes"]
-            if axes["method"] == "APT":
-                failed[job.key] = "ValueError: on purpose"
-                s.record_failure(job.key, {"key": job.key, "label": job.label, "error": failed[job.key], "attempts": 2})
-                continue
-            tmp = s.begin(job.key, {"key": job.key})
-            f = 0.5 + 0.1 * axes["seed"]
-            (tmp / sweep.RESULT_FILE).write_text(json.dumps({
-                "job": {k: axes[k] for k in ("subject", "method", "seed")}, "base": scores(0.4, 0.0),
+    def result(axes):
+        f = 0.5 + 0.1 * axes["seed"]
+        return {"job": {k: axes[k] for k in ("subject", "method", "seed")}, "base": scores(0.4, 0.0),
                 "curve": [{**scores(f - 0.05, 0.1), "step": 2}, {**scores(f, 0.2), "step": 4}],
-                "final": {"CFG": scores(f, 0.2)}, "wall_s": 1.0, "cpu_s": 2.0}))
-            (tmp / "result.json").write_text("{}")
-            s.commit(job.key, tmp)
-        return {"done": len(plan.jobs) - len(failed), "skipped": 0, "failed": failed, "seconds": 0.0}
+                "final": {"CFG": scores(f, 0.2)}, "wall_s": 1.0, "cpu_s": 2.0}
 
-    monkeypatch.setattr(schedule, "run_sweep", fake_run_sweep)
+    calls = fake_sweep_engine(sweep.RESULT_FILE, result, lambda axes: axes["method"] == "APT")
     folder = _weights(tmp_path / "model", "abcd")
     args = argparse.Namespace(mode="full", steps=4, score_every=None, subjects=["orange-cross"], methods=["APT"],
                               seeds=[0, 1], prior=None, align=None, name="drift_fake", results=tmp_path / "jobs",
                               threads=1, workers=2, address=None, load=0.0)
     assert benchmark.main(folder, args, tables=tmp_path / "tables") == 1
-    assert calls == [{"address": None, "num_cpus": 2, "cpus_per_job": 1}]  # 2 workers of 1 CPU slot each
+    assert calls == [{"address": None, "num_cpus": 2, "in_process": False, "cpus_per_job": 1,
+                      "retries": 1}]  # on Ray, 2 workers of 1 CPU slot each
     out = capsys.readouterr().out
     assert "2 job(s) failed: orange-cross / APT / seed 0; orange-cross / APT / seed 1" in out
     report = json.loads((tmp_path / "tables" / "drift_fake.json").read_text())
@@ -184,20 +168,37 @@ def test_the_claims_provenance_says_when_jobs_were_reused(monkeypatch):
     assert "90 jobs, 120 s wall, 4000 s CPU (80 jobs reused from an earlier run, not in the wall time).\n" in text
 
 
-def test_a_dry_run_lists_the_jobs_and_what_is_done(tmp_path, capsys):
-    import argparse
+DRY_RUNS = {  # (the benchmark's argparse values, the labels of its first two jobs, how many jobs)
+    "drift": ({"mode": "quick", "steps": None, "score_every": None, "subjects": ["orange-cross"], "methods": None,
+               "seeds": [0], "prior": None, "align": None, "name": "drift_dry", "threads": None, "workers": 1},
+              ("orange-cross / plain LoRA / seed 0", "orange-cross / parameter anchor / seed 0"), 3),
+    "forgetting": ({"quick": False, "sequences": ["orange-cross,cyan-square"], "seeds": [0, 1], "steps": 4,
+                    "methods": ["sequential LoRA", "EWC-DC + DSC"], "name": "forgetting_dry", "threads": None,
+                    "workers": None},
+                   ("orange-cross > cyan-square / sequential LoRA / seed 0",
+                    "orange-cross > cyan-square / EWC-DC + DSC / seed 0"), 4),
+}
 
+
+@pytest.mark.parametrize("bench", sorted(DRY_RUNS))
+def test_a_dry_run_lists_the_jobs_and_what_is_done(bench, tmp_path, capsys):
+    """Each benchmark run as a sweep (drift, forgetting) lists its jobs, their keys and which are done (sweep.run)."""
+    import argparse
+    import importlib
+
+    bench_module = importlib.import_module(f"driftless.bench.{bench}.benchmark")
+    sweep_module = importlib.import_module(f"driftless.bench.{bench}.sweep")
+    values, labels, count = DRY_RUNS[bench]
     folder = _weights(tmp_path / "model", "abcd")
-    args = argparse.Namespace(mode="quick", steps=None, score_every=None, subjects=["orange-cross"], methods=None,
-                              seeds=[0], prior=None, align=None, name="drift_dry", results=tmp_path / "jobs",
-                              threads=None, workers=1, address=None, load=0.0, dry_run=True)
-    plan = sweep.make_sweep(benchmark.jobs_for(args), "abcd", tmp_path / "jobs")
+    args = argparse.Namespace(**values, results=tmp_path / "jobs", address=None, load=0.0, dry_run=True)
+    plan = sweep_module.make_sweep(bench_module.jobs_for(args), "abcd", tmp_path / "jobs")
     s = store.Store(tmp_path / "jobs")
     tmp = s.begin(plan.jobs[1].key, {})
     (tmp / "result.json").write_text("{}")
     s.commit(plan.jobs[1].key, tmp)
-    assert benchmark.main(folder, args, tables=tmp_path / "tables") == 0
+    assert bench_module.main(folder, args, tables=tmp_path / "tables") == 0
     out = capsys.readouterr().out
-    assert f"{plan.jobs[1].key}  done     orange-cross / parameter anchor / seed 0" in out
-    assert f"{plan.jobs[0].key}  to run   orange-cross / plain LoRA / seed 0" in out
-    assert "3 jobs, 1 done, 2 to run; nothing run (--dry-run)" in out and not (tmp_path / "tables").exists()
+    assert f"{plan.jobs[1].key}  done     {labels[1]}" in out
+    assert f"{plan.jobs[0].key}  to run   {labels[0]}" in out
+    assert f"{count} jobs, 1 done, {count - 1} to run; nothing run (--dry-run)" in out
+    assert not (tmp_path / "tables").exists()

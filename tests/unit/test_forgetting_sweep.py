@@ -1,6 +1,7 @@
 """The forgetting benchmark's jobs as sweep jobs, without Ray or ComfyUI: what makes a job's key, the record's round
 trip back to the benchmark's job, refusals in a worker whose checkout differs, and the command's run through the
-sweep engine (in this process by default) with a failed job, a dry run and the results file the claims read."""
+sweep engine (in this process by default) with a failed job and the results file the claims read. Its dry run is
+tested with the drift benchmark's (test_drift_sweep.py)."""
 
 import argparse
 import json
@@ -8,7 +9,7 @@ import json
 import pytest
 from driftless.bench.drift import sweep as drift_sweep
 from driftless.bench.forgetting import benchmark, sweep
-from driftless.sweeps import spec, store
+from driftless.sweeps import spec
 
 KNOBS = {"steps": 4, "rank": 8, "learning_rate": 1e-3}
 
@@ -72,17 +73,6 @@ def test_a_worker_refuses_a_job_made_with_other_settings_or_code(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _weights(folder, recipe):
-    import torch
-    from driftless.shapes import pretrain, weights
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True)
-    for name in (pretrain.CHECKPOINT, pretrain.CLASSIFIER):
-        save_file({"w": torch.zeros(1)}, str(folder / name), metadata={weights.RECIPE_KEY: json.dumps(recipe)})
-    return folder
-
-
 def _args(tmp_path, **kw):
     return argparse.Namespace(**{"quick": False, "sequences": ["orange-cross,cyan-square"], "seeds": [0, 1],
                                  "methods": ["sequential LoRA", "EWC-DC + DSC"], "steps": 4, "threads": None,
@@ -91,40 +81,24 @@ def _args(tmp_path, **kw):
 
 
 def test_the_benchmark_runs_its_jobs_in_process_and_builds_its_tables_from_the_finished_ones(tmp_path, monkeypatch,
-                                                                                             capsys):
+                                                                                             fake_sweep_engine, capsys):
     """benchmark.main with the sweep engine replaced by one that commits the sequential LoRA jobs (hand-made
     scores) and fails the EWC-DC + DSC ones: in this process by default, no retry; the tables cover the finished jobs
     in the results file's format (what stats and the claims page read), name the missing ones, and the exit code
     is 1."""
     from driftless.bench.drift import claims
-    from driftless.sweeps import schedule
 
-    calls = []
-
-    def fake_run_sweep(plan, address=None, num_cpus=None, in_process=False, **_):
-        calls.append({"address": address, "num_cpus": num_cpus, "in_process": in_process, "retries": plan.retries})
-        s = store.Store(plan.results)
-        failed = {}
-        for job in plan.jobs:
-            axes = job.record["axes"]
-            if axes["method"] == "EWC-DC + DSC":
-                failed[job.key] = "ValueError: on purpose"
-                s.record_failure(job.key, {"key": job.key, "label": job.label, "error": failed[job.key], "attempts": 1})
-                continue
-            tmp = s.begin(job.key, {"key": job.key})
-            forgotten = 0.1 * (1 + axes["seed"])  # 0.1 at seed 0, 0.2 at seed 1
-            (tmp / sweep.RESULT_FILE).write_text(json.dumps({
-                "job": {k: axes[k] for k in ("sequence", "method", "seed", "knobs")},
+    def result(axes):
+        forgotten = 0.1 * (1 + axes["seed"])  # 0.1 at seed 0, 0.2 at seed 1
+        return {"job": {k: axes[k] for k in ("sequence", "method", "seed", "knobs")},
                 "fidelity": [[0.8], [0.8 - forgotten, 0.9]], "dc_accuracy": [[1.0], [0.5, 1.0]],
-                "prior_rmse_to_base": 0.1, "wall_s": 1.0, "cpu_s": 3.0}))
-            (tmp / "result.json").write_text("{}")
-            s.commit(job.key, tmp)
-        return {"done": len(plan.jobs) - len(failed), "skipped": 0, "failed": failed, "seconds": 0.0}
+                "prior_rmse_to_base": 0.1, "wall_s": 1.0, "cpu_s": 3.0}
 
-    monkeypatch.setattr(schedule, "run_sweep", fake_run_sweep)
-    folder = _weights(tmp_path / "model", "abcd")
+    calls = fake_sweep_engine(sweep.RESULT_FILE, result, lambda axes: axes["method"] == "EWC-DC + DSC")
+    monkeypatch.setattr(drift_sweep, "recipe_of", lambda folder: "abcd")  # the weights' recipe (test_drift_sweep reads one)
+    folder = tmp_path / "model"
     assert benchmark.main(folder, _args(tmp_path), tables=tmp_path / "tables") == 1
-    assert calls == [{"address": None, "num_cpus": None, "in_process": True, "retries": 0}]
+    assert calls == [{"address": None, "num_cpus": None, "in_process": True, "cpus_per_job": 1, "retries": 0}]
     out = capsys.readouterr().out
     assert ("2 job(s) failed: orange-cross > cyan-square / EWC-DC + DSC / seed 0; orange-cross > cyan-square / "
             "EWC-DC + DSC / seed 1") in out
@@ -139,24 +113,12 @@ def test_the_benchmark_runs_its_jobs_in_process_and_builds_its_tables_from_the_f
     # the claims page renders the DC-score rows from it (they are 'not measured': no EWC-DC + DSC job finished)
     text = claims.render({"jobs": [], "command": "c", "mode": "full", "date": "d", "wall_s": 1.0, "cpu_s": 1.0}, "x",
                          report, "forgetting_fake.json")
-    assert "command `./driftless bench forgetting" in text and "shapes model recipe abcd" in text
+    assert "command `./driftless bench forgetting" in text and "s wall, shapes model recipe abcd" in text
+    text = claims.render({"jobs": [], "command": "c", "mode": "full", "date": "d", "wall_s": 1.0, "cpu_s": 1.0}, "x",
+                         {**report, "reused": 3}, "forgetting_fake.json")
+    assert "s wall (3 jobs reused from an earlier run, not in the wall time), shapes model recipe abcd" in text
 
     # on Ray (--workers 2): two jobs at once of one CPU slot each, one retry
     calls.clear()
     assert benchmark.main(folder, _args(tmp_path, workers=2, results=tmp_path / "ray"), tables=tmp_path / "tables") == 1
-    assert calls == [{"address": None, "num_cpus": 2, "in_process": False, "retries": 1}]
-
-
-def test_a_dry_run_lists_the_jobs_and_what_is_done(tmp_path, capsys):
-    folder = _weights(tmp_path / "model", "abcd")
-    args = _args(tmp_path, dry_run=True)
-    plan = sweep.make_sweep(benchmark.jobs_for(args), "abcd", tmp_path / "jobs")
-    s = store.Store(tmp_path / "jobs")
-    tmp = s.begin(plan.jobs[1].key, {})
-    (tmp / "result.json").write_text("{}")
-    s.commit(plan.jobs[1].key, tmp)
-    assert benchmark.main(folder, args, tables=tmp_path / "tables") == 0
-    out = capsys.readouterr().out
-    assert f"{plan.jobs[1].key}  done     orange-cross > cyan-square / EWC-DC + DSC / seed 0" in out
-    assert f"{plan.jobs[0].key}  to run   orange-cross > cyan-square / sequential LoRA / seed 0" in out
-    assert "4 jobs, 1 done, 3 to run; nothing run (--dry-run)" in out and not (tmp_path / "tables").exists()
+    assert calls == [{"address": None, "num_cpus": 2, "in_process": False, "cpus_per_job": 1, "retries": 1}]
