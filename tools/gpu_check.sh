@@ -24,13 +24,7 @@ TESTS=(
 TIMEOUT="${GPU_CHECK_TIMEOUT:-270}"
 say() { echo "[gpu-check] $*"; }
 
-# the interpreter with ComfyUI 0.33.0 importable and `import driftless` resolving to this checkout
-if [[ -n "${GPU_CHECK_PYTHON:-}" ]]; then
-    mkdir -p "$REPO/.driftless/pythonpath" && ln -sfn "$REPO" "$REPO/.driftless/pythonpath/driftless"
-    PY=(env "PYTHONPATH=$REPO/.driftless/pythonpath${PYTHONPATH:+:$PYTHONPATH}" "$GPU_CHECK_PYTHON")
-else
-    PY=("$REPO/driftless" --host 0.33.0 python)
-fi
+source "$REPO/tools/gpu_python.sh"  # PY: the interpreter
 
 cd "$REPO" || exit 2
 START=$(date +%s)

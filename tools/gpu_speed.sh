@@ -14,12 +14,7 @@ set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 say() { echo "[gpu-speed] $*"; }
-if [[ -n "${GPU_CHECK_PYTHON:-}" ]]; then
-    mkdir -p "$REPO/.driftless/pythonpath" && ln -sfn "$REPO" "$REPO/.driftless/pythonpath/driftless"
-    PY=(env "PYTHONPATH=$REPO/.driftless/pythonpath${PYTHONPATH:+:$PYTHONPATH}" "$GPU_CHECK_PYTHON")
-else
-    PY=("$REPO/driftless" --host 0.33.0 python)
-fi
+source "$REPO/tools/gpu_python.sh"  # PY: the interpreter
 cd "$REPO" || exit 2
 CUDA="$("${PY[@]}" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null | tail -1)"
 [[ "$CUDA" == True ]] || { say "no CUDA device: skipped"; exit 0; }

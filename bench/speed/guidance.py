@@ -94,6 +94,20 @@ def _captured_call(guider, model, size: int):
     return captured["call"]
 
 
+def _loaded_guider(architecture: str, rank: int, resolution: int | None):
+    """The Personalization Guider's clone of a bench model, loaded, its BranchLayers, and the (args, kwargs) of one
+    batched cond + uncond forward of it at `resolution` px (default: the model's own)."""
+    import comfy.model_management
+
+    from ...tinymodels.configs import CONFIGS
+
+    model, guiders = _guiders(architecture, rank)
+    ours = guiders["Personalization Guider"]
+    call = _captured_call(ours, model, (resolution or CONFIGS[architecture].default_resolution) // 8)
+    comfy.model_management.load_models_gpu([ours.model_patcher])
+    return ours.model_patcher, ours.branch_layers, call
+
+
 def paired_forward_ratios(architecture: str, pairs: int, rank: int, clock: str = "cpu",
                           resolution: int | None = None) -> dict:
     """The guided forward against the stock forward of the same batch, call by call: with the guider's clone loaded
@@ -102,16 +116,7 @@ def paired_forward_ratios(architecture: str, pairs: int, rank: int, clock: str =
     alternating, `pairs` times. Pairing neighbouring calls cancels the drift of a shared machine that whole sampling
     runs in rotation only average out; the ratio is per pair, summarised by its median and a bootstrap 95% interval.
     `resolution`: the image side in pixels (default: the model's own, 64 px for the bench models)."""
-    import comfy.model_management
-
-    from ...tinymodels.configs import CONFIGS
-
-    model, guiders = _guiders(architecture, rank)
-    ours = guiders["Personalization Guider"]
-    size = (resolution or CONFIGS[architecture].default_resolution) // 8
-    args, kwargs = _captured_call(ours, model, size)
-    clone, layers = ours.model_patcher, ours.branch_layers
-    comfy.model_management.load_models_gpu([clone])
+    clone, layers, (args, kwargs) = _loaded_guider(architecture, rank, resolution)
     diffusion_model, device = clone.model.diffusion_model, clone.load_device
     tick = time.process_time if clock == "cpu" else wall_clock
 
@@ -140,16 +145,7 @@ def paired_forward_ratios(architecture: str, pairs: int, rank: int, clock: str =
 def _layer_inputs(architecture: str, rank: int, resolution: int | None):
     """The guider's loaded clone with its branch layers installed, the batch plan of one captured cond + uncond
     forward, and each LoRA module's input in that forward: {name: (module, x)}."""
-    import comfy.model_management
-
-    from ...tinymodels.configs import CONFIGS
-
-    model, guiders = _guiders(architecture, rank)
-    ours = guiders["Personalization Guider"]
-    size = (resolution or CONFIGS[architecture].default_resolution) // 8
-    args, kwargs = _captured_call(ours, model, size)
-    clone, layers = ours.model_patcher, ours.branch_layers
-    comfy.model_management.load_models_gpu([clone])
+    clone, layers, (args, kwargs) = _loaded_guider(architecture, rank, resolution)
     diffusion_model = clone.model.diffusion_model
     layers.install(diffusion_model, clone.load_device)
     modules = dict(diffusion_model.named_modules())
