@@ -300,7 +300,8 @@ class RetentionReport(CheckedNode):
             description=(
                 "How well every concept of the pool survives: on held-out images you give for evaluation only (never "
                 "stored), each concept's diffusion-classifier accuracy and denoising loss with the base model, with the "
-                "LoRA right after it was learned, and with the pool's LoRA now."
+                "LoRA right after it was learned, and with the pool's LoRA now; and how peaked the DC scores are now "
+                "(one-hot scores: raise the Concept Pool's score_temperature)."
             ),
             inputs=[
                 _pool_input(),
@@ -315,7 +316,8 @@ class RetentionReport(CheckedNode):
                                  tooltip="Also evaluate every intermediate snapshot (the full accuracy matrix in the JSON)."),
             ],
             outputs=[
-                io.String.Output(display_name="report", tooltip="A markdown table, one row per concept."),
+                io.String.Output(display_name="report", tooltip="A markdown table, one row per concept, and a line on how "
+                                 "peaked the DC scores are now."),
                 io.String.Output(display_name="json", tooltip="Every figure, per concept and stage, as JSON."),
             ],
             is_output_node=True,

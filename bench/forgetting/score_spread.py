@@ -43,19 +43,18 @@ def recorded_logits(temperature: float | None):
 
 
 def spread(logits: list[torch.Tensor]) -> dict[int, dict]:
-    """Per number of concepts K: n, median largest probability, share above 0.99, top-2 logit gap quartiles."""
+    """Per number of concepts K: scores.sharpness of its score vectors and the quartiles of the top-2 logit gap."""
+    from ...trainers.continual.scores import sharpness
+
     by_k: dict[int, list] = {}
     for row in logits:
         by_k.setdefault(row.shape[-1], []).append(row)
     out = {}
     for k, rows in sorted(by_k.items()):
         g = torch.cat(rows)
-        top = torch.softmax(g, dim=-1).max(dim=-1).values
         ordered = g.sort(dim=-1, descending=True).values
         gap = ordered[:, 0] - ordered[:, 1]
-        out[k] = {"n": len(g), "median_max_probability": float(top.median()),
-                  "share_above_0.99": float((top > 0.99).float().mean()),
-                  "gap_quartiles": [float(torch.quantile(gap, q)) for q in (0.25, 0.5, 0.75)]}
+        out[k] = {**sharpness(g), "gap_quartiles": [float(torch.quantile(gap, q)) for q in (0.25, 0.5, 0.75)]}
     return out
 
 
@@ -84,8 +83,8 @@ def main(argv=None) -> None:
     for name, logits in records.items():
         for k, s in spread(logits).items():
             q = ", ".join(f"{v:.2f}" for v in s["gap_quartiles"])
-            print(f"{name}, K = {k}: {s['n']} score vectors; largest probability median {s['median_max_probability']:.3f}, "
-                  f"above 0.99 in {s['share_above_0.99']:.0%}; top-2 logit gap quartiles {q}")
+            print(f"{name}, K = {k}: {s['score_vectors']} score vectors; largest probability median "
+                  f"{s['median_largest_probability']:.3f}, above 0.99 in {s['share_sharp']:.0%}; top-2 logit gap quartiles {q}")
 
 
 if __name__ == "__main__":

@@ -330,6 +330,7 @@ def test_three_concepts_ewc_dc_forgets_less_than_sequential(comfy_host):
             pool, _ = _learn(pool, model, clip, concept_data, trigger, config, ewc_weight=1000.0, draws=20)
         report = evaluate(pool, model, encode, held_out, labels, draws=8, seed=0)
         losses[method] = [row["loss"] for row in report["concepts"]]
+        assert report["scores_now"]["score_vectors"] == 4 * 8 and report["scores_now"]["temperature"] == 1.0
     forgetting = {m: rows[0]["vph man"] - rows[0]["zwx cat"] for m, rows in losses.items()}
     gain = {m: rows[2]["base"] - rows[2]["vph man"] for m, rows in losses.items()}
     print(f"forgetting of concept 1: {forgetting}; concept 3 learned: {gain}")
@@ -422,6 +423,8 @@ def test_two_concepts_with_dsc_through_the_nodes(run_prompt, comfy_host, caplog,
     assert len(result.files) == 1  # the guided sample
     report = result.outputs["report"]["text"][0]
     assert "| zwx cat | 2 |" in report and "| qly cup | 2 |" in report
+    assert "DC scores now (τ = 1): the largest probability's median is" in report
+    assert "over 8 score vectors" in report  # the last stage: 4 held-out images x 2 draws
     # a snapshot from the pool is a LoRA the stock loader applies with every key
     model, clip, _ = build_tiny_model(architecture, 0)
     with caplog.at_level(logging.WARNING):

@@ -10,7 +10,7 @@ from driftless.trainers.continual.ewc import FlatAnchor, ewc_penalty
 from driftless.trainers.continual.fisher import diagonal_fisher, fold, unit_sum
 from driftless.trainers.continual.pool import Concept, ConceptPool, load_pool
 from driftless.trainers.continual.scores import (dc_cross_entropy, dc_errors, dc_logits, dc_scores, repeat_for_concepts,
-                                                 sample_past, soft_cross_entropy)
+                                                 sample_past, sharpness, soft_cross_entropy)
 
 # three concepts, two images, two latent elements
 TARGET = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
@@ -34,6 +34,17 @@ def test_dc_scores_by_hand():
     assert dc_cross_entropy(dc_logits(PREDICTIONS, TARGET), 2).item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         dc_logits(PREDICTIONS, TARGET, 0.0)
+
+
+def test_sharpness_by_hand():
+    """Largest probabilities 1/2 (equal logits), 3/4 (odds 3:1) and 1/(1 + e^-10) = 0.99995: median 3/4, one of three
+    above 0.99; τ = 10 on the third vector (logits / 10) gives 1/(1 + e^-1) = 0.731, none above."""
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [10.0, 0.0]])
+    s = sharpness(logits)
+    assert s["median_largest_probability"] == pytest.approx(0.75, rel=1e-6)
+    assert s["share_sharp"] == pytest.approx(1 / 3) and s["score_vectors"] == 3
+    softer = sharpness(logits[2:] / 10)
+    assert softer["median_largest_probability"] == pytest.approx(1 / (1 + math.exp(-1)), rel=1e-6) and softer["share_sharp"] == 0
 
 
 def test_soft_cross_entropy_by_hand():

@@ -9,6 +9,9 @@ candidate and by every stage (so stages are compared on identical noise):
                     (the Diffusion Classifier decision rule, Li et al., ICCV 2023, Alg. 1)
     denoising loss = mean_m ‖F* − F_θs(x_t, c_j)‖² / D (per-element mean, the training loss's units)
 
+and, at the last stage, how peaked the DC scores softmax(−e/τ) of each draw are at the pool's τ (scores.sharpness):
+one-hot scores mean τ is too small for this model's error scale.
+
 "when learned" is stage j, "now" the last stage; forgetting = now − when learned.
 """
 
@@ -18,7 +21,7 @@ import torch
 
 from ...lora.adapter import LoraAdapter
 from .pool import ConceptPool
-from .scores import dc_errors, repeat_for_concepts
+from .scores import SHARP, dc_errors, repeat_for_concepts, sharpness
 from .seam import AdaptedModel
 
 
@@ -62,7 +65,7 @@ def evaluate(pool: ConceptPool, model_patcher, encode, latents: torch.Tensor, la
     noise = torch.randn((x0.shape[0], draws, *x0.shape[1:]), generator=generator).to(seam.device)
     n = len(pool)
     stages = sorted(set(range(n + 1)) if all_stages else {0, n, *(j + 1 for j in labels)})
-    results = {}
+    results, last_stage_logits = {}, []
     for stage in stages:
         if stage == 0:
             adapter.strength = 0.0
@@ -78,7 +81,10 @@ def evaluate(pool: ConceptPool, model_patcher, encode, latents: torch.Tensor, la
                 sigma, x_t, target = seam.noisy(x0[i:i + 1], u[i, m:m + 1], noise[i, m:m + 1])
                 xs, inputs = repeat_for_concepts(x_t, candidates)
                 predictions = seam.predict(xs, sigma.repeat(len(candidates)), inputs).view(len(candidates), *x_t.shape)
-                errors += dc_errors(predictions, target)[0]
+                draw_errors = dc_errors(predictions, target)[0]
+                errors += draw_errors
+                if stage == n:
+                    last_stage_logits.append(-draw_errors / pool.temperature)
             errors /= draws
             concept = labels[i]
             entry = results.setdefault((stage, concept), {"correct": 0, "images": 0, "loss": 0.0})
@@ -98,7 +104,9 @@ def evaluate(pool: ConceptPool, model_patcher, encode, latents: torch.Tensor, la
         concepts.append(row)
     return {"method": pool.method, "stages": ["base", *(pool.concepts[s - 1].trigger for s in stages if s)],
             "candidates_now": ["c_0", *pool.triggers], "draws": draws, "seed": seed, "concepts": concepts,
-            "without_held_out_images": missing}
+            "without_held_out_images": missing,
+            "scores_now": {"temperature": pool.temperature, **sharpness(torch.stack(last_stage_logits).cpu())}
+            if last_stage_logits else None}
 
 
 def markdown(report: dict) -> str:
@@ -123,6 +131,12 @@ def markdown(report: dict) -> str:
                      f"{fmt(loss, 'base', num)} / {fmt(loss, learned, num)} / {fmt(loss, now, num)} | {forgetting} |")
     if report["without_held_out_images"]:
         lines += ["", f"No held-out images for: {', '.join(report['without_held_out_images'])}."]
+    scores = report["scores_now"]
+    lines += [] if scores is None else ["", f"DC scores now (τ = {scores['temperature']:g}): the largest probability's median is "
+              f"{scores['median_largest_probability']:.3f} over {scores['score_vectors']} score vectors, above {SHARP} in "
+              f"{scores['share_sharp']:.0%}." + (" Near 1 the scores are one-hot: the EWC-DC Fisher and DSC get little beyond "
+                                                 "the arg-max; raise the Concept Pool's score_temperature."
+                                                 if scores["median_largest_probability"] > SHARP else "")]
     return "\n".join(lines)
 
 

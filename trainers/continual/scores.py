@@ -34,6 +34,19 @@ def dc_scores(predictions: torch.Tensor, target: torch.Tensor, temperature: floa
     return torch.softmax(dc_logits(predictions, target, temperature), dim=-1)
 
 
+SHARP = 0.99  # a score vector whose largest probability is above this is one-hot for the Fisher and DSC's targets
+
+
+def sharpness(logits: torch.Tensor) -> dict:
+    """How peaked score vectors are: over DC logits [N, K], the median of the softmax's largest probability and the
+    share of vectors above SHARP. Near 1 everywhere, −log p of the true concept has almost no gradient where it is
+    right and DSC's soft targets are one-hot: τ is too small for the errors' scale (they grow with the latent's
+    size: they are sums over it)."""
+    largest = torch.softmax(logits.float(), dim=-1).max(dim=-1).values
+    return {"median_largest_probability": float(largest.median()), "share_sharp": float((largest > SHARP).float().mean()),
+            "score_vectors": int(largest.numel())}
+
+
 def dc_cross_entropy(logits: torch.Tensor, true_index: int) -> torch.Tensor:
     """−log p_θ(c_true | x), averaged over the batch: the loss whose gradients make the EWC-DC Fisher."""
     labels = torch.full((logits.shape[0],), true_index, dtype=torch.long, device=logits.device)
