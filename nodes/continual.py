@@ -67,8 +67,9 @@ class ConceptPool(CheckedNode):
                                 "(e.g. 'a photo', or the class 'a photo of a dog' when all concepts share it)."),
                 io.Float.Input("score_temperature", default=1.0, min=1e-6, max=1e9, step=0.1, round=False,
                                tooltip="τ in p(c_j|x) = softmax(−‖ε − ε_θ(x_t, c_j)‖²/τ); 1 is the paper's score (errors summed "
-                               "over the latent). Raise it (e.g. to the latent's element count, 16384 for SD1.5 at 512²) "
-                               "for softer scores."),
+                               "over the latent, so a larger latent gives sharper scores). Raise it when the Retention Report "
+                               "says the scores are one-hot; the latent's element count (16384 for SD1.5 at 512²) is the "
+                               "other extreme, nearly uniform scores."),
             ],
             outputs=[_pool_output("The empty pool.")],
         )
