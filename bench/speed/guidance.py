@@ -141,7 +141,6 @@ def paired_forward_ratios(architecture: str, pairs: int, rank: int, clock: str =
             "split_layers": len(layers.split_names), "lora_layers": len(layers.names)}
 
 
-
 def _layer_inputs(architecture: str, rank: int, resolution: int | None):
     """The guider's loaded clone with its branch layers installed, the batch plan of one captured cond + uncond
     forward, and each LoRA module's input in that forward: {name: (module, x)}."""
@@ -183,27 +182,38 @@ def layer_costs(architecture: str, rank: int, pairs: int, row_scales=(1, 4), res
     tick = time.process_time if clock == "cpu" and device.type == "cpu" else wall_clock
     scales = {}
     for scale in row_scales:
-        stock_s, extra_s, per_layer = 0.0, 0.0, []
+        per_layer = []
         for name, (module, x) in sorted(inputs.items()):
-            x = x.repeat_interleave(scale, dim=1) if x.dim() == 3 else x.repeat(scale, 1)
-            calls = {False: lambda: F.linear(x, module.weight, module.bias), True: lambda: module(x)}
-            times = {False: [], True: []}
+            x = _more_rows(x, scale)
             layers.plan = plan
-            with torch.no_grad():
-                for i in range(pairs + 1):
-                    for stacked in ((False, True) if i % 2 == 0 else (True, False)):
-                        flush.add_(1.0)
-                        start = tick()
-                        calls[stacked]()
-                        if i:  # the first pair warms up (and builds the stack)
-                            times[stacked].append(tick() - start)
+            stock, stacked = _paired_medians(lambda: F.linear(x, module.weight, module.bias), lambda: module(x), pairs,
+                                             flush, tick)
             layers.plan = None
-            stock, stacked = statistics.median(times[False]), statistics.median(times[True])
-            weight_bytes = module.weight.numel() * module.weight.element_size()
-            per_layer.append({"layer": name, "rows": x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0],
-                              "weight": list(module.weight.shape), "stock_s": stock, "extra_s": stacked - stock,
-                              "second_weight_bytes": weight_bytes})
-            stock_s, extra_s = stock_s + stock, extra_s + stacked - stock
+            per_layer.append({"layer": name, "rows": x.numel() // x.shape[-1], "weight": list(module.weight.shape),
+                              "stock_s": stock, "extra_s": stacked - stock,
+                              "second_weight_bytes": module.weight.numel() * module.weight.element_size()})
+        stock_s, extra_s = sum(r["stock_s"] for r in per_layer), sum(r["extra_s"] for r in per_layer)
         scales[scale] = {"stock_s": stock_s, "extra_s": extra_s, "ratio": (stock_s + extra_s) / stock_s,
                          "second_weight_bytes": sum(r["second_weight_bytes"] for r in per_layer), "layers": per_layer}
     return {"split_layers": len(inputs), "scales": scales}
+
+
+def _more_rows(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """`x` (CFG's two halves along its first dimension) with each token of each half repeated `scale` times."""
+    halves = x.reshape(2, -1, x.shape[-1]).repeat_interleave(scale, dim=1)
+    return halves if x.dim() == 3 else halves.reshape(-1, x.shape[-1])
+
+
+def _paired_medians(stock, ours, pairs: int, flush: torch.Tensor, tick) -> tuple[float, float]:
+    """Median seconds of `stock()` and `ours()` over `pairs` alternating pairs after one warm-up pair, `flush` written
+    before each call."""
+    times = {False: [], True: []}
+    with torch.no_grad():
+        for i in range(pairs + 1):
+            for is_ours in ((False, True) if i % 2 == 0 else (True, False)):
+                flush.add_(1.0)
+                start = tick()
+                (ours if is_ours else stock)()
+                if i:
+                    times[is_ours].append(tick() - start)
+    return statistics.median(times[False]), statistics.median(times[True])

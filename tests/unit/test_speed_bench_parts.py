@@ -58,3 +58,13 @@ def test_bootstrap_interval_of_the_median_matches_scipy():
     assert low < float(np.median(values)) < high
     assert bootstrap_ci(values) == (low, high)
     assert bootstrap_ci([1.5] * 7) == (1.5, 1.5)
+
+
+def test_more_rows_repeats_tokens_within_each_cfg_half():
+    """guidance-layers' larger inputs keep the conditional rows in the first half and the unconditional in the second
+    (the stacked GEMM multiplies each half by its own weight)."""
+    from driftless.bench.speed.guidance import _more_rows
+
+    x = torch.arange(6.0).reshape(2, 3, 1)
+    assert _more_rows(x, 2)[..., 0].tolist() == [[0, 0, 1, 1, 2, 2], [3, 3, 4, 4, 5, 5]]
+    assert _more_rows(x.reshape(6, 1), 2)[:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
