@@ -21,7 +21,7 @@ import torch
 
 from ...lora.adapter import LoraAdapter
 from .pool import ConceptPool
-from .scores import SHARP, dc_errors, repeat_for_concepts, sharpness
+from .scores import SHARP, dc_errors, dc_logits, repeat_for_concepts, sharpness
 from .seam import AdaptedModel
 
 
@@ -81,10 +81,9 @@ def evaluate(pool: ConceptPool, model_patcher, encode, latents: torch.Tensor, la
                 sigma, x_t, target = seam.noisy(x0[i:i + 1], u[i, m:m + 1], noise[i, m:m + 1])
                 xs, inputs = repeat_for_concepts(x_t, candidates)
                 predictions = seam.predict(xs, sigma.repeat(len(candidates)), inputs).view(len(candidates), *x_t.shape)
-                draw_errors = dc_errors(predictions, target)[0]
-                errors += draw_errors
+                errors += dc_errors(predictions, target)[0]
                 if stage == n:
-                    last_stage_logits.append(-draw_errors / pool.temperature)
+                    last_stage_logits.append(dc_logits(predictions, target, pool.temperature)[0])
             errors /= draws
             concept = labels[i]
             entry = results.setdefault((stage, concept), {"correct": 0, "images": 0, "loss": 0.0})
