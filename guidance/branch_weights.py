@@ -129,7 +129,7 @@ class BranchLayers:
                 if plan.halves:
                     return self._stacked(name, module, x, plan, layers)
                 return self._split(name, weight, bias, x, plan, layers)
-            return _correct(original(x, *args, **kwargs), x, plan, layers)
+            return correct(original(x, *args, **kwargs), x, plan, layers)
 
         return forward
 
@@ -216,7 +216,7 @@ def _add_corrections(weight: torch.Tensor, corrections: tuple, layers) -> None:
         weight.addmm_(up, down, alpha=c * layer.scale_value())
 
 
-def _correct(output: torch.Tensor, x: torch.Tensor, plan: BatchPlan, layers) -> torch.Tensor:
+def correct(output: torch.Tensor, x: torch.Tensor, plan: BatchPlan, layers) -> torch.Tensor:
     """y += c·(α/r)·B(A(x)) on each run's rows, per adapter with a correction there."""
     for index, layer in layers:
         per_row = plan.strength_of(index)

@@ -277,13 +277,14 @@ def bench_guidance_layers(args, architectures, pairs, write_results) -> None:
     scales = (1, 4)
     rows = []
     lines = ["| model | split LoRA layers | second weights MB | " + " | ".join(
-        f"rows ×{k}: stock layers ms, stacked extra ms (ratio)" for k in scales) + " | extra µs per MB of second weight (×1, ×4) |",
-        "|---|---|---|" + "---|" * (len(scales) + 1)]
+        f"rows ×{k}: stock layers ms; extra ms (ratio) stacked, corrected" for k in scales)
+        + " | stacked extra µs per MB of second weight (×1, ×4) |", "|---|---|---|" + "---|" * (len(scales) + 1)]
     for architecture in architectures:
-        print(f"[bench] {architecture} guided LoRA layers: {pairs} pairs per layer and row scale, cold cache")
+        print(f"[bench] {architecture} guided LoRA layers: {pairs} rounds per layer and row scale, cold cache")
         r = guidance.layer_costs(architecture, args.rank, pairs, scales, args.resolution, args.clock)
         megabytes = r["scales"][1]["second_weight_bytes"] / 1e6
-        cells = [f"{s['stock_s'] * 1e3:.2f}, {s['extra_s'] * 1e3:+.2f} ({s['ratio']:.3f}×)" for s in r["scales"].values()]
+        cells = [f"{s['stock_s'] * 1e3:.2f}; {s['extra_s'] * 1e3:+.2f} ({s['ratio']:.3f}×), "
+                 f"{s['correction_extra_s'] * 1e3:+.2f} ({s['correction_ratio']:.3f}×)" for s in r["scales"].values()]
         per_mb = ", ".join(f"{s['extra_s'] * 1e6 / megabytes:.0f}" for s in r["scales"].values())
         lines.append(f"| {architecture} | {r['split_layers']} | {megabytes:.1f} | " + " | ".join(cells) + f" | {per_mb} |")
         rows.append({"architecture": architecture, **r})
@@ -293,9 +294,10 @@ def bench_guidance_layers(args, architectures, pairs, write_results) -> None:
         f"models: {', '.join(architectures)}; LoRA rank {args.rank} on attention, s = 0.3, fp32, "
         f"{args.resolution or 'the model default'} px; each layer on its input in one captured guided forward "
         "(cond + uncond rows), and on that input with each token repeated 4 times (rows ×4)",
-        "per layer: the stock layer (the merged weight on every row, F.linear) and the guider's layer (one baddbmm "
-        f"against [W₁, W + s·Δ]), alternating, {pairs} pairs after one warm-up pair, a 64 MB buffer written before each "
-        "call so that weights come from memory; medians per layer, summed over the layers; "
+        "per layer, in rotated order: the stock layer (the merged weight on every row, F.linear), the guider's stacked "
+        "layer (one baddbmm against [W₁, W + s·Δ]) and the activation correction (F.linear, then (s − 1)·Δ(x) added on "
+        f"the null rows, guidance/branch_weights.correct); {pairs} rounds after one warm-up round, a 64 MB buffer written "
+        "before each call so that weights come from memory; medians per layer, summed over the layers; "
         + ("CPU seconds" if args.clock == "cpu" and not torch.cuda.is_available() else "wall seconds, synchronized"),
     ]
     md, js = write_results("speed_guidance_layers", rows, table, notes)

@@ -167,14 +167,17 @@ def _layer_inputs(architecture: str, rank: int, resolution: int | None):
 def layer_costs(architecture: str, rank: int, pairs: int, row_scales=(1, 4), resolution: int | None = None,
                 clock: str = "cpu", flush_bytes: int = 64 * 2**20) -> dict:
     """Where the guided forward's residual cost sits: each split LoRA layer of one captured guided forward, called on
-    its real input (and on that input repeated `row_scales` times along the tokens) through the guider's stacked
-    GEMM and through the stock layer (the merged weight on every row), alternating, `pairs` times. Before each call a
-    buffer larger than the CPU's last-level cache is written (`flush_bytes`), so the layer reads its weights from
-    memory, as in a forward through a model larger than the cache (on a GPU the buffer is on the GPU, larger than an
-    H100's 50 MB L2). Reports per row scale the summed median seconds of the stock layers, the extra seconds of the
-    stacked ones, and the second weights' bytes. `clock`: "cpu" (process CPU seconds) or "wall" (synchronized: on a
-    GPU always)."""
+    its real input (and on that input repeated `row_scales` times along the tokens) three ways in rotated order,
+    `pairs` times: the stock layer (the merged weight on every row), the guider's stacked GEMM, and the activation
+    correction (the merged weight on every row, then (s − 1)·Δ(x) added on the null rows: what the guider does where
+    it cannot hold a second weight). Before each call a buffer larger than the CPU's last-level cache is written
+    (`flush_bytes`), so the layer reads its weights from memory, as in a forward through a model larger than the
+    cache (on a GPU the buffer is on the GPU, larger than an H100's 50 MB L2). Reports per row scale the summed
+    median seconds of the stock layers, the extra seconds of the stacked and of the corrected ones, and the second
+    weights' bytes. `clock`: "cpu" (process CPU seconds) or "wall" (synchronized: on a GPU always)."""
     import torch.nn.functional as F
+
+    from ...guidance.branch_weights import correct
 
     layers, plan, inputs = _layer_inputs(architecture, rank, resolution)
     device = next(iter(inputs.values()))[1].device
@@ -184,17 +187,20 @@ def layer_costs(architecture: str, rank: int, pairs: int, row_scales=(1, 4), res
     for scale in row_scales:
         per_layer = []
         for name, (module, x) in sorted(inputs.items()):
-            x = _more_rows(x, scale)
+            x, lora = _more_rows(x, scale), layers.layers_of(name)
+            stock = lambda: F.linear(x, module.weight, module.bias)  # noqa: E731
             layers.plan = plan
-            stock, stacked = _paired_medians(lambda: F.linear(x, module.weight, module.bias), lambda: module(x), pairs,
-                                             flush, tick)
+            medians = _rotated_medians([stock, lambda: module(x), lambda: correct(stock(), x, plan, lora)], pairs,
+                                       flush, tick)
             layers.plan = None
             per_layer.append({"layer": name, "rows": x.numel() // x.shape[-1], "weight": list(module.weight.shape),
-                              "stock_s": stock, "extra_s": stacked - stock,
+                              "stock_s": medians[0], "extra_s": medians[1] - medians[0],
+                              "correction_extra_s": medians[2] - medians[0],
                               "second_weight_bytes": module.weight.numel() * module.weight.element_size()})
-        stock_s, extra_s = sum(r["stock_s"] for r in per_layer), sum(r["extra_s"] for r in per_layer)
-        scales[scale] = {"stock_s": stock_s, "extra_s": extra_s, "ratio": (stock_s + extra_s) / stock_s,
-                         "second_weight_bytes": sum(r["second_weight_bytes"] for r in per_layer), "layers": per_layer}
+        total = {k: sum(r[k] for r in per_layer) for k in ("stock_s", "extra_s", "correction_extra_s", "second_weight_bytes")}
+        scales[scale] = {**total, "ratio": (total["stock_s"] + total["extra_s"]) / total["stock_s"],
+                         "correction_ratio": (total["stock_s"] + total["correction_extra_s"]) / total["stock_s"],
+                         "layers": per_layer}
     return {"split_layers": len(inputs), "scales": scales}
 
 
@@ -204,16 +210,16 @@ def _more_rows(x: torch.Tensor, scale: int) -> torch.Tensor:
     return halves if x.dim() == 3 else halves.reshape(-1, x.shape[-1])
 
 
-def _paired_medians(stock, ours, pairs: int, flush: torch.Tensor, tick) -> tuple[float, float]:
-    """Median seconds of `stock()` and `ours()` over `pairs` alternating pairs after one warm-up pair, `flush` written
-    before each call."""
-    times = {False: [], True: []}
+def _rotated_medians(calls: list, rounds: int, flush: torch.Tensor, tick) -> list[float]:
+    """Median seconds of each of `calls` over `rounds` rounds after one warm-up round, each round in an order rotated
+    by one, `flush` written before each call."""
+    times = [[] for _ in calls]
     with torch.no_grad():
-        for i in range(pairs + 1):
-            for is_ours in ((False, True) if i % 2 == 0 else (True, False)):
+        for r in range(rounds + 1):
+            for i in [*range(r % len(calls), len(calls)), *range(r % len(calls))]:
                 flush.add_(1.0)
                 start = tick()
-                (ours if is_ours else stock)()
-                if i:
-                    times[is_ours].append(tick() - start)
-    return statistics.median(times[False]), statistics.median(times[True])
+                calls[i]()
+                if r:
+                    times[i].append(tick() - start)
+    return [statistics.median(t) for t in times]
