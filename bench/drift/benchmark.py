@@ -9,7 +9,6 @@ seeds (metrics.py). One table row per (method, guidance) at the end of training;
 fidelity against drift along training.
 """
 
-import os
 import pathlib
 import time
 from functools import partial
@@ -373,10 +372,7 @@ def main(folder: pathlib.Path, args, tables: pathlib.Path | None = None) -> int:
     print(text)
     k = jobs[0].knob
     notes = [
-        f"run: {len(jobs)} jobs, {report['done']} run now and {report['skipped']} reused from {plan.results}; "
-        f"{wall:.0f} s wall for this run; {cpu:.0f} s CPU summed over the jobs' own process times (all threads); "
-        f"{'cluster ' + args.address if args.address else f'{args.workers} worker(s) on this machine'}, {threads} torch "
-        f"thread(s) per job, {os.cpu_count()} cores, load average at the start {args.load:.2f}",
+        sweep.run_note(plan, report, wall, cpu, threads, args.load, args.address, args.workers),
         f"subjects: {', '.join(sorted({j.subject for j in jobs}))} (bench/drift/grid.py SUBJECTS); seeds "
         f"{sorted({j.seed for j in jobs})}; every subject captioned '{dataset.subject_caption()}'",
         f"training: LoRA rank {k['rank']} on attention, lr {k['learning_rate']}, {k['steps']} steps, batch 1, AdamW, "
@@ -386,23 +382,14 @@ def main(folder: pathlib.Path, args, tables: pathlib.Path | None = None) -> int:
         "intervals: percentile bootstrap 95% over (subject, seed) units, 4000 resamples (grid.bootstrap_mean)",
         f"model: the shapes model in {folder} (recipe {recipe})",
     ]
-    if missing:
-        notes.append(f"MISSING: {len(missing)} of {len(jobs)} jobs failed and are not in these figures: "
-                     + "; ".join(j.label for j in missing) + f" (errors in {plan.results / 'failed'})")
+    notes += sweep.missing_notes(plan, missing)
     rows = [{"method": n.split(" | ")[0], "guidance": n.split(" | ")[1], **v} for n, v in summary["final"].items()]
     md, js = write_results(name, rows, text, notes, extra={"mode": args.mode, "summary": summary, "jobs": results,
                                                           "missing": [j.label for j in missing], "reused": report["skipped"], "wall_s": wall,
                                                           "cpu_s": cpu}, folder=tables)
     png = plot.fidelity_vs_drift(mean_curves(results), tables / f"{name}.png")
     default_run = tables == RESULTS and (args.mode == "quick" and name == "drift_quick" or args.mode == "full" and name == "drift")
-    if default_run and not missing:
-        claims.update(js)  # docs/claims.md follows the default runs, complete; a named run leaves it alone
-    elif default_run:
-        print(f"[drift] docs/claims.md left as it was: {len(missing)} job(s) missing; rerun to finish them")
-    print(f"[bench] wrote {md}, {js} and {png}")
-    if missing:
-        print(f"[drift] {len(missing)} job(s) failed: " + "; ".join(j.label for j in missing), flush=True)
-    return 1 if missing else 0
+    return sweep.finish("drift", f"{md}, {js} and {png}", missing, (lambda: claims.update(js)) if default_run else None)
 
 
 def mean_curves(results: list[dict]) -> dict:

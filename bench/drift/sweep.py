@@ -245,3 +245,37 @@ def run(plan: Sweep, tag: str, result_file: str, address: str | None = None, wor
     if not results:
         raise SystemExit(f"[{tag}] no job finished (see {plan.results / 'failed'}); nothing to summarise")
     return report, wall, results, missing
+
+
+def run_note(plan: Sweep, report: dict, wall: float, cpu: float, threads: int, load: float, address: str | None,
+             workers: int | None) -> str:
+    """The results' note on how a benchmark's sweep ran: jobs run and reused, wall and CPU time, where, threads, load."""
+    import os
+
+    where = (f"cluster {address}" if address else f"{workers} Ray worker(s) on this machine" if workers
+             else "in the command's process")
+    return (f"run: {len(plan.jobs)} jobs, {report['done']} run now and {report['skipped']} reused from {plan.results}; "
+            f"{wall:.0f} s wall for this run; {cpu:.0f} s CPU summed over the jobs' own process times (all threads); "
+            f"{where}, {threads} torch thread(s) per job, {os.cpu_count()} cores, load average at the start {load:.2f}")
+
+
+def missing_notes(plan: Sweep, missing: list) -> list[str]:
+    """The results' note naming the failed jobs (none when every job finished)."""
+    if not missing:
+        return []
+    return [f"MISSING: {len(missing)} of {len(plan.jobs)} jobs failed and are not in these figures: "
+            + "; ".join(j.label for j in missing) + f" (errors in {plan.results / 'failed'})"]
+
+
+def finish(tag: str, written: str, missing: list, update_claims=None) -> int:
+    """The end of a benchmark's run: docs/claims.md follows a default run (`update_claims`, None for any other run)
+    only when every job finished; what was written and which jobs failed are printed. Returns the exit code (1: some
+    failed)."""
+    if update_claims is not None and not missing:
+        update_claims()
+    elif update_claims is not None:
+        print(f"[{tag}] docs/claims.md left as it was: {len(missing)} job(s) missing; rerun to finish them")
+    print(f"[bench] wrote {written}")
+    if missing:
+        print(f"[{tag}] {len(missing)} job(s) failed: " + "; ".join(j.label for j in missing), flush=True)
+    return 1 if missing else 0

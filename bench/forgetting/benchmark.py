@@ -23,7 +23,6 @@ Forgetting and the averages are computed from these stage x concept matrices in 
 """
 
 import dataclasses
-import os
 import time
 from functools import partial
 
@@ -251,6 +250,7 @@ def main(folder, args, tables=None) -> int:
     bench/results). Returns the exit code: 0 every job done, 1 some failed (the tables cover the others and name the
     missing ones)."""
     from ..common import RESULTS, write_results
+    from ..drift import claims
     from ..drift import sweep as drift_sweep
     from . import sweep
 
@@ -274,12 +274,8 @@ def main(folder, args, tables=None) -> int:
     text = summary_table(summary)
     print(text)
     k = jobs[0].knob
-    where = (f"cluster {args.address}" if args.address else f"{args.workers} Ray worker(s) on this machine" if args.workers
-             else "in the command's process")
     notes = [
-        (f"run: {len(jobs)} jobs, {report['done']} run now and {report['skipped']} reused from {plan.results}; "
-         f"{wall:.0f} s wall for this run; {cpu:.0f} s CPU summed over the jobs' own process times (all threads); "
-         f"{where}, {threads} torch thread(s) per job, {os.cpu_count()} cores, load average at the start {args.load:.2f}"),
+        drift_sweep.run_note(plan, report, wall, cpu, threads, args.load, args.address, args.workers),
         f"model: the shapes model in {_shown(folder)} (recipe {recipe}); its classifier's features score fidelity",
         "sequences (learned left to right, triggers " + ", ".join(TRIGGERS) + " in that order, captioned "
         f"'{concept_caption('<trigger>')}'): " + "; ".join(" > ".join(s) for s in dict.fromkeys(j.sequence for j in jobs))
@@ -300,22 +296,13 @@ def main(folder, args, tables=None) -> int:
         f"{drift.PRIOR_SEEDS} seeds against the base model's"),
         "intervals: percentile bootstrap 95% over (sequence, seed) units, 4000 resamples (bench/drift/grid.bootstrap_mean)",
     ]
-    if missing:
-        notes.append(f"MISSING: {len(missing)} of {len(jobs)} jobs failed and are not in these figures: "
-                     + "; ".join(j.label for j in missing) + f" (errors in {plan.results / 'failed'})")
+    notes += drift_sweep.missing_notes(plan, missing)
     rows = [{"method": m, **v} for m, v in summary["methods"].items()]
     md, js = write_results(name, rows, text, notes, folder=tables, extra={
         "mode": "quick" if args.quick else "full", "recipe": recipe, "summary": summary, "jobs": results,
         "missing": [j.label for j in missing], "reused": report["skipped"], "wall_s": wall, "cpu_s": cpu})
     default_run = tables == RESULTS and name == "forgetting" and not (args.quick or args.sequences or args.seeds
                                                                       or args.methods or args.steps)
-    if default_run and not missing:
-        from ..drift import claims
-
-        claims.update_forgetting(js)  # docs/claims.md follows the default run, complete; quick or subsets leave it alone
-    elif default_run:
-        print(f"[forgetting] docs/claims.md left as it was: {len(missing)} job(s) missing; rerun to finish them")
-    print(f"[bench] wrote {md} and {js}")
-    if missing:
-        print(f"[forgetting] {len(missing)} job(s) failed: " + "; ".join(j.label for j in missing), flush=True)
-    return 1 if missing else 0
+    # docs/claims.md follows the default run, complete; quick or subsets leave it alone
+    return drift_sweep.finish("forgetting", f"{md} and {js}", missing,
+                              (lambda: claims.update_forgetting(js)) if default_run else None)
