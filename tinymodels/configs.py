@@ -52,6 +52,7 @@ class TinyModelConfig:
     default_resolution: int = 64  # pixels; latents are 1/(2 ** (len(vae_channel_mult) - 1)) of it
     extra: dict = field(default_factory=dict)
     latent_channels = 4
+    largest_resolution = None  # a UNet places any image size (TinyDiTConfig: SD3's position grid limits it)
 
     @property
     def vae_downscale(self) -> int:

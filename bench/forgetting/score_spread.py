@@ -70,14 +70,14 @@ def main(argv=None) -> None:
     if args.temperature is not None and not args.temperature > 0:
         parser.error(f"--temperature must be > 0, got {args.temperature}")
     start(args.threads)
-    from ...shapes import weights
+    from ...shapes import dataset, weights
     from . import benchmark
 
     folder = weights.ensure(weights.SHIPPED_PRESET)
     job = benchmark.Job(SEQUENCE, "EWC-DC + DSC", args.seed, (("steps", 200), ("rank", 8), ("learning_rate", 1e-3)))
     with recorded_logits(args.temperature) as records:
         benchmark.run_job(job, folder)
-    latent = benchmark.drift._context(folder)["vae"].encode(torch.zeros(1, 32, 32, 3)).shape
+    latent = benchmark.drift._context(folder)["vae"].encode(torch.zeros(1, dataset.SIZE, dataset.SIZE, 3)).shape
     print(f"sequence {' > '.join(SEQUENCE)}, EWC-DC + DSC, seed {args.seed}, τ = {args.temperature or 1}; "
           f"latent {tuple(latent[1:])} = {latent[1:].numel()} elements")
     for name, logits in records.items():

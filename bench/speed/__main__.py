@@ -93,7 +93,7 @@ def _check_resolution(parser, architectures: list[str], resolution: int | None) 
     from ...tinymodels.configs import CONFIGS
 
     for architecture in architectures if resolution else []:
-        largest = getattr(CONFIGS[architecture], "largest_resolution", None) if architecture in CONFIGS else None
+        largest = CONFIGS[architecture].largest_resolution if architecture in CONFIGS else None
         if largest is not None and resolution > largest:
             parser.error(f"--resolution {resolution}: {architecture} places images up to {largest} px (its "
                          "position-embedding grid); leave it out of --architectures or choose a smaller size")

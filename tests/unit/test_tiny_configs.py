@@ -61,4 +61,4 @@ def test_largest_resolution_is_the_sd3_position_grid():
     """SD3 places a latent of up to pos_embed_max_size 2×2 patches a side, 8 pixels per latent cell: the bench model's
     grid of 16 patches reaches 256 px; Flux's RoPE has no grid."""
     assert CONFIGS["sd35-bench"].pos_embed_max_size == 16 and CONFIGS["sd35-bench"].largest_resolution == 16 * 2 * 8
-    assert CONFIGS["flux-dev-bench"].largest_resolution is None
+    assert CONFIGS["flux-dev-bench"].largest_resolution is None and CONFIGS["sdxl-bench"].largest_resolution is None
